@@ -1,0 +1,223 @@
+-- clerk-sync's own bookkeeping. Everything lives in the schema `clerk_sync`; the
+-- application's "User" table is reached through the session's search_path.
+
+-- One row per Svix delivery (its `svix-id`): the dedup key, written in the same
+-- transaction as the change it made.
+CREATE TABLE clerk_sync.deliveries (
+    svix_id     TEXT PRIMARY KEY,
+    event_type  TEXT NOT NULL,
+    user_id     TEXT,
+    outcome     TEXT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX deliveries_received_at_idx ON clerk_sync.deliveries (received_at);
+
+-- One row per Clerk user ever seen: the newest applied version (Clerk
+-- `updated_at` in ms, with a content digest to settle ties), the address the
+-- user claims in that version, and the tombstone.
+CREATE TABLE clerk_sync.users (
+    user_id        TEXT PRIMARY KEY,
+    version        BIGINT NOT NULL,
+    digest         TEXT NOT NULL,
+    email          TEXT,
+    deleted_at     TIMESTAMPTZ,
+    delete_pending BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX users_email_idx ON clerk_sync.users (email) WHERE email IS NOT NULL;
+CREATE INDEX users_delete_pending_idx ON clerk_sync.users (user_id) WHERE delete_pending;
+
+-- Hands address `p_address` to its newest live claimant once nobody live holds
+-- it. A tombstoned row (kept only for the application's foreign keys) always
+-- gives the address up. The caller holds the advisory lock on the address.
+CREATE FUNCTION clerk_sync.settle_address(p_address TEXT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_best   TEXT;
+    v_holder TEXT;
+    v_holder_dead BOOLEAN;
+BEGIN
+    SELECT s.user_id INTO v_best
+      FROM clerk_sync.users s JOIN "User" u ON u.id = s.user_id
+     WHERE s.email = p_address AND s.deleted_at IS NULL AND u.mail_address <> p_address
+     ORDER BY s.version DESC, s.user_id COLLATE "C" DESC
+     LIMIT 1;
+    IF v_best IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT u.id, (s.deleted_at IS NOT NULL) INTO v_holder, v_holder_dead
+      FROM "User" u LEFT JOIN clerk_sync.users s ON s.user_id = u.id
+     WHERE u.mail_address = p_address;
+    IF v_holder IS NOT NULL THEN
+        IF NOT COALESCE(v_holder_dead, false) THEN
+            RETURN;
+        END IF;
+        UPDATE "User" SET mail_address = v_holder || '@displaced.invalid' WHERE id = v_holder;
+    END IF;
+    UPDATE "User" SET mail_address = p_address WHERE id = v_best;
+END $$;
+
+-- Deletes the row of a tombstoned user. Returns false (and changes nothing)
+-- when the application's foreign keys still refuse it.
+CREATE FUNCTION clerk_sync.finish_delete(p_user_id TEXT) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_address TEXT;
+BEGIN
+    -- The address lock comes after the caller's lock on the user's bookkeeping row, as
+    -- in apply_delivery; re-read after locking, since a displaced row only ever moves to
+    -- its own placeholder.
+    SELECT mail_address INTO v_address FROM "User" WHERE id = p_user_id;
+    IF v_address IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(v_address, 7));
+        SELECT mail_address INTO v_address FROM "User" WHERE id = p_user_id;
+    END IF;
+    BEGIN
+        DELETE FROM "User" WHERE id = p_user_id;
+    EXCEPTION WHEN foreign_key_violation THEN
+        UPDATE clerk_sync.users SET delete_pending = true WHERE user_id = p_user_id;
+        IF v_address IS NOT NULL THEN
+            PERFORM clerk_sync.settle_address(v_address);
+        END IF;
+        RETURN false;
+    END;
+    UPDATE clerk_sync.users SET delete_pending = false WHERE user_id = p_user_id;
+    IF v_address IS NOT NULL THEN
+        PERFORM clerk_sync.settle_address(v_address);
+    END IF;
+    RETURN true;
+END $$;
+
+-- Applies one delivery in the caller's transaction, in one round trip. The
+-- rules are documented in src/sync/mod.rs; the SQLite backend implements the
+-- same steps in src/db/sqlite.rs and both run the same tests.
+--
+-- p_kind: 'upsert' (user.created / user.updated), 'delete' (user.deleted) or
+-- 'ignore' (an event type clerk-sync does not apply). p_email is the claimed
+-- primary address (NULL: the user has none); p_role NULL leaves the role alone.
+-- Returns the outcome: applied, duplicate, stale, ignored or deferred.
+CREATE FUNCTION clerk_sync.apply_delivery(
+    p_svix_id    TEXT,
+    p_event_type TEXT,
+    p_kind       TEXT,
+    p_user_id    TEXT,
+    p_version    BIGINT,
+    p_digest     TEXT,
+    p_name       TEXT,
+    p_email      TEXT,
+    p_role       TEXT,
+    p_created_at TIMESTAMP,
+    p_updated_at TIMESTAMP,
+    p_skip_no_email BOOLEAN
+) RETURNS TEXT
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state    clerk_sync.users%ROWTYPE;
+    v_outcome  TEXT;
+    v_lock     TEXT;
+    v_row_addr TEXT;
+    v_addr     TEXT;
+    v_holder   TEXT;
+    v_holder_version BIGINT;
+    v_holder_dead    BOOLEAN;
+    v_holder_claim   TEXT;
+    v_holder_known   BOOLEAN;
+BEGIN
+    INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome)
+    VALUES (p_svix_id, p_event_type, p_user_id, 'pending')
+    ON CONFLICT (svix_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN 'duplicate';
+    END IF;
+
+    IF p_kind = 'ignore' THEN
+        v_outcome := 'ignored';
+    ELSE
+        -- The user's lock: every delivery for one user serialises here.
+        INSERT INTO clerk_sync.users (user_id, version, digest)
+        VALUES (p_user_id, -1, '')
+        ON CONFLICT (user_id) DO NOTHING;
+        SELECT * INTO v_state FROM clerk_sync.users WHERE user_id = p_user_id FOR UPDATE;
+
+        IF p_kind = 'delete' THEN
+            IF v_state.deleted_at IS NOT NULL AND NOT v_state.delete_pending THEN
+                v_outcome := 'stale';
+            ELSE
+                SELECT mail_address INTO v_row_addr FROM "User" WHERE id = p_user_id;
+                FOR v_lock IN
+                    SELECT DISTINCT a FROM unnest(ARRAY[v_state.email, v_row_addr]) AS a
+                     WHERE a IS NOT NULL ORDER BY a COLLATE "C"
+                LOOP
+                    PERFORM pg_advisory_xact_lock(hashtextextended(v_lock, 7));
+                END LOOP;
+                UPDATE clerk_sync.users
+                   SET deleted_at = COALESCE(deleted_at, now())
+                 WHERE user_id = p_user_id;
+                IF clerk_sync.finish_delete(p_user_id) THEN
+                    v_outcome := 'applied';
+                ELSE
+                    v_outcome := 'deferred';
+                END IF;
+            END IF;
+        ELSIF v_state.deleted_at IS NOT NULL THEN
+            v_outcome := 'stale';
+        ELSIF (p_version, p_digest COLLATE "C") <= (v_state.version, v_state.digest COLLATE "C") THEN
+            v_outcome := 'stale';
+        ELSIF p_email IS NULL AND p_skip_no_email THEN
+            v_outcome := 'ignored';
+        ELSE
+            -- Address locks, in one global order so that two deliveries never
+            -- wait on each other in a cycle.
+            FOR v_lock IN
+                SELECT DISTINCT a FROM unnest(ARRAY[v_state.email, p_email]) AS a
+                 WHERE a IS NOT NULL ORDER BY a COLLATE "C"
+            LOOP
+                PERFORM pg_advisory_xact_lock(hashtextextended(v_lock, 7));
+            END LOOP;
+
+            UPDATE clerk_sync.users
+               SET version = p_version, digest = p_digest, email = p_email
+             WHERE user_id = p_user_id;
+
+            IF p_email IS NULL THEN
+                v_addr := p_user_id || '@no-email.invalid';
+            ELSE
+                v_addr := p_email;
+                SELECT u.id,
+                       COALESCE(s.version, (extract(epoch FROM u."updatedAt") * 1000)::BIGINT),
+                       (s.deleted_at IS NOT NULL),
+                       s.email,
+                       (s.user_id IS NOT NULL)
+                  INTO v_holder, v_holder_version, v_holder_dead, v_holder_claim, v_holder_known
+                  FROM "User" u LEFT JOIN clerk_sync.users s ON s.user_id = u.id
+                 WHERE u.mail_address = p_email AND u.id <> p_user_id;
+                IF v_holder IS NOT NULL THEN
+                    IF v_holder_dead
+                       OR (v_holder_known AND v_holder_claim IS DISTINCT FROM p_email)
+                       OR (v_holder_version, v_holder COLLATE "C") < (p_version, p_user_id COLLATE "C") THEN
+                        UPDATE "User" SET mail_address = v_holder || '@displaced.invalid'
+                         WHERE id = v_holder;
+                    ELSE
+                        v_addr := p_user_id || '@displaced.invalid';
+                    END IF;
+                END IF;
+            END IF;
+
+            INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
+            VALUES (p_user_id, p_name, v_addr, COALESCE(p_role, 'USER')::"Role", p_created_at, p_updated_at)
+            ON CONFLICT (id) DO UPDATE
+               SET name = EXCLUDED.name,
+                   mail_address = EXCLUDED.mail_address,
+                   role = COALESCE(p_role::"Role", "User".role),
+                   "createdAt" = EXCLUDED."createdAt",
+                   "updatedAt" = EXCLUDED."updatedAt";
+
+            IF v_state.email IS NOT NULL AND v_state.email IS DISTINCT FROM p_email THEN
+                PERFORM clerk_sync.settle_address(v_state.email);
+            END IF;
+            v_outcome := 'applied';
+        END IF;
+    END IF;
+
+    UPDATE clerk_sync.deliveries SET outcome = v_outcome WHERE svix_id = p_svix_id;
+    RETURN v_outcome;
+END $$;

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS clerk_sync_users;
+DROP TABLE IF EXISTS clerk_sync_deliveries;

@@ -1,0 +1,98 @@
+//! The command line: flags with environment fallbacks, 12-factor style.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::db::{DatabaseUrl, PoolOptions, DEFAULT_SQLITE_FILE};
+
+/// Keeps an application's User table in step with Clerk, from verified webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "clerk-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server: POST /webhooks/clerk, GET /healthz, GET /readyz.
+    Serve(ServeArgs),
+    /// Apply clerk-sync's migrations (and create the User table where absent), then exit.
+    Migrate(DatabaseArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// postgres://… or postgresql://… for PostgreSQL; sqlite://PATH, sqlite:PATH or a file path for SQLite.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SQLITE_FILE, hide_env_values = true)]
+    pub database_url: String,
+    /// Most database connections open at once (SQLite uses at most 4).
+    #[arg(long, env = "CLERK_SYNC_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub pool_size: u16,
+    /// Seconds to wait for a database connection, a lock or a statement before answering 503.
+    #[arg(long, env = "CLERK_SYNC_DB_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub db_timeout: u64,
+}
+
+impl DatabaseArgs {
+    /// The parsed URL.
+    pub fn url(&self) -> Result<DatabaseUrl, crate::db::UrlError> {
+        DatabaseUrl::parse(&self.database_url)
+    }
+
+    /// Pool settings from the flags.
+    pub fn pool(&self) -> PoolOptions {
+        PoolOptions {
+            max_connections: usize::from(self.pool_size),
+            acquire_timeout: Duration::from_secs(self.db_timeout),
+            statement_timeout: Duration::from_secs(self.db_timeout),
+        }
+    }
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address to listen on.
+    #[arg(long, env = "CLERK_SYNC_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Webhook signing secret(s) from the Clerk dashboard (whsec_…); several, separated by spaces
+    /// or commas, during a rotation. CLERK_WEBHOOK_SECRET is read when this is unset.
+    #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
+    pub signing_secret: Option<String>,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "CLERK_SYNC_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// Do not apply migrations at start (run `clerk-sync migrate` separately).
+    #[arg(long, env = "CLERK_SYNC_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// Skip users with no email address instead of writing an `@no-email.invalid` placeholder.
+    #[arg(long, env = "CLERK_SYNC_SKIP_USERS_WITHOUT_EMAIL")]
+    pub skip_users_without_email: bool,
+    /// Seconds between retries of deletes the application's foreign keys refused.
+    #[arg(long, env = "CLERK_SYNC_PENDING_DELETE_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pending_delete_interval: u64,
+    /// HTTP worker threads (0: one per core).
+    #[arg(long, env = "CLERK_SYNC_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+}
+
+impl ServeArgs {
+    /// The configured secrets: the flag or CLERK_WEBHOOK_SIGNING_SECRET, else CLERK_WEBHOOK_SECRET.
+    pub fn secrets(&self) -> Option<String> {
+        self.signing_secret
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| std::env::var("CLERK_WEBHOOK_SECRET").ok().filter(|s| !s.trim().is_empty()))
+    }
+}

@@ -1,0 +1,202 @@
+//! Storage: PostgreSQL in production, SQLite as the embedded default.
+//!
+//! Error policy: a failure the next attempt may not meet (connection lost or refused, pool
+//! exhausted, lock or statement timeout, serialisation failure, deadlock, SQLite busy) is
+//! [`DbError::Unavailable`] and becomes a 503 with `Retry-After`; anything else is
+//! [`DbError::Internal`], an opaque 500 with the whole chain logged. Either way the
+//! delivery's transaction rolled back: nothing half-written, nothing recorded.
+//!
+//! No diesel type leaves this module.
+
+mod app_table;
+mod migrations;
+mod postgres;
+mod sqlite;
+mod url;
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use crate::domain::{Event, MessageId};
+use crate::sync::{Outcome, SyncOptions};
+
+pub use url::{DatabaseUrl, UrlError, DEFAULT_SQLITE_FILE};
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Transient: the database is unreachable, busy or timed out.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The application's `User` table exists but clerk-sync cannot write it safely.
+    #[error("the application's \"User\" table is incompatible: {0}")]
+    Incompatible(String),
+    /// The database is reachable but clerk-sync's migrations have not been applied.
+    #[error("database not migrated: {0} pending migration(s); run `clerk-sync migrate`")]
+    NotMigrated(usize),
+    /// Anything else: a bug or an unexpected state.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl From<DieselError> for DbError {
+    fn from(error: DieselError) -> Self {
+        let text = error.to_string();
+        let transient = match &error {
+            DieselError::DatabaseError(kind, info) => match kind {
+                DatabaseErrorKind::UnableToSendCommand
+                | DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::SerializationFailure
+                // Another writer took the address between our read and our write: retrying settles it.
+                | DatabaseErrorKind::UniqueViolation => true,
+                _ => {
+                    let message = info.message();
+                    [
+                        "deadlock detected",
+                        "canceling statement due to",
+                        "could not obtain lock",
+                        "terminating connection",
+                        "database is locked",
+                        "database system is",
+                    ]
+                    .iter()
+                    .any(|m| message.contains(m))
+                }
+            },
+            DieselError::BrokenTransactionManager => true,
+            _ => false,
+        };
+        if transient {
+            DbError::Unavailable(text)
+        } else {
+            DbError::Internal(text)
+        }
+    }
+}
+
+impl From<diesel::ConnectionError> for DbError {
+    fn from(error: diesel::ConnectionError) -> Self {
+        DbError::Unavailable(error.to_string())
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for DbError {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        use diesel_async::pooled_connection::deadpool::PoolError;
+        match error {
+            PoolError::Timeout(_) => DbError::Unavailable("no database connection free in time".into()),
+            other => DbError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// How the pool behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Longest wait for a connection (also the connect timeout); past it, 503.
+    pub acquire_timeout: Duration,
+    /// Longest a statement may run or wait for a lock; past it, 503.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions of clerk-sync's own migrations applied now.
+    pub applied: Vec<String>,
+    /// Whether the application's `User` table was absent and created now.
+    pub created_user_table: bool,
+}
+
+/// Deferred deletes retried in the background.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingDeletes {
+    /// Completed now.
+    pub completed: usize,
+    /// Still refused by the application's foreign keys.
+    pub still_pending: usize,
+}
+
+/// A connection pool to one of the two backends.
+#[derive(Clone)]
+pub enum Database {
+    /// PostgreSQL through `AsyncPgConnection`.
+    Postgres(postgres::Pg),
+    /// SQLite through `SyncConnectionWrapper`.
+    Sqlite(sqlite::Lite),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.backend())
+    }
+}
+
+impl Database {
+    /// Opens a pool; connections are made on first use.
+    pub fn open(url: &DatabaseUrl, options: PoolOptions) -> Result<Self, DbError> {
+        Ok(match url {
+            DatabaseUrl::Postgres { .. } => Database::Postgres(postgres::Pg::open(url, options)?),
+            DatabaseUrl::Sqlite { path } => Database::Sqlite(sqlite::Lite::open(path, options)?),
+        })
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Database::Postgres(_) => "postgres",
+            Database::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies clerk-sync's migrations, creates the application's `User` table where it is
+    /// absent, and checks that the table is one clerk-sync can write.
+    pub async fn migrate(&self) -> Result<MigrationReport, DbError> {
+        match self {
+            Database::Postgres(db) => db.migrate().await,
+            Database::Sqlite(db) => db.migrate().await,
+        }
+    }
+
+    /// Reachable, migrated, and the `User` table compatible: the readiness check.
+    pub async fn check_ready(&self) -> Result<(), DbError> {
+        match self {
+            Database::Postgres(db) => db.check_ready().await,
+            Database::Sqlite(db) => db.check_ready().await,
+        }
+    }
+
+    /// Applies one delivery in one transaction (see [`crate::sync`] for the rules).
+    pub async fn apply(&self, id: &MessageId, event: &Event, options: SyncOptions) -> Result<Outcome, DbError> {
+        match self {
+            Database::Postgres(db) => db.apply(id, event, options).await,
+            Database::Sqlite(db) => db.apply(id, event, options).await,
+        }
+    }
+
+    /// Retries the deletes the application's foreign keys refused so far.
+    pub async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
+        match self {
+            Database::Postgres(db) => db.retry_pending_deletes().await,
+            Database::Sqlite(db) => db.retry_pending_deletes().await,
+        }
+    }
+}
+
+/// Parses an outcome returned by the database.
+fn outcome(raw: &str) -> Result<Outcome, DbError> {
+    Outcome::parse(raw).ok_or_else(|| DbError::Internal(format!("unknown outcome {raw:?} from the database")))
+}

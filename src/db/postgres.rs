@@ -1,0 +1,299 @@
+//! PostgreSQL: `AsyncPgConnection` in a deadpool pool.
+//!
+//! One delivery is one statement, `SELECT clerk_sync.apply_delivery(…)`: dedup, version
+//! gate, tombstone, address hand-over and upsert in a single round trip and a single
+//! (implicit) transaction. The function is created by `migrations/postgres`.
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamp};
+use diesel::QueryableByName;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use super::app_table::{self, Column};
+use super::migrations::{self, History};
+use super::{outcome, DatabaseUrl, DbError, MigrationReport, PendingDeletes, PoolOptions};
+use crate::domain::{Event, MessageId};
+use crate::sync::{Outcome, SyncOptions};
+
+const HISTORY: History = History {
+    create: "CREATE SCHEMA IF NOT EXISTS clerk_sync;
+             CREATE TABLE IF NOT EXISTS clerk_sync.schema_migrations (
+                 version VARCHAR(50) PRIMARY KEY,
+                 run_on TIMESTAMPTZ NOT NULL DEFAULT now()
+             );",
+    table: "clerk_sync.schema_migrations",
+};
+
+/// Session advisory lock held while migrating, so that instances starting together take turns.
+const MIGRATION_LOCK: i64 = 0x636c_6572_6b5f_7379;
+
+/// A PostgreSQL pool.
+#[derive(Clone)]
+pub struct Pg {
+    pool: Pool<AsyncPgConnection>,
+    url: String,
+    setup: String,
+}
+
+#[derive(QueryableByName)]
+struct OutcomeRow {
+    #[diesel(sql_type = Text)]
+    outcome: String,
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = Bool)]
+    present: bool,
+}
+
+#[derive(QueryableByName)]
+struct CatalogColumn {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+    #[diesel(sql_type = Nullable<Integer>)]
+    max_length: Option<i32>,
+    #[diesel(sql_type = Bool)]
+    nullable: bool,
+    #[diesel(sql_type = Bool)]
+    has_default: bool,
+}
+
+#[derive(QueryableByName)]
+struct Retried {
+    #[diesel(sql_type = BigInt)]
+    completed: i64,
+    #[diesel(sql_type = BigInt)]
+    still_pending: i64,
+}
+
+async fn connect(url: String, setup: String, timeout: Duration) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let attempt = async {
+        let mut conn = AsyncPgConnection::establish(&url).await?;
+        conn.batch_execute(&setup)
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        Ok(conn)
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(diesel::ConnectionError::BadConnection("connect timed out".into())))
+}
+
+impl Pg {
+    pub(super) fn open(url: &DatabaseUrl, options: PoolOptions) -> Result<Self, DbError> {
+        let DatabaseUrl::Postgres { url, schema } = url else {
+            return Err(DbError::Internal("not a PostgreSQL URL".into()));
+        };
+        let ms = options.statement_timeout.as_millis();
+        let mut setup = format!("SET statement_timeout = {ms}; SET lock_timeout = {ms};");
+        if let Some(schema) = schema {
+            // Validated as a plain identifier by DatabaseUrl::parse.
+            setup.push_str(&format!("SET search_path TO \"{schema}\";"));
+        }
+        let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        let (setup_url, setup_sql, timeout) = (url.clone(), setup.clone(), options.acquire_timeout);
+        config.custom_setup = Box::new(move |_| {
+            Box::pin(connect(setup_url.clone(), setup_sql.clone(), timeout))
+        });
+        let manager = AsyncDieselConnectionManager::new_with_config(url.clone(), config);
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections)
+            .wait_timeout(Some(options.acquire_timeout))
+            .create_timeout(Some(options.acquire_timeout))
+            .recycle_timeout(Some(options.acquire_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Internal(e.to_string()))?;
+        Ok(Self { pool, url: url.clone(), setup })
+    }
+
+    pub(super) async fn migrate(&self) -> Result<MigrationReport, DbError> {
+        let (url, setup) = (self.url.clone(), self.setup.clone());
+        // diesel's migrations run on a blocking connection: the async one, wrapped, on a
+        // blocking thread.
+        tokio::task::spawn_blocking(move || blocking::migrate(&url, &setup))
+            .await
+            .map_err(|e| DbError::Internal(format!("migration task failed: {e}")))?
+    }
+
+    pub(super) async fn check_ready(&self) -> Result<(), DbError> {
+        let mut conn = self.pool.get().await?;
+        let present: Exists =
+            diesel::sql_query("SELECT to_regclass('clerk_sync.schema_migrations') IS NOT NULL AS present")
+                .get_result(&mut conn)
+                .await?;
+        let applied = if present.present {
+            let rows: Vec<Version> = diesel::sql_query("SELECT version FROM clerk_sync.schema_migrations")
+                .load(&mut conn)
+                .await?;
+            rows.into_iter().map(|r| r.version).collect()
+        } else {
+            Vec::new()
+        };
+        match migrations::pending_count::<diesel::pg::Pg, _>(&migrations::POSTGRES, &applied) {
+            0 => Ok(()),
+            n => Err(DbError::NotMigrated(n)),
+        }
+    }
+
+    pub(super) async fn apply(&self, id: &MessageId, event: &Event, options: SyncOptions) -> Result<Outcome, DbError> {
+        let mut conn = self.pool.get().await?;
+        let query = diesel::sql_query(
+            "SELECT clerk_sync.apply_delivery($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS outcome",
+        )
+        .bind::<Text, _>(id.as_str())
+        .bind::<Text, _>(event.event_type());
+        let row: OutcomeRow = match event {
+            Event::Upsert { change, .. } => query
+                .bind::<Text, _>("upsert")
+                .bind::<Nullable<Text>, _>(Some(change.id.as_str()))
+                .bind::<Nullable<BigInt>, _>(Some(change.version))
+                .bind::<Nullable<Text>, _>(Some(change.digest.as_str()))
+                .bind::<Nullable<Text>, _>(change.name.as_deref())
+                .bind::<Nullable<Text>, _>(change.email.as_ref().map(|e| e.as_str()))
+                .bind::<Nullable<Text>, _>(change.role.map(|r| r.as_db()))
+                .bind::<Nullable<Timestamp>, _>(Some(change.created_at.naive_utc()))
+                .bind::<Nullable<Timestamp>, _>(Some(change.updated_at.naive_utc()))
+                .bind::<Bool, _>(options.skip_users_without_email)
+                .get_result(&mut conn)
+                .await?,
+            Event::Delete { id: user } => query
+                .bind::<Text, _>("delete")
+                .bind::<Nullable<Text>, _>(Some(user.as_str()))
+                .bind::<Nullable<BigInt>, _>(None::<i64>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                .bind::<Bool, _>(options.skip_users_without_email)
+                .get_result(&mut conn)
+                .await?,
+            Event::Ignored { .. } => query
+                .bind::<Text, _>("ignore")
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<BigInt>, _>(None::<i64>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Text>, _>(None::<&str>)
+                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                .bind::<Bool, _>(options.skip_users_without_email)
+                .get_result(&mut conn)
+                .await?,
+        };
+        outcome(&row.outcome)
+    }
+
+    pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
+        let mut conn = self.pool.get().await?;
+        let row: Retried = diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE done) AS completed, count(*) FILTER (WHERE NOT done) AS still_pending
+               FROM (SELECT clerk_sync.finish_delete(user_id) AS done
+                       FROM (SELECT user_id FROM clerk_sync.users WHERE delete_pending
+                              ORDER BY user_id LIMIT 500 FOR UPDATE SKIP LOCKED) AS pending) AS attempts",
+        )
+        .get_result(&mut conn)
+        .await?;
+        Ok(PendingDeletes {
+            completed: usize::try_from(row.completed).unwrap_or(0),
+            still_pending: usize::try_from(row.still_pending).unwrap_or(0),
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+/// The migration path, on a blocking connection.
+mod blocking {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, RunQueryDsl};
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+    use diesel_async::AsyncPgConnection;
+
+    use super::{app_table, migrations, CatalogColumn, Column, DbError, Exists, MigrationReport, HISTORY, MIGRATION_LOCK};
+
+    type Wrapped = AsyncConnectionWrapper<AsyncPgConnection>;
+
+    pub(super) fn migrate(url: &str, setup: &str) -> Result<MigrationReport, DbError> {
+        let mut conn = <Wrapped as Connection>::establish(url)?;
+        conn.batch_execute(setup)?;
+        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).execute(&mut conn)?;
+        let result = migrate_locked(&mut conn);
+        let unlocked = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(&mut conn);
+        let report = result?;
+        unlocked?;
+        Ok(report)
+    }
+
+    fn migrate_locked(conn: &mut Wrapped) -> Result<MigrationReport, DbError> {
+        let applied = migrations::run_pending(conn, &migrations::POSTGRES, &HISTORY)?;
+        let created_user_table = conn.transaction(|conn| {
+            let present: Exists =
+                diesel::sql_query("SELECT to_regclass('\"User\"') IS NOT NULL AS present").get_result(conn)?;
+            if present.present {
+                return Ok::<_, diesel::result::Error>(false);
+            }
+            let role: Exists = diesel::sql_query(
+                "SELECT EXISTS (SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                  WHERE t.typname = 'Role' AND n.nspname = current_schema()) AS present",
+            )
+            .get_result(conn)?;
+            if !role.present {
+                conn.batch_execute(app_table::POSTGRES_ROLE_DDL)?;
+            }
+            conn.batch_execute(app_table::POSTGRES_USER_DDL)?;
+            Ok(true)
+        })?;
+        check_user_table(conn)?;
+        Ok(MigrationReport { applied, created_user_table })
+    }
+
+    fn check_user_table(conn: &mut Wrapped) -> Result<(), DbError> {
+        let columns: Vec<CatalogColumn> = diesel::sql_query(
+            "SELECT a.attname::text AS name,
+                    CASE WHEN t.typtype = 'e' THEN lower(t.typname)
+                         ELSE format_type(a.atttypid, NULL) END AS data_type,
+                    CASE WHEN a.atttypmod > 4 AND t.typname IN ('varchar', 'bpchar') THEN a.atttypmod - 4 END AS max_length,
+                    NOT a.attnotnull AS nullable,
+                    (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') AS has_default
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+              WHERE a.attrelid = to_regclass('\"User\"') AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+        )
+        .load(conn)?;
+        let columns: Vec<Column> = columns
+            .into_iter()
+            .map(|c| Column {
+                name: c.name,
+                data_type: c.data_type,
+                max_length: c.max_length,
+                nullable: c.nullable,
+                has_default: c.has_default,
+            })
+            .collect();
+        app_table::check(&columns, true)?;
+        let labels: Exists = diesel::sql_query(
+            "SELECT (SELECT count(*) FROM pg_enum e JOIN pg_attribute a ON a.atttypid = e.enumtypid
+                      WHERE a.attrelid = to_regclass('\"User\"') AND a.attname = 'role'
+                        AND e.enumlabel IN ('ADMIN', 'USER')) = 2 AS present",
+        )
+        .get_result(conn)?;
+        if !labels.present {
+            return Err(DbError::Incompatible("column \"role\": the enum \"Role\" lacks ADMIN or USER".into()));
+        }
+        Ok(())
+    }
+}

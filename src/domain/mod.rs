@@ -1,0 +1,41 @@
+//! Clerk's webhook events as types that cannot be invalid.
+//!
+//! Everything a request can influence is parsed here, once, at the edge: a
+//! [`ClerkUserId`] is a well-formed `user_…` id, a [`UserChange`] carries a name
+//! already cut to the column's width and the primary address already chosen.
+//! The code behind these types trusts them. Clerk adds fields over time, so
+//! unknown fields are always accepted.
+
+mod event;
+mod user;
+
+pub use event::{Event, EventError};
+pub use user::{ClerkUserId, EmailAddress, Role, UserChange};
+
+/// The Svix message id of a delivery (`svix-id`), the key deliveries are deduplicated by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// Longest id accepted; Svix ids are about 30 characters.
+    pub const MAX_LEN: usize = 255;
+
+    /// Accepts a non-empty, printable ASCII id of at most [`Self::MAX_LEN`] bytes.
+    pub fn parse(raw: &str) -> Result<Self, EventError> {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(EventError::InvalidMessageId);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -1,0 +1,12 @@
+//! clerk-sync keeps an application's `User` table in step with Clerk: it verifies each
+//! Svix-signed `user.*` webhook and applies it idempotently, in any arrival order, to
+//! PostgreSQL or SQLite.
+
+pub mod cli;
+pub mod db;
+pub mod domain;
+pub mod routes;
+pub mod startup;
+pub mod sync;
+pub mod telemetry;
+pub mod verify;

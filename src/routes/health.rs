@@ -1,0 +1,24 @@
+//! Probes: `/healthz` (the process answers) and `/readyz` (the database is reachable and migrated).
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::startup::AppState;
+
+/// Liveness: the process is up and serving.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Readiness: 200 when the database is reachable and migrated, else 503 with the reason.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.db.check_ready().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready", "backend": state.db.backend()})),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "5"))
+                .json(json!({"status": "unavailable", "reason": error.to_string()}))
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! HTTP in and out, nothing else: each handler turns a request into a call on the core
+//! and the result into a status code.
+
+mod health;
+mod webhook;
+
+use actix_web::web;
+
+pub use webhook::WebhookError;
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhooks/clerk")
+            .route(web::post().to(webhook::receive))
+            .default_service(web::route().to(webhook::method_not_allowed)),
+    )
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz));
+}

@@ -1,0 +1,120 @@
+//! `POST /webhooks/clerk`.
+//!
+//! The status code is behaviour: Svix retries every non-2xx answer for about 27 hours and
+//! counts only a 2xx within 15 s as success. So a sender's mistake is a 4xx (it will not
+//! fix itself, but the log says exactly what was wrong), a passing database failure is a
+//! 503 with `Retry-After`, our own failure an opaque 500 with the whole chain logged.
+//! Never a 3xx, never a 410 (Standard Webhooks senders disable an endpoint on 410).
+
+use actix_web::http::{header, StatusCode};
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::db::DbError;
+use crate::domain::{Event, EventError, MessageId};
+use crate::startup::AppState;
+use crate::sync;
+use crate::verify::{self, SignatureError};
+
+/// Why a delivery was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The signature check failed.
+    #[error("signature rejected: {0}")]
+    Signature(#[from] SignatureError),
+    /// The verified body is not an event clerk-sync can apply.
+    #[error("invalid event: {0}")]
+    Event(#[from] EventError),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+impl ResponseError for WebhookError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            WebhookError::Signature(
+                SignatureError::MissingHeader(_) | SignatureError::InvalidHeader(_) | SignatureError::NotUtf8,
+            ) => StatusCode::BAD_REQUEST,
+            WebhookError::Signature(_) => StatusCode::UNAUTHORIZED,
+            WebhookError::Event(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Database(DbError::Unavailable(_) | DbError::NotMigrated(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let mut response = HttpResponse::build(status);
+        let message = match self {
+            WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_)) => "internal error".to_owned(),
+            WebhookError::Database(_) => "database unavailable, retry later".to_owned(),
+            other => other.to_string(),
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "5"));
+        }
+        response.json(json!({"error": message}))
+    }
+}
+
+/// Copies actix's headers into the `http` 1.x map the svix crate takes.
+fn header_map(request: &HttpRequest) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(request.headers().len());
+    for (name, value) in request.headers() {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// Verifies, parses and applies one delivery.
+pub async fn receive(request: HttpRequest, body: Bytes, state: Data<AppState>) -> Result<HttpResponse, WebhookError> {
+    let headers = header_map(&request);
+    let message_id = verify::message_id(&headers).map(str::to_owned);
+    let result = handle(&headers, &body, &state).await;
+    match &result {
+        Ok((event, outcome)) => tracing::info!(
+            svix_id = message_id.as_deref().unwrap_or(""),
+            event_type = event.event_type(),
+            user_id = event.user_id().map(|u| u.as_str()).unwrap_or(""),
+            outcome = outcome.as_str(),
+            "delivery handled"
+        ),
+        Err(error @ WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_))) => {
+            tracing::error!(svix_id = message_id.as_deref().unwrap_or(""), error = %error, "delivery failed")
+        }
+        Err(error) => tracing::warn!(
+            svix_id = message_id.as_deref().unwrap_or(""),
+            error = %error,
+            status = error.status_code().as_u16(),
+            "delivery refused"
+        ),
+    }
+    let (_, outcome) = result?;
+    Ok(HttpResponse::Ok().json(json!({"outcome": outcome})))
+}
+
+async fn handle(
+    headers: &http::HeaderMap,
+    body: &[u8],
+    state: &AppState,
+) -> Result<(Event, sync::Outcome), WebhookError> {
+    state.verifier.verify(body, headers, true)?;
+    let id = MessageId::parse(verify::message_id(headers).unwrap_or(""))?;
+    let event = Event::parse(body)?;
+    let outcome = sync::ingest(&state.db, &id, &event, state.sync).await?;
+    Ok((event, outcome))
+}
+
+/// Any method but POST on the webhook path.
+pub async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, "POST"))
+        .json(json!({"error": "only POST is accepted here"}))
+}

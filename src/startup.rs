@@ -1,0 +1,93 @@
+//! Building and running the server: bind first (port 0 in tests), report the real address.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+
+use crate::db::Database;
+use crate::sync::SyncOptions;
+use crate::verify::Verifier;
+
+/// What every handler shares; passed in `web::Data`, never global.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database pool.
+    pub db: Database,
+    /// The signing secrets.
+    pub verifier: Verifier,
+    /// How deliveries are applied.
+    pub sync: SyncOptions,
+}
+
+/// How the server is run.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Largest body accepted; larger is 413.
+    pub body_limit: usize,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+    /// How often deferred deletes are retried.
+    pub pending_delete_interval: Duration,
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+}
+
+impl Application {
+    /// Binds `listener` and prepares the server; the database must already be migrated.
+    pub fn build(listener: TcpListener, state: AppState, settings: &ServerSettings) -> std::io::Result<Self> {
+        let address = listener.local_addr()?;
+        let state = web::Data::new(state);
+        spawn_pending_delete_retries(state.clone(), settings.pending_delete_interval);
+        let body_limit = settings.body_limit;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(body_limit))
+                .configure(crate::routes::configure)
+        })
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .shutdown_timeout(10);
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Self { address, server })
+    }
+
+    /// The address actually bound.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until stopped (SIGINT/SIGTERM stop it gracefully).
+    pub async fn run(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Retries deletes the application's foreign keys refused, until they succeed.
+fn spawn_pending_delete_retries(state: web::Data<AppState>, every: Duration) {
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match state.db.retry_pending_deletes().await {
+                Ok(report) if report.completed > 0 || report.still_pending > 0 => tracing::info!(
+                    completed = report.completed,
+                    still_pending = report.still_pending,
+                    "retried deferred deletes"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "could not retry deferred deletes"),
+            }
+        }
+    });
+}
