@@ -93,6 +93,10 @@ impl ServeArgs {
         self.signing_secret
             .clone()
             .filter(|s| !s.trim().is_empty())
-            .or_else(|| std::env::var("CLERK_WEBHOOK_SECRET").ok().filter(|s| !s.trim().is_empty()))
+            .or_else(|| {
+                std::env::var("CLERK_WEBHOOK_SECRET")
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+            })
     }
 }

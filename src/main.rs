@@ -63,11 +63,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.no_migrate {
         run_migrations(&db).await?;
     }
-    let listener = TcpListener::bind(&args.bind).with_context(|| format!("binding {}", args.bind))?;
+    let listener =
+        TcpListener::bind(&args.bind).with_context(|| format!("binding {}", args.bind))?;
     let state = AppState {
         db,
         verifier,
-        sync: SyncOptions { skip_users_without_email: args.skip_users_without_email },
+        sync: SyncOptions {
+            skip_users_without_email: args.skip_users_without_email,
+        },
     };
     let settings = ServerSettings {
         body_limit: args.body_limit,

@@ -40,7 +40,11 @@ pub struct Application {
 
 impl Application {
     /// Binds `listener` and prepares the server; the database must already be migrated.
-    pub fn build(listener: TcpListener, state: AppState, settings: &ServerSettings) -> std::io::Result<Self> {
+    pub fn build(
+        listener: TcpListener,
+        state: AppState,
+        settings: &ServerSettings,
+    ) -> std::io::Result<Self> {
         let address = listener.local_addr()?;
         let state = web::Data::new(state);
         spawn_pending_delete_retries(state.clone(), settings.pending_delete_interval);
@@ -74,7 +78,7 @@ impl Application {
 
 /// Retries deletes the application's foreign keys refused, until they succeed.
 fn spawn_pending_delete_retries(state: web::Data<AppState>, every: Duration) {
-    actix_web::rt::spawn(async move {
+    tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

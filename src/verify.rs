@@ -12,7 +12,11 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Verifier {{ secrets: {} [redacted] }}", self.secrets.len())
+        write!(
+            f,
+            "Verifier {{ secrets: {} [redacted] }}",
+            self.secrets.len()
+        )
     }
 }
 
@@ -59,7 +63,11 @@ impl Verifier {
     /// Parses secrets separated by whitespace or commas.
     pub fn parse(raw: &str) -> Result<Self, SecretError> {
         let mut secrets = Vec::new();
-        for (index, entry) in raw.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).enumerate() {
+        for (index, entry) in raw
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .enumerate()
+        {
             let position = index + 1;
             let body = entry.strip_prefix("whsec_").ok_or(SecretError::Malformed {
                 position,
@@ -82,7 +90,12 @@ impl Verifier {
 
     /// Verifies `body` against the `svix-*` (or `webhook-*`) headers with every secret.
     /// With `check_time` false the 5-minute tolerance is not applied (replay of recorded deliveries).
-    pub fn verify(&self, body: &[u8], headers: &http::HeaderMap, check_time: bool) -> Result<(), SignatureError> {
+    pub fn verify(
+        &self,
+        body: &[u8],
+        headers: &http::HeaderMap,
+        check_time: bool,
+    ) -> Result<(), SignatureError> {
         if std::str::from_utf8(body).is_err() {
             return Err(SignatureError::NotUtf8);
         }

@@ -49,12 +49,13 @@ fn accepts(kind: Kind, postgres: bool, column: &Column) -> bool {
     let t = column.data_type.as_str();
     match (kind, postgres) {
         (Kind::Text, true) => {
-            (t == "text" || t == "character varying")
-                && column.max_length.is_none_or(|n| n >= 255)
+            (t == "text" || t == "character varying") && column.max_length.is_none_or(|n| n >= 255)
         }
         (Kind::Timestamp, true) => t.starts_with("timestamp"),
         (Kind::Role, true) => t == "role",
-        (Kind::Text | Kind::Role, false) => t.is_empty() || t.contains("text") || t.contains("char") || t.contains("clob"),
+        (Kind::Text | Kind::Role, false) => {
+            t.is_empty() || t.contains("text") || t.contains("char") || t.contains("clob")
+        }
         (Kind::Timestamp, false) => t.contains("date") || t.contains("time") || t.contains("text"),
     }
 }
@@ -63,10 +64,15 @@ fn accepts(kind: Kind, postgres: bool, column: &Column) -> bool {
 pub fn check(columns: &[Column], postgres: bool) -> Result<(), DbError> {
     for (name, kind, needs_null) in EXPECTED {
         let Some(column) = columns.iter().find(|c| c.name == name) else {
-            return Err(DbError::Incompatible(format!("column \"{name}\" is missing")));
+            return Err(DbError::Incompatible(format!(
+                "column \"{name}\" is missing"
+            )));
         };
         if !accepts(kind, postgres, column) {
-            let length = column.max_length.map(|n| format!("({n})")).unwrap_or_default();
+            let length = column
+                .max_length
+                .map(|n| format!("({n})"))
+                .unwrap_or_default();
             return Err(DbError::Incompatible(format!(
                 "column \"{name}\" has type {}{length}, expected {}",
                 column.data_type,
@@ -132,7 +138,11 @@ mod tests {
         narrow[2].max_length = Some(100);
         let mut required_name = prisma_columns();
         required_name[1].nullable = false;
-        for (columns, column) in [(missing, "updatedAt"), (narrow, "mail_address"), (required_name, "name")] {
+        for (columns, column) in [
+            (missing, "updatedAt"),
+            (narrow, "mail_address"),
+            (required_name, "name"),
+        ] {
             let message = check(&columns, true).expect_err("accepted").to_string();
             assert!(message.contains(&format!("\"{column}\"")), "{message}");
         }

@@ -38,13 +38,20 @@ where
     C: Connection,
     diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, Applied>,
 {
-    let rows: Vec<Applied> =
-        diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", history.table)).load(conn)?;
+    let rows: Vec<Applied> = diesel::sql_query(format!(
+        "SELECT version FROM {} ORDER BY version",
+        history.table
+    ))
+    .load(conn)?;
     Ok(rows.into_iter().map(|r| r.version).collect())
 }
 
 /// Applies every migration of `source` not yet in the history, each in its own transaction.
-pub fn run_pending<C, S>(conn: &mut C, source: &S, history: &History) -> diesel::QueryResult<Vec<String>>
+pub fn run_pending<C, S>(
+    conn: &mut C,
+    source: &S,
+    history: &History,
+) -> diesel::QueryResult<Vec<String>>
 where
     C: Connection + 'static,
     C::Backend: Backend,
@@ -63,14 +70,22 @@ where
             continue;
         }
         // Versions come from our own folder names; refuse anything that is not plain.
-        if !version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(diesel::result::Error::QueryBuilderError(format!("bad migration version {version:?}").into()));
+        if !version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(diesel::result::Error::QueryBuilderError(
+                format!("bad migration version {version:?}").into(),
+            ));
         }
         conn.transaction(|conn| {
             migration
                 .run(conn)
                 .map_err(diesel::result::Error::QueryBuilderError)?;
-            conn.batch_execute(&format!("INSERT INTO {} (version) VALUES ('{version}')", history.table))
+            conn.batch_execute(&format!(
+                "INSERT INTO {} (version) VALUES ('{version}')",
+                history.table
+            ))
         })?;
         ran.push(version);
     }

@@ -85,7 +85,9 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for DbError {
     fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
         use diesel_async::pooled_connection::deadpool::PoolError;
         match error {
-            PoolError::Timeout(_) => DbError::Unavailable("no database connection free in time".into()),
+            PoolError::Timeout(_) => {
+                DbError::Unavailable("no database connection free in time".into())
+            }
             other => DbError::Unavailable(other.to_string()),
         }
     }
@@ -180,7 +182,12 @@ impl Database {
     }
 
     /// Applies one delivery in one transaction (see [`crate::sync`] for the rules).
-    pub async fn apply(&self, id: &MessageId, event: &Event, options: SyncOptions) -> Result<Outcome, DbError> {
+    pub async fn apply(
+        &self,
+        id: &MessageId,
+        event: &Event,
+        options: SyncOptions,
+    ) -> Result<Outcome, DbError> {
         match self {
             Database::Postgres(db) => db.apply(id, event, options).await,
             Database::Sqlite(db) => db.apply(id, event, options).await,
@@ -198,5 +205,6 @@ impl Database {
 
 /// Parses an outcome returned by the database.
 fn outcome(raw: &str) -> Result<Outcome, DbError> {
-    Outcome::parse(raw).ok_or_else(|| DbError::Internal(format!("unknown outcome {raw:?} from the database")))
+    Outcome::parse(raw)
+        .ok_or_else(|| DbError::Internal(format!("unknown outcome {raw:?} from the database")))
 }

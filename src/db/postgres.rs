@@ -72,7 +72,11 @@ struct Retried {
     still_pending: i64,
 }
 
-async fn connect(url: String, setup: String, timeout: Duration) -> diesel::ConnectionResult<AsyncPgConnection> {
+async fn connect(
+    url: String,
+    setup: String,
+    timeout: Duration,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
     let attempt = async {
         let mut conn = AsyncPgConnection::establish(&url).await?;
         conn.batch_execute(&setup)
@@ -82,7 +86,11 @@ async fn connect(url: String, setup: String, timeout: Duration) -> diesel::Conne
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(diesel::ConnectionError::BadConnection("connect timed out".into())))
+        .unwrap_or_else(|_| {
+            Err(diesel::ConnectionError::BadConnection(
+                "connect timed out".into(),
+            ))
+        })
 }
 
 impl Pg {
@@ -98,9 +106,8 @@ impl Pg {
         }
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         let (setup_url, setup_sql, timeout) = (url.clone(), setup.clone(), options.acquire_timeout);
-        config.custom_setup = Box::new(move |_| {
-            Box::pin(connect(setup_url.clone(), setup_sql.clone(), timeout))
-        });
+        config.custom_setup =
+            Box::new(move |_| Box::pin(connect(setup_url.clone(), setup_sql.clone(), timeout)));
         let manager = AsyncDieselConnectionManager::new_with_config(url.clone(), config);
         let pool = Pool::builder(manager)
             .max_size(options.max_connections)
@@ -110,7 +117,11 @@ impl Pg {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| DbError::Internal(e.to_string()))?;
-        Ok(Self { pool, url: url.clone(), setup })
+        Ok(Self {
+            pool,
+            url: url.clone(),
+            setup,
+        })
     }
 
     pub(super) async fn migrate(&self) -> Result<MigrationReport, DbError> {
@@ -124,14 +135,16 @@ impl Pg {
 
     pub(super) async fn check_ready(&self) -> Result<(), DbError> {
         let mut conn = self.pool.get().await?;
-        let present: Exists =
-            diesel::sql_query("SELECT to_regclass('clerk_sync.schema_migrations') IS NOT NULL AS present")
-                .get_result(&mut conn)
-                .await?;
+        let present: Exists = diesel::sql_query(
+            "SELECT to_regclass('clerk_sync.schema_migrations') IS NOT NULL AS present",
+        )
+        .get_result(&mut conn)
+        .await?;
         let applied = if present.present {
-            let rows: Vec<Version> = diesel::sql_query("SELECT version FROM clerk_sync.schema_migrations")
-                .load(&mut conn)
-                .await?;
+            let rows: Vec<Version> =
+                diesel::sql_query("SELECT version FROM clerk_sync.schema_migrations")
+                    .load(&mut conn)
+                    .await?;
             rows.into_iter().map(|r| r.version).collect()
         } else {
             Vec::new()
@@ -142,7 +155,12 @@ impl Pg {
         }
     }
 
-    pub(super) async fn apply(&self, id: &MessageId, event: &Event, options: SyncOptions) -> Result<Outcome, DbError> {
+    pub(super) async fn apply(
+        &self,
+        id: &MessageId,
+        event: &Event,
+        options: SyncOptions,
+    ) -> Result<Outcome, DbError> {
         let mut conn = self.pool.get().await?;
         let query = diesel::sql_query(
             "SELECT clerk_sync.apply_delivery($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS outcome",
@@ -150,45 +168,51 @@ impl Pg {
         .bind::<Text, _>(id.as_str())
         .bind::<Text, _>(event.event_type());
         let row: OutcomeRow = match event {
-            Event::Upsert { change, .. } => query
-                .bind::<Text, _>("upsert")
-                .bind::<Nullable<Text>, _>(Some(change.id.as_str()))
-                .bind::<Nullable<BigInt>, _>(Some(change.version))
-                .bind::<Nullable<Text>, _>(Some(change.digest.as_str()))
-                .bind::<Nullable<Text>, _>(change.name.as_deref())
-                .bind::<Nullable<Text>, _>(change.email.as_ref().map(|e| e.as_str()))
-                .bind::<Nullable<Text>, _>(change.role.map(|r| r.as_db()))
-                .bind::<Nullable<Timestamp>, _>(Some(change.created_at.naive_utc()))
-                .bind::<Nullable<Timestamp>, _>(Some(change.updated_at.naive_utc()))
-                .bind::<Bool, _>(options.skip_users_without_email)
-                .get_result(&mut conn)
-                .await?,
-            Event::Delete { id: user } => query
-                .bind::<Text, _>("delete")
-                .bind::<Nullable<Text>, _>(Some(user.as_str()))
-                .bind::<Nullable<BigInt>, _>(None::<i64>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                .bind::<Bool, _>(options.skip_users_without_email)
-                .get_result(&mut conn)
-                .await?,
-            Event::Ignored { .. } => query
-                .bind::<Text, _>("ignore")
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<BigInt>, _>(None::<i64>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Text>, _>(None::<&str>)
-                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                .bind::<Bool, _>(options.skip_users_without_email)
-                .get_result(&mut conn)
-                .await?,
+            Event::Upsert { change, .. } => {
+                query
+                    .bind::<Text, _>("upsert")
+                    .bind::<Nullable<Text>, _>(Some(change.id.as_str()))
+                    .bind::<Nullable<BigInt>, _>(Some(change.version))
+                    .bind::<Nullable<Text>, _>(Some(change.digest.as_str()))
+                    .bind::<Nullable<Text>, _>(change.name.as_deref())
+                    .bind::<Nullable<Text>, _>(change.email.as_ref().map(|e| e.as_str()))
+                    .bind::<Nullable<Text>, _>(change.role.map(|r| r.as_db()))
+                    .bind::<Nullable<Timestamp>, _>(Some(change.created_at.naive_utc()))
+                    .bind::<Nullable<Timestamp>, _>(Some(change.updated_at.naive_utc()))
+                    .bind::<Bool, _>(options.skip_users_without_email)
+                    .get_result(&mut conn)
+                    .await?
+            }
+            Event::Delete { id: user } => {
+                query
+                    .bind::<Text, _>("delete")
+                    .bind::<Nullable<Text>, _>(Some(user.as_str()))
+                    .bind::<Nullable<BigInt>, _>(None::<i64>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                    .bind::<Bool, _>(options.skip_users_without_email)
+                    .get_result(&mut conn)
+                    .await?
+            }
+            Event::Ignored { .. } => {
+                query
+                    .bind::<Text, _>("ignore")
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<BigInt>, _>(None::<i64>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Text>, _>(None::<&str>)
+                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
+                    .bind::<Bool, _>(options.skip_users_without_email)
+                    .get_result(&mut conn)
+                    .await?
+            }
         };
         outcome(&row.outcome)
     }
@@ -223,16 +247,21 @@ mod blocking {
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
     use diesel_async::AsyncPgConnection;
 
-    use super::{app_table, migrations, CatalogColumn, Column, DbError, Exists, MigrationReport, HISTORY, MIGRATION_LOCK};
+    use super::{
+        app_table, migrations, CatalogColumn, Column, DbError, Exists, MigrationReport, HISTORY,
+        MIGRATION_LOCK,
+    };
 
     type Wrapped = AsyncConnectionWrapper<AsyncPgConnection>;
 
     pub(super) fn migrate(url: &str, setup: &str) -> Result<MigrationReport, DbError> {
         let mut conn = <Wrapped as Connection>::establish(url)?;
         conn.batch_execute(setup)?;
-        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).execute(&mut conn)?;
+        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .execute(&mut conn)?;
         let result = migrate_locked(&mut conn);
-        let unlocked = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(&mut conn);
+        let unlocked = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .execute(&mut conn);
         let report = result?;
         unlocked?;
         Ok(report)
@@ -258,7 +287,10 @@ mod blocking {
             Ok(true)
         })?;
         check_user_table(conn)?;
-        Ok(MigrationReport { applied, created_user_table })
+        Ok(MigrationReport {
+            applied,
+            created_user_table,
+        })
     }
 
     fn check_user_table(conn: &mut Wrapped) -> Result<(), DbError> {
@@ -292,7 +324,9 @@ mod blocking {
         )
         .get_result(conn)?;
         if !labels.present {
-            return Err(DbError::Incompatible("column \"role\": the enum \"Role\" lacks ADMIN or USER".into()));
+            return Err(DbError::Incompatible(
+                "column \"role\": the enum \"Role\" lacks ADMIN or USER".into(),
+            ));
         }
         Ok(())
     }

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
-use diesel::{Connection, OptionalExtension, QueryResult, QueryableByName, RunQueryDsl, SqliteConnection};
+use diesel::{
+    Connection, OptionalExtension, QueryResult, QueryableByName, RunQueryDsl, SqliteConnection,
+};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
@@ -87,7 +89,9 @@ impl Lite {
         task: impl FnOnce(&mut SqliteConnection) -> Result<R, DbError> + Send + 'static,
     ) -> Result<R, DbError> {
         let mut conn = self.pool.get().await?;
-        conn.spawn_blocking(move |c| Ok(task(c))).await.map_err(DbError::from)?
+        conn.spawn_blocking(move |c| Ok(task(c)))
+            .await
+            .map_err(DbError::from)?
     }
 
     pub(super) async fn migrate(&self) -> Result<MigrationReport, DbError> {
@@ -101,7 +105,10 @@ impl Lite {
                 Ok(true)
             })?;
             app_table::check(&columns(conn)?, false)?;
-            Ok(MigrationReport { applied, created_user_table })
+            Ok(MigrationReport {
+                applied,
+                created_user_table,
+            })
         })
         .await
     }
@@ -121,7 +128,12 @@ impl Lite {
         .await
     }
 
-    pub(super) async fn apply(&self, id: &MessageId, event: &Event, options: SyncOptions) -> Result<Outcome, DbError> {
+    pub(super) async fn apply(
+        &self,
+        id: &MessageId,
+        event: &Event,
+        options: SyncOptions,
+    ) -> Result<Outcome, DbError> {
         let (id, event) = (id.clone(), event.clone());
         self.run(move |conn| Ok(conn.immediate_transaction(|c| apply(c, &id, &event, options))?))
             .await
@@ -200,14 +212,14 @@ struct PragmaColumn {
     #[diesel(sql_type = Text)]
     data_type: String,
     #[diesel(sql_type = Bool)]
-    notnull: bool,
+    is_notnull: bool,
     #[diesel(sql_type = Bool)]
     has_default: bool,
 }
 
 fn columns(conn: &mut SqliteConnection) -> QueryResult<Vec<Column>> {
     let rows: Vec<PragmaColumn> = diesel::sql_query(
-        "SELECT name, lower(type) AS data_type, \"notnull\" AS notnull, dflt_value IS NOT NULL AS has_default
+        "SELECT name, lower(type) AS data_type, \"notnull\" AS is_notnull, dflt_value IS NOT NULL AS has_default
            FROM pragma_table_info('User')",
     )
     .load(conn)?;
@@ -217,13 +229,18 @@ fn columns(conn: &mut SqliteConnection) -> QueryResult<Vec<Column>> {
             name: c.name,
             data_type: c.data_type,
             max_length: None,
-            nullable: !c.notnull,
+            nullable: !c.is_notnull,
             has_default: c.has_default,
         })
         .collect())
 }
 
-fn apply(conn: &mut SqliteConnection, id: &MessageId, event: &Event, options: SyncOptions) -> QueryResult<Outcome> {
+fn apply(
+    conn: &mut SqliteConnection,
+    id: &MessageId,
+    event: &Event,
+    options: SyncOptions,
+) -> QueryResult<Outcome> {
     let inserted = diesel::sql_query(
         "INSERT INTO clerk_sync_deliveries (svix_id, event_type, user_id, outcome, received_at)
          VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (svix_id) DO NOTHING",
@@ -271,22 +288,30 @@ fn displaced(user: &str) -> String {
     format!("{user}@displaced.invalid")
 }
 
-fn upsert(conn: &mut SqliteConnection, change: &UserChange, options: SyncOptions) -> QueryResult<Outcome> {
+fn upsert(
+    conn: &mut SqliteConnection,
+    change: &UserChange,
+    options: SyncOptions,
+) -> QueryResult<Outcome> {
     let user = change.id.as_str();
     let current = state(conn, user)?;
-    if current.deleted || (change.version, change.digest.as_str()) <= (current.version, current.digest.as_str()) {
+    if current.deleted
+        || (change.version, change.digest.as_str()) <= (current.version, current.digest.as_str())
+    {
         return Ok(Outcome::Stale);
     }
     if change.email.is_none() && options.skip_users_without_email {
         return Ok(Outcome::Ignored);
     }
     let email = change.email.as_ref().map(|e| e.as_str());
-    diesel::sql_query("UPDATE clerk_sync_users SET version = ?, digest = ?, email = ? WHERE user_id = ?")
-        .bind::<BigInt, _>(change.version)
-        .bind::<Text, _>(&change.digest)
-        .bind::<Nullable<Text>, _>(email)
-        .bind::<Text, _>(user)
-        .execute(conn)?;
+    diesel::sql_query(
+        "UPDATE clerk_sync_users SET version = ?, digest = ?, email = ? WHERE user_id = ?",
+    )
+    .bind::<BigInt, _>(change.version)
+    .bind::<Text, _>(&change.digest)
+    .bind::<Nullable<Text>, _>(email)
+    .bind::<Text, _>(user)
+    .execute(conn)?;
 
     let address = match email {
         None => format!("{user}@no-email.invalid"),
@@ -349,26 +374,42 @@ fn delete(conn: &mut SqliteConnection, user: &ClerkUserId) -> QueryResult<Outcom
     if current.deleted && !current.delete_pending {
         return Ok(Outcome::Stale);
     }
-    diesel::sql_query("UPDATE clerk_sync_users SET deleted_at = COALESCE(deleted_at, ?) WHERE user_id = ?")
-        .bind::<Text, _>(prisma_date(Utc::now()))
-        .bind::<Text, _>(user.as_str())
-        .execute(conn)?;
-    Ok(if finish_delete(conn, user.as_str())? { Outcome::Applied } else { Outcome::Deferred })
+    diesel::sql_query(
+        "UPDATE clerk_sync_users SET deleted_at = COALESCE(deleted_at, ?) WHERE user_id = ?",
+    )
+    .bind::<Text, _>(prisma_date(Utc::now()))
+    .bind::<Text, _>(user.as_str())
+    .execute(conn)?;
+    Ok(if finish_delete(conn, user.as_str())? {
+        Outcome::Applied
+    } else {
+        Outcome::Deferred
+    })
 }
 
 /// Deletes a tombstoned user's row; false when the application's foreign keys refuse.
 fn finish_delete(conn: &mut SqliteConnection, user: &str) -> QueryResult<bool> {
-    let address: Option<Address> = diesel::sql_query("SELECT mail_address FROM \"User\" WHERE id = ?")
-        .bind::<Text, _>(user)
-        .get_result(conn)
-        .optional()?;
+    let address: Option<Address> =
+        diesel::sql_query("SELECT mail_address FROM \"User\" WHERE id = ?")
+            .bind::<Text, _>(user)
+            .get_result(conn)
+            .optional()?;
     // A savepoint, so that a refused delete leaves the rest of the transaction intact.
     let deleted = conn.transaction(|c| {
-        diesel::sql_query("DELETE FROM \"User\" WHERE id = ?").bind::<Text, _>(user).execute(c)
+        diesel::sql_query("DELETE FROM \"User\" WHERE id = ?")
+            .bind::<Text, _>(user)
+            .execute(c)
     });
     let done = match deleted {
         Ok(_) => true,
-        Err(DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)) => false,
+        // SQLite reports the violation with the plain (not extended) error code, so diesel
+        // does not classify it; its message is fixed by SQLite.
+        Err(DieselError::DatabaseError(kind, info))
+            if kind == DatabaseErrorKind::ForeignKeyViolation
+                || info.message().contains("FOREIGN KEY constraint failed") =>
+        {
+            false
+        }
         Err(other) => return Err(other),
     };
     diesel::sql_query("UPDATE clerk_sync_users SET delete_pending = ? WHERE user_id = ?")
@@ -410,4 +451,3 @@ fn settle_address(conn: &mut SqliteConnection, address: &str) -> QueryResult<()>
     set_address(conn, &best.user_id, address)?;
     Ok(())
 }
-

@@ -52,17 +52,24 @@ impl DatabaseUrl {
             if path.is_empty() {
                 return Err(UrlError::Empty);
             }
-            return Ok(DatabaseUrl::Sqlite { path: PathBuf::from(path) });
+            return Ok(DatabaseUrl::Sqlite {
+                path: PathBuf::from(path),
+            });
         }
         if let Some((scheme, _)) = raw.split_once("://") {
             return Err(UrlError::UnsupportedScheme(scheme.to_owned()));
         }
-        Ok(DatabaseUrl::Sqlite { path: PathBuf::from(raw) })
+        Ok(DatabaseUrl::Sqlite {
+            path: PathBuf::from(raw),
+        })
     }
 
     fn postgres(raw: &str) -> Result<Self, UrlError> {
         let Some((base, query)) = raw.split_once('?') else {
-            return Ok(DatabaseUrl::Postgres { url: raw.to_owned(), schema: None });
+            return Ok(DatabaseUrl::Postgres {
+                url: raw.to_owned(),
+                schema: None,
+            });
         };
         let mut schema = None;
         let mut kept = Vec::new();
@@ -71,7 +78,9 @@ impl DatabaseUrl {
                 Some(("schema", value)) => {
                     let valid = !value.is_empty()
                         && value.len() <= 63
-                        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
                     if !valid {
                         return Err(UrlError::InvalidSchema);
                     }
@@ -80,7 +89,11 @@ impl DatabaseUrl {
                 _ => kept.push(pair),
             }
         }
-        let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+        let url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
         Ok(DatabaseUrl::Postgres { url, schema })
     }
 
@@ -89,7 +102,10 @@ impl DatabaseUrl {
         match self {
             DatabaseUrl::Postgres { url, .. } => {
                 let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or("");
-                let host = after_scheme.rsplit_once('@').map(|(_, h)| h).unwrap_or(after_scheme);
+                let host = after_scheme
+                    .rsplit_once('@')
+                    .map(|(_, h)| h)
+                    .unwrap_or(after_scheme);
                 let host = host.split('?').next().unwrap_or(host);
                 format!("postgres://{host}")
             }
@@ -116,22 +132,45 @@ mod tests {
 
     #[test]
     fn every_documented_form_parses() {
-        let sqlite = |p: &str| Ok(DatabaseUrl::Sqlite { path: PathBuf::from(p) });
-        assert_eq!(DatabaseUrl::parse("sqlite://data/app.db"), sqlite("data/app.db"));
-        assert_eq!(DatabaseUrl::parse("sqlite:///var/lib/app.db"), sqlite("/var/lib/app.db"));
+        let sqlite = |p: &str| {
+            Ok(DatabaseUrl::Sqlite {
+                path: PathBuf::from(p),
+            })
+        };
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/app.db"),
+            sqlite("data/app.db")
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/app.db"),
+            sqlite("/var/lib/app.db")
+        );
         assert_eq!(DatabaseUrl::parse("sqlite:app.db"), sqlite("app.db"));
         assert_eq!(DatabaseUrl::parse("./app.db"), sqlite("./app.db"));
         assert_eq!(
             DatabaseUrl::parse("postgresql://u:p@h:5432/db?schema=app&sslmode=disable"),
-            Ok(DatabaseUrl::Postgres { url: "postgresql://u:p@h:5432/db?sslmode=disable".into(), schema: Some("app".into()) })
+            Ok(DatabaseUrl::Postgres {
+                url: "postgresql://u:p@h:5432/db?sslmode=disable".into(),
+                schema: Some("app".into())
+            })
         );
-        assert_eq!(DatabaseUrl::parse("mysql://h/db"), Err(UrlError::UnsupportedScheme("mysql".into())));
-        assert_eq!(DatabaseUrl::parse("postgres://h/db?schema=a;drop"), Err(UrlError::InvalidSchema));
+        assert_eq!(
+            DatabaseUrl::parse("mysql://h/db"),
+            Err(UrlError::UnsupportedScheme("mysql".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://h/db?schema=a;drop"),
+            Err(UrlError::InvalidSchema)
+        );
     }
 
     #[test]
     fn credentials_never_show() {
-        let url = DatabaseUrl::parse("postgres://clerk:s3cret@db.internal:5432/app").expect("valid");
-        assert_eq!(format!("{url:?} {url}"), "postgres://db.internal:5432/app postgres://db.internal:5432/app");
+        let url =
+            DatabaseUrl::parse("postgres://clerk:s3cret@db.internal:5432/app").expect("valid");
+        assert_eq!(
+            format!("{url:?} {url}"),
+            "postgres://db.internal:5432/app postgres://db.internal:5432/app"
+        );
     }
 }

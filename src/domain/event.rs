@@ -66,9 +66,16 @@ impl Event {
     pub fn parse(body: &[u8]) -> Result<Self, EventError> {
         let envelope: Envelope =
             serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;
-        let event_type = envelope.event_type.ok_or(EventError::MissingField("type"))?;
-        if event_type.is_empty() || event_type.len() > MAX_TYPE_LEN || event_type.chars().any(char::is_control) {
-            return Err(EventError::Malformed("type is empty, too long or not printable".into()));
+        let event_type = envelope
+            .event_type
+            .ok_or(EventError::MissingField("type"))?;
+        if event_type.is_empty()
+            || event_type.len() > MAX_TYPE_LEN
+            || event_type.chars().any(char::is_control)
+        {
+            return Err(EventError::Malformed(
+                "type is empty, too long or not printable".into(),
+            ));
         }
         let data = || {
             envelope
@@ -81,11 +88,16 @@ impl Event {
         match event_type.as_str() {
             "user.created" | "user.updated" => {
                 let user: UserObject = serde_json::from_value(data()?).map_err(malformed)?;
-                Ok(Event::Upsert { change: user.into_change()?, event_type })
+                Ok(Event::Upsert {
+                    change: user.into_change()?,
+                    event_type,
+                })
             }
             "user.deleted" => {
                 let deleted: DeletedObject = serde_json::from_value(data()?).map_err(malformed)?;
-                Ok(Event::Delete { id: deleted.into_id()? })
+                Ok(Event::Delete {
+                    id: deleted.into_id()?,
+                })
             }
             _ => Ok(Event::Ignored { event_type }),
         }
@@ -118,15 +130,22 @@ mod tests {
         let body = br#"{"type":"user.updated","data":{"id":"user_1","created_at":1,"updated_at":2,
             "primary_email_address_id":"idn_b","email_addresses":[
               {"id":"idn_a","email_address":"a@example.com"},{"id":"idn_b","email_address":"b@example.com"}]}}"#;
-        let Ok(Event::Upsert { change, .. }) = Event::parse(body) else { panic!("not an upsert") };
-        assert_eq!(change.email.as_ref().map(|e| e.as_str()), Some("b@example.com"));
+        let Ok(Event::Upsert { change, .. }) = Event::parse(body) else {
+            panic!("not an upsert")
+        };
+        assert_eq!(
+            change.email.as_ref().map(|e| e.as_str()),
+            Some("b@example.com")
+        );
     }
 
     #[test]
     fn a_primary_id_matching_no_address_means_no_email() {
         let body = br#"{"type":"user.created","data":{"id":"user_1","created_at":1,"updated_at":2,
             "primary_email_address_id":"idn_x","email_addresses":[]}}"#;
-        let Ok(Event::Upsert { change, .. }) = Event::parse(body) else { panic!("not an upsert") };
+        let Ok(Event::Upsert { change, .. }) = Event::parse(body) else {
+            panic!("not an upsert")
+        };
         assert!(change.email.is_none());
     }
 
@@ -139,13 +158,22 @@ mod tests {
             br#"{"type":7}"#,
             br#"[]"#,
         ] {
-            assert!(matches!(Event::parse(body), Err(EventError::Malformed(_))), "{}", String::from_utf8_lossy(body));
+            assert!(
+                matches!(Event::parse(body), Err(EventError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn unknown_types_are_ignored_and_unknown_fields_accepted() {
         let body = br#"{"type":"session.created","data":{"anything":1},"brand_new_field":true}"#;
-        assert_eq!(Event::parse(body), Ok(Event::Ignored { event_type: "session.created".into() }));
+        assert_eq!(
+            Event::parse(body),
+            Ok(Event::Ignored {
+                event_type: "session.created".into()
+            })
+        );
     }
 }

@@ -22,7 +22,8 @@ impl MessageId {
 
     /// Accepts a non-empty, printable ASCII id of at most [`Self::MAX_LEN`] bytes.
     pub fn parse(raw: &str) -> Result<Self, EventError> {
-        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(EventError::InvalidMessageId);
         }
         Ok(Self(raw.to_owned()))

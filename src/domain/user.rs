@@ -19,7 +19,9 @@ impl ClerkUserId {
         let rest = raw.strip_prefix("user_").ok_or(EventError::InvalidUserId)?;
         let valid = !rest.is_empty()
             && raw.len() <= 128
-            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
             Ok(Self(raw.to_owned()))
         } else {
@@ -168,7 +170,11 @@ pub(super) struct DeletedObject {
 
 impl DeletedObject {
     pub(super) fn into_id(self) -> Result<ClerkUserId, EventError> {
-        ClerkUserId::parse(self.id.as_deref().ok_or(EventError::MissingField("data.id"))?)
+        ClerkUserId::parse(
+            self.id
+                .as_deref()
+                .ok_or(EventError::MissingField("data.id"))?,
+        )
     }
 }
 
@@ -188,7 +194,11 @@ fn display_name(first: Option<&str>, last: Option<&str>, username: Option<&str>)
     let last = last.map(str::trim).unwrap_or("");
     let full = format!("{first} {last}");
     let full = full.trim();
-    let chosen = if full.is_empty() { username.map(str::trim).unwrap_or("") } else { full };
+    let chosen = if full.is_empty() {
+        username.map(str::trim).unwrap_or("")
+    } else {
+        full
+    };
     if chosen.is_empty() {
         return None;
     }
@@ -197,7 +207,11 @@ fn display_name(first: Option<&str>, last: Option<&str>, username: Option<&str>)
 
 impl UserObject {
     pub(super) fn into_change(self) -> Result<UserChange, EventError> {
-        let id = ClerkUserId::parse(self.id.as_deref().ok_or(EventError::MissingField("data.id"))?)?;
+        let id = ClerkUserId::parse(
+            self.id
+                .as_deref()
+                .ok_or(EventError::MissingField("data.id"))?,
+        )?;
         let created_at = timestamp(self.created_at, "data.created_at")?;
         let updated_at = timestamp(self.updated_at, "data.updated_at")?;
         let name = display_name(
@@ -231,7 +245,12 @@ impl UserObject {
 
 /// A stable digest of the written fields. Two versions with equal `updated_at` but
 /// different content are settled by it: the greater digest wins, whatever the arrival order.
-fn digest(name: &Option<String>, email: Option<&EmailAddress>, role: Option<Role>, created_ms: i64) -> String {
+fn digest(
+    name: &Option<String>,
+    email: Option<&EmailAddress>,
+    role: Option<Role>,
+    created_ms: i64,
+) -> String {
     let mut hasher = Sha256::new();
     for part in [
         name.as_deref().unwrap_or("\u{0}"),
@@ -242,7 +261,11 @@ fn digest(name: &Option<String>, email: Option<&EmailAddress>, role: Option<Role
         hasher.update(part.as_bytes());
     }
     hasher.update(created_ms.to_le_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -251,9 +274,18 @@ mod tests {
 
     #[test]
     fn name_prefers_first_and_last_then_username() {
-        assert_eq!(display_name(Some(" Ada "), Some("Lovelace"), Some("ada")).as_deref(), Some("Ada Lovelace"));
-        assert_eq!(display_name(None, Some("Lovelace"), None).as_deref(), Some("Lovelace"));
-        assert_eq!(display_name(Some(" "), None, Some("ada")).as_deref(), Some("ada"));
+        assert_eq!(
+            display_name(Some(" Ada "), Some("Lovelace"), Some("ada")).as_deref(),
+            Some("Ada Lovelace")
+        );
+        assert_eq!(
+            display_name(None, Some("Lovelace"), None).as_deref(),
+            Some("Lovelace")
+        );
+        assert_eq!(
+            display_name(Some(" "), None, Some("ada")).as_deref(),
+            Some("ada")
+        );
         assert_eq!(display_name(None, None, None), None);
         assert_eq!(display_name(Some(""), Some(""), Some("  ")), None);
     }
@@ -269,7 +301,14 @@ mod tests {
     #[test]
     fn user_ids_must_look_like_clerks() {
         assert!(ClerkUserId::parse("user_29w83sxmDNGwOuEthce5gg56FcC").is_ok());
-        for bad in ["", "user_", "usr_abc", "user_a b", "user_ä", &format!("user_{}", "a".repeat(200))] {
+        for bad in [
+            "",
+            "user_",
+            "usr_abc",
+            "user_a b",
+            "user_ä",
+            &format!("user_{}", "a".repeat(200)),
+        ] {
             assert!(ClerkUserId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -277,7 +316,10 @@ mod tests {
     #[test]
     fn role_comes_only_from_a_known_metadata_value() {
         let meta = |v: serde_json::Value| Role::from_metadata(Some(&v));
-        assert_eq!(meta(serde_json::json!({"role": "ADMIN"})), Some(Role::Admin));
+        assert_eq!(
+            meta(serde_json::json!({"role": "ADMIN"})),
+            Some(Role::Admin)
+        );
         assert_eq!(meta(serde_json::json!({"role": "user"})), Some(Role::User));
         assert_eq!(meta(serde_json::json!({"role": "owner"})), None);
         assert_eq!(meta(serde_json::json!({"role": 1})), None);

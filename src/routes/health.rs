@@ -13,7 +13,9 @@ pub async fn healthz() -> HttpResponse {
 /// Readiness: 200 when the database is reachable and migrated, else 503 with the reason.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.db.check_ready().await {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready", "backend": state.db.backend()})),
+        Ok(()) => {
+            HttpResponse::Ok().json(json!({"status": "ready", "backend": state.db.backend()}))
+        }
         Err(error) => {
             tracing::warn!(%error, "not ready");
             HttpResponse::ServiceUnavailable()

@@ -35,11 +35,15 @@ impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
             WebhookError::Signature(
-                SignatureError::MissingHeader(_) | SignatureError::InvalidHeader(_) | SignatureError::NotUtf8,
+                SignatureError::MissingHeader(_)
+                | SignatureError::InvalidHeader(_)
+                | SignatureError::NotUtf8,
             ) => StatusCode::BAD_REQUEST,
             WebhookError::Signature(_) => StatusCode::UNAUTHORIZED,
             WebhookError::Event(_) => StatusCode::BAD_REQUEST,
-            WebhookError::Database(DbError::Unavailable(_) | DbError::NotMigrated(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Database(DbError::Unavailable(_) | DbError::NotMigrated(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             WebhookError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -48,7 +52,9 @@ impl ResponseError for WebhookError {
         let status = self.status_code();
         let mut response = HttpResponse::build(status);
         let message = match self {
-            WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_)) => "internal error".to_owned(),
+            WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_)) => {
+                "internal error".to_owned()
+            }
             WebhookError::Database(_) => "database unavailable, retry later".to_owned(),
             other => other.to_string(),
         };
@@ -74,7 +80,11 @@ fn header_map(request: &HttpRequest) -> http::HeaderMap {
 }
 
 /// Verifies, parses and applies one delivery.
-pub async fn receive(request: HttpRequest, body: Bytes, state: Data<AppState>) -> Result<HttpResponse, WebhookError> {
+pub async fn receive(
+    request: HttpRequest,
+    body: Bytes,
+    state: Data<AppState>,
+) -> Result<HttpResponse, WebhookError> {
     let headers = header_map(&request);
     let message_id = verify::message_id(&headers).map(str::to_owned);
     let result = handle(&headers, &body, &state).await;

@@ -56,9 +56,15 @@ impl Outcome {
 
     /// Parses a stored outcome name.
     pub fn parse(raw: &str) -> Option<Self> {
-        [Outcome::Applied, Outcome::Duplicate, Outcome::Stale, Outcome::Ignored, Outcome::Deferred]
-            .into_iter()
-            .find(|o| o.as_str() == raw)
+        [
+            Outcome::Applied,
+            Outcome::Duplicate,
+            Outcome::Stale,
+            Outcome::Ignored,
+            Outcome::Deferred,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == raw)
     }
 }
 

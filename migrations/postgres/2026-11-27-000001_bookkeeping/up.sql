@@ -144,8 +144,8 @@ BEGIN
             ELSE
                 SELECT mail_address INTO v_row_addr FROM "User" WHERE id = p_user_id;
                 FOR v_lock IN
-                    SELECT DISTINCT a FROM unnest(ARRAY[v_state.email, v_row_addr]) AS a
-                     WHERE a IS NOT NULL ORDER BY a COLLATE "C"
+                    SELECT DISTINCT (a COLLATE "C") FROM unnest(ARRAY[v_state.email, v_row_addr]) AS a
+                     WHERE a IS NOT NULL ORDER BY 1
                 LOOP
                     PERFORM pg_advisory_xact_lock(hashtextextended(v_lock, 7));
                 END LOOP;
@@ -168,8 +168,8 @@ BEGIN
             -- Address locks, in one global order so that two deliveries never
             -- wait on each other in a cycle.
             FOR v_lock IN
-                SELECT DISTINCT a FROM unnest(ARRAY[v_state.email, p_email]) AS a
-                 WHERE a IS NOT NULL ORDER BY a COLLATE "C"
+                SELECT DISTINCT (a COLLATE "C") FROM unnest(ARRAY[v_state.email, p_email]) AS a
+                 WHERE a IS NOT NULL ORDER BY 1
             LOOP
                 PERFORM pg_advisory_xact_lock(hashtextextended(v_lock, 7));
             END LOOP;
