@@ -63,7 +63,7 @@ where
     let mut ran = Vec::new();
     let migrations = source
         .migrations()
-        .map_err(|e| diesel::result::Error::QueryBuilderError(e))?;
+        .map_err(diesel::result::Error::QueryBuilderError)?;
     for migration in migrations {
         let version = migration.name().version().to_string();
         if done.contains(&version) {

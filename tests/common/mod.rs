@@ -92,7 +92,7 @@ struct Number {
 }
 
 enum Conn {
-    Pg(AsyncPgConnection),
+    Pg(Box<AsyncPgConnection>),
     Lite(SyncConnectionWrapper<SqliteConnection>),
 }
 
@@ -167,11 +167,10 @@ impl TestDb {
 
     async fn connect(&self) -> Conn {
         match self.backend {
-            Backend::Postgres => Conn::Pg(
-                AsyncPgConnection::establish(&self.url)
-                    .await
-                    .expect("connect"),
-            ),
+            Backend::Postgres => {
+                let conn = AsyncPgConnection::establish(&self.url).await.expect("connect");
+                Conn::Pg(Box::new(conn))
+            }
             Backend::Sqlite => {
                 let path = self.sqlite_path().expect("sqlite url");
                 let mut conn =
@@ -208,7 +207,7 @@ impl TestDb {
     pub async fn number(&self, sql: &str) -> i64 {
         let query = diesel::sql_query(sql);
         let row: Number = match self.connect().await {
-            Conn::Pg(mut c) => query.get_result(&mut c).await,
+            Conn::Pg(mut c) => query.get_result(&mut *c).await,
             Conn::Lite(mut c) => query.get_result(&mut c).await,
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -232,7 +231,7 @@ impl TestDb {
         };
         let query = diesel::sql_query(sql);
         match self.connect().await {
-            Conn::Pg(mut c) => query.load(&mut c).await,
+            Conn::Pg(mut c) => query.load(&mut *c).await,
             Conn::Lite(mut c) => query.load(&mut c).await,
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
