@@ -8,9 +8,15 @@ use crate::db::{DatabaseUrl, PoolOptions, DEFAULT_SQLITE_FILE};
 
 /// Keeps an application's User table in step with Clerk, from verified webhooks.
 #[derive(Debug, Parser)]
-#[command(name = "clerk-sync", version, about, long_about = None)]
+#[command(
+    name = "clerk-sync",
+    version,
+    about,
+    long_about = None,
+    after_help = "Log level: RUST_LOG (default info), e.g. RUST_LOG=clerk_sync=debug."
+)]
 pub struct Cli {
-    /// Log format: `text` or `json`.
+    /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
     pub log_format: String,
     /// What to do.

@@ -64,7 +64,7 @@ pub struct TestDb {
     pub backend: Backend,
     /// The `DATABASE_URL` the app under test uses.
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
