@@ -42,8 +42,16 @@ struct Daemon {
 impl Daemon {
     fn start(mut command: Command) -> Self {
         let port = free_port();
-        let child = command.arg("serve").arg("--bind").arg(format!("127.0.0.1:{port}")).spawn().expect("spawn");
-        Self { child, address: format!("http://127.0.0.1:{port}") }
+        let child = command
+            .arg("serve")
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .spawn()
+            .expect("spawn");
+        Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     async fn ready(&mut self) -> bool {
@@ -57,7 +65,10 @@ impl Daemon {
 
     async fn deliver(&self, secret: &str, id: &str, body: &str) -> reqwest::Response {
         let ts = now();
-        let signature = svix::webhooks::Webhook::new(secret).expect("secret").sign(id, ts, body.as_bytes()).expect("sign");
+        let signature = svix::webhooks::Webhook::new(secret)
+            .expect("secret")
+            .sign(id, ts, body.as_bytes())
+            .expect("sign");
         reqwest::Client::new()
             .post(format!("{}/webhooks/clerk", self.address))
             .header("svix-id", id)
@@ -98,14 +109,27 @@ async fn the_first_command_serves_on_an_sqlite_file_in_the_working_directory() {
     let mut daemon = Daemon::start(command);
     assert!(daemon.ready().await, "/readyz never answered 200");
 
-    let response = daemon.deliver(&secret, "msg_cli", &ClerkUser::new("user_cli", 1_000, "cli@example.com").created()).await;
+    let response = daemon
+        .deliver(
+            &secret,
+            "msg_cli",
+            &ClerkUser::new("user_cli", 1_000, "cli@example.com").created(),
+        )
+        .await;
     assert_eq!(response.status().as_u16(), 200);
 
     let (clean_exit, _) = daemon.stop();
     assert!(clean_exit, "SIGTERM should stop the daemon with status 0");
     assert!(dir.path().join("clerk-sync.db").exists());
-    let db = TestDb { backend: Backend::Sqlite, url: format!("sqlite://{}", dir.path().join("clerk-sync.db").display()), _dir: None };
-    assert_eq!(db.user("user_cli").await.map(|u| u.mail_address).as_deref(), Some("cli@example.com"));
+    let db = TestDb {
+        backend: Backend::Sqlite,
+        url: format!("sqlite://{}", dir.path().join("clerk-sync.db").display()),
+        _dir: None,
+    };
+    assert_eq!(
+        db.user("user_cli").await.map(|u| u.mail_address).as_deref(),
+        Some("cli@example.com")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +140,13 @@ async fn the_community_secret_name_is_accepted_too() {
     command.env("CLERK_WEBHOOK_SECRET", &secret);
     let mut daemon = Daemon::start(command);
     assert!(daemon.ready().await);
-    let response = daemon.deliver(&secret, "msg_1", &ClerkUser::new("user_alias", 1, "alias@example.com").created()).await;
+    let response = daemon
+        .deliver(
+            &secret,
+            "msg_1",
+            &ClerkUser::new("user_alias", 1, "alias@example.com").created(),
+        )
+        .await;
     assert_eq!(response.status().as_u16(), 200);
 }
 
@@ -134,14 +164,23 @@ fn a_malformed_secret_is_named_but_never_printed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let good = new_secret();
     let output = clerk_sync(dir.path())
-        .env("CLERK_WEBHOOK_SIGNING_SECRET", format!("{good} whsec_!!definitely-not-base64!!"))
+        .env(
+            "CLERK_WEBHOOK_SIGNING_SECRET",
+            format!("{good} whsec_!!definitely-not-base64!!"),
+        )
         .arg("serve")
         .output()
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("secret #2 is not a valid whsec_"), "{stderr}");
-    assert!(!stderr.contains("definitely-not-base64") && !stderr.contains(&good[6..]), "{stderr}");
+    assert!(
+        stderr.contains("secret #2 is not a valid whsec_"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("definitely-not-base64") && !stderr.contains(&good[6..]),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -167,7 +206,10 @@ fn an_incompatible_user_table_stops_migrate_naming_the_column() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("column \"updatedAt\" is missing"), "{stderr}");
+    assert!(
+        stderr.contains("column \"updatedAt\" is missing"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +231,10 @@ async fn an_incompatible_postgres_table_stops_serve_naming_the_column() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("column \"mail_address\" has type character varying(100)"), "{stderr}");
+    assert!(
+        stderr.contains("column \"mail_address\" has type character varying(100)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,22 +244,36 @@ async fn the_binary_writes_a_prisma_postgres_database_through_prismas_own_url() 
     let secret = new_secret();
     let mut command = clerk_sync(dir.path());
     // Prisma's DATABASE_URL carries ?schema=public; clerk-sync takes it as it is.
-    command.env("DATABASE_URL", format!("{}?schema=public", db.url)).env("CLERK_WEBHOOK_SIGNING_SECRET", &secret);
+    command
+        .env("DATABASE_URL", format!("{}?schema=public", db.url))
+        .env("CLERK_WEBHOOK_SIGNING_SECRET", &secret);
     let mut daemon = Daemon::start(command);
     assert!(daemon.ready().await);
 
     let mut user = ClerkUser::new("user_pg", 1_000, "pg@example.com");
     user.public_metadata = serde_json::json!({"role": "admin"});
-    assert_eq!(daemon.deliver(&secret, "msg_1", &user.created()).await.status().as_u16(), 200);
+    assert_eq!(
+        daemon
+            .deliver(&secret, "msg_1", &user.created())
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
 
     let row = db.user("user_pg").await.expect("row");
-    assert_eq!((row.mail_address.as_str(), row.role.as_str()), ("pg@example.com", "ADMIN"));
+    assert_eq!(
+        (row.mail_address.as_str(), row.role.as_str()),
+        ("pg@example.com", "ADMIN")
+    );
     // clerk-sync's own tables, migration history included, are in clerk_sync, none in public.
     let own_in_public = db
         .number("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public' AND tablename NOT IN ('User', 'Favorite', 'Bookmark')")
         .await;
     assert_eq!(own_in_public, 0);
-    let history = db.number("SELECT count(*) AS n FROM clerk_sync.schema_migrations").await;
+    let history = db
+        .number("SELECT count(*) AS n FROM clerk_sync.schema_migrations")
+        .await;
     assert!(history >= 1);
 }
 
@@ -223,12 +282,21 @@ async fn logs_carry_ids_and_outcomes_but_never_the_secret_or_personal_data() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = new_secret();
     let mut command = clerk_sync(dir.path());
-    command.env("CLERK_WEBHOOK_SIGNING_SECRET", &secret).env("LOG_FORMAT", "json");
+    command
+        .env("CLERK_WEBHOOK_SIGNING_SECRET", &secret)
+        .env("LOG_FORMAT", "json");
     let mut daemon = Daemon::start(command);
     assert!(daemon.ready().await);
     let mut user = ClerkUser::new("user_logged", 1_000, "private.person@example.com");
     user.first_name = Some("Privatename".into());
-    assert_eq!(daemon.deliver(&secret, "msg_logged", &user.created()).await.status().as_u16(), 200);
+    assert_eq!(
+        daemon
+            .deliver(&secret, "msg_logged", &user.created())
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
     let forged = svix::webhooks::Webhook::new(&new_secret()).expect("secret");
     let ts = now();
     let body = user.updated();
@@ -236,7 +304,12 @@ async fn logs_carry_ids_and_outcomes_but_never_the_secret_or_personal_data() {
         .post(format!("{}/webhooks/clerk", daemon.address))
         .header("svix-id", "msg_forged")
         .header("svix-timestamp", ts.to_string())
-        .header("svix-signature", forged.sign("msg_forged", ts, body.as_bytes()).expect("sign"))
+        .header(
+            "svix-signature",
+            forged
+                .sign("msg_forged", ts, body.as_bytes())
+                .expect("sign"),
+        )
         .body(body)
         .send()
         .await
@@ -253,7 +326,10 @@ async fn logs_carry_ids_and_outcomes_but_never_the_secret_or_personal_data() {
     assert_eq!(handled["user_id"], "user_logged");
     assert_eq!(handled["outcome"], "applied");
     assert_eq!(handled["event_type"], "user.created");
-    assert!(logs.contains("msg_forged") && logs.contains("no matching signature"), "{logs}");
+    assert!(
+        logs.contains("msg_forged") && logs.contains("no matching signature"),
+        "{logs}"
+    );
     for private in [&secret[6..], "private.person", "Privatename"] {
         assert!(!logs.contains(private), "logs contain {private}");
     }
@@ -261,7 +337,10 @@ async fn logs_carry_ids_and_outcomes_but_never_the_secret_or_personal_data() {
 
 #[test]
 fn help_documents_every_setting() {
-    let output = Command::new(BIN).args(["serve", "--help"]).output().expect("run");
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .expect("run");
     let help = String::from_utf8_lossy(&output.stdout);
     for setting in [
         "DATABASE_URL",

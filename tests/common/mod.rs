@@ -168,7 +168,9 @@ impl TestDb {
     async fn connect(&self) -> Conn {
         match self.backend {
             Backend::Postgres => {
-                let conn = AsyncPgConnection::establish(&self.url).await.expect("connect");
+                let conn = AsyncPgConnection::establish(&self.url)
+                    .await
+                    .expect("connect");
                 Conn::Pg(Box::new(conn))
             }
             Backend::Sqlite => {

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS clerk_sync.apply_batch;
