@@ -31,6 +31,97 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply clerk-sync's migrations (and create the User table where absent), then exit.
     Migrate(DatabaseArgs),
+    /// Replay stored webhooks (files, folders, JSON lines, `-` for stdin) into the database,
+    /// or with --to, sign them and POST them to a running daemon.
+    Replay(ReplayArgs),
+    /// Probe a running daemon's /readyz: exit 0 when ready, 1 otherwise (needs no secret or database).
+    Check(CheckArgs),
+    /// Show what the database says: deliveries by outcome, the last delivery, pending deletes.
+    Status(StatusArgs),
+}
+
+/// The webhook signing secret(s).
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// Webhook signing secret(s) from the Clerk dashboard (whsec_…); several, separated by spaces
+    /// or commas, during a rotation. CLERK_WEBHOOK_SECRET is read when this is unset.
+    #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
+    pub signing_secret: Option<String>,
+}
+
+impl SecretArgs {
+    /// The configured secrets: the flag or CLERK_WEBHOOK_SIGNING_SECRET, else CLERK_WEBHOOK_SECRET.
+    pub fn secrets(&self) -> Option<String> {
+        self.signing_secret
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| {
+                std::env::var("CLERK_WEBHOOK_SECRET")
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+            })
+    }
+}
+
+/// Settings of `replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Files, folders (walked in name order; `*.expected.json` skipped), JSON-lines files
+    /// (.jsonl/.ndjson) and `-` for standard input. Each item is a bare event body or a
+    /// recorded delivery `{"headers": {...}, "body": "..."}`.
+    #[arg(required = true)]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Database settings (direct replay).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Signing secret(s): checks recorded deliveries, and signs what --to sends.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// POST each delivery, signed, to this webhook URL (e.g. http://127.0.0.1:8080/webhooks/clerk)
+    /// instead of writing the database.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Validate everything, write and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Deliveries per transaction when writing the database directly.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch_size: u64,
+    /// Deliveries in flight at once with --to.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+    /// Skip users with no email address instead of writing a placeholder.
+    #[arg(long, env = "CLERK_SYNC_SKIP_USERS_WITHOUT_EMAIL")]
+    pub skip_users_without_email: bool,
+    /// Do not apply migrations before replaying.
+    #[arg(long, env = "CLERK_SYNC_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+/// Settings of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The daemon's address, as given to `serve --bind` (a wildcard host is probed on loopback),
+    /// or a base URL.
+    #[arg(long, env = "CLERK_SYNC_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub timeout: u64,
+}
+
+/// Settings of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Hours of deliveries to count by outcome.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=24 * 365))]
+    pub hours: u64,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the database is.
@@ -72,10 +163,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CLERK_SYNC_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
-    /// Webhook signing secret(s) from the Clerk dashboard (whsec_…); several, separated by spaces
-    /// or commas, during a rotation. CLERK_WEBHOOK_SECRET is read when this is unset.
-    #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
-    pub signing_secret: Option<String>,
+    /// Signing secret(s).
+    #[command(flatten)]
+    pub secret: SecretArgs,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "CLERK_SYNC_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
@@ -91,18 +181,4 @@ pub struct ServeArgs {
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "CLERK_SYNC_WORKERS", default_value_t = 0)]
     pub workers: usize,
-}
-
-impl ServeArgs {
-    /// The configured secrets: the flag or CLERK_WEBHOOK_SIGNING_SECRET, else CLERK_WEBHOOK_SECRET.
-    pub fn secrets(&self) -> Option<String> {
-        self.signing_secret
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .or_else(|| {
-                std::env::var("CLERK_WEBHOOK_SECRET")
-                    .ok()
-                    .filter(|s| !s.trim().is_empty())
-            })
-    }
 }

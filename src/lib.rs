@@ -3,8 +3,11 @@
 //! PostgreSQL or SQLite.
 
 pub mod cli;
+pub mod commands;
 pub mod db;
 pub mod domain;
+pub mod probe;
+pub mod replay;
 pub mod routes;
 pub mod startup;
 pub mod sync;

@@ -136,6 +136,14 @@ fn header(name: &str) -> &'static str {
     }
 }
 
+impl Verifier {
+    /// Signs `body` as Svix would, with the first configured secret (`v1,<base64>`).
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> Result<String, SignatureError> {
+        let first = self.secrets.first().ok_or(SignatureError::NoMatch)?;
+        first.sign(id, timestamp, body).map_err(map)
+    }
+}
+
 /// The message id header, `svix-id` or `webhook-id`.
 pub fn message_id(headers: &http::HeaderMap) -> Option<&str> {
     headers

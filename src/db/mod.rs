@@ -132,6 +132,21 @@ pub struct PendingDeletes {
     pub still_pending: usize,
 }
 
+/// What the database says about recent work (`clerk-sync status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// Deliveries received in the window, by outcome.
+    pub deliveries_by_outcome: std::collections::BTreeMap<String, i64>,
+    /// When the newest delivery was received (UTC, RFC 3339), if any.
+    pub last_delivery_at: Option<String>,
+    /// Deletes the application's foreign keys still refuse.
+    pub pending_deletes: i64,
+    /// Users deleted in Clerk (tombstones kept).
+    pub tombstones: i64,
+    /// Users clerk-sync has applied at least one change for.
+    pub known_users: i64,
+}
+
 /// A connection pool to one of the two backends.
 #[derive(Clone)]
 pub enum Database {
@@ -194,11 +209,64 @@ impl Database {
         }
     }
 
+    /// Applies deliveries in order in ONE transaction, each by the same rules as [`Self::apply`].
+    /// Any failure rolls the whole batch back; the caller then applies them one by one.
+    pub async fn apply_batch(
+        &self,
+        batch: Vec<(MessageId, Event)>,
+        options: SyncOptions,
+    ) -> Result<Vec<Outcome>, DbError> {
+        match self {
+            Database::Postgres(db) => db.apply_batch(&batch, options).await,
+            Database::Sqlite(db) => db.apply_batch(batch, options).await,
+        }
+    }
+
+    /// Counts for `clerk-sync status`: deliveries received since `since`, and the current state.
+    pub async fn status(&self, since: chrono::DateTime<chrono::Utc>) -> Result<Status, DbError> {
+        match self {
+            Database::Postgres(db) => db.status(since).await,
+            Database::Sqlite(db) => db.status(since).await,
+        }
+    }
+
     /// Retries the deletes the application's foreign keys refused so far.
     pub async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
         match self {
             Database::Postgres(db) => db.retry_pending_deletes().await,
             Database::Sqlite(db) => db.retry_pending_deletes().await,
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct OutcomeCount {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    outcome: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Totals {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    last_delivery_at: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pending_deletes: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    tombstones: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    known_users: i64,
+}
+
+impl Totals {
+    fn into_status(self, by_outcome: Vec<OutcomeCount>) -> Status {
+        Status {
+            deliveries_by_outcome: by_outcome.into_iter().map(|c| (c.outcome, c.n)).collect(),
+            last_delivery_at: self.last_delivery_at,
+            pending_deletes: self.pending_deletes,
+            tombstones: self.tombstones,
+            known_users: self.known_users,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamp};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -14,7 +14,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 
 use super::app_table::{self, Column};
 use super::migrations::{self, History};
-use super::{outcome, DatabaseUrl, DbError, MigrationReport, PendingDeletes, PoolOptions};
+use super::{
+    outcome, DatabaseUrl, DbError, MigrationReport, OutcomeCount, PendingDeletes, PoolOptions,
+    Status, Totals,
+};
 use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
 
@@ -217,6 +220,59 @@ impl Pg {
         outcome(&row.outcome)
     }
 
+    pub(super) async fn apply_batch(
+        &self,
+        batch: &[(MessageId, Event)],
+        options: SyncOptions,
+    ) -> Result<Vec<Outcome>, DbError> {
+        let mut columns = BatchColumns::default();
+        for (id, event) in batch {
+            columns.push(id, event);
+        }
+        let mut conn = self.pool.get().await?;
+        let row: Outcomes = diesel::sql_query(
+            "SELECT clerk_sync.apply_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS outcomes",
+        )
+        .bind::<Array<Text>, _>(&columns.svix_id)
+        .bind::<Array<Text>, _>(&columns.event_type)
+        .bind::<Array<Text>, _>(&columns.kind)
+        .bind::<Array<Nullable<Text>>, _>(&columns.user_id)
+        .bind::<Array<Nullable<BigInt>>, _>(&columns.version)
+        .bind::<Array<Nullable<Text>>, _>(&columns.digest)
+        .bind::<Array<Nullable<Text>>, _>(&columns.name)
+        .bind::<Array<Nullable<Text>>, _>(&columns.email)
+        .bind::<Array<Nullable<Text>>, _>(&columns.role)
+        .bind::<Array<Nullable<Timestamp>>, _>(&columns.created_at)
+        .bind::<Array<Nullable<Timestamp>>, _>(&columns.updated_at)
+        .bind::<Bool, _>(options.skip_users_without_email)
+        .get_result(&mut conn)
+        .await?;
+        row.outcomes.iter().map(|o| outcome(o)).collect()
+    }
+
+    pub(super) async fn status(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Status, DbError> {
+        let mut conn = self.pool.get().await?;
+        let by_outcome: Vec<OutcomeCount> = diesel::sql_query(
+            "SELECT outcome, count(*) AS n FROM clerk_sync.deliveries WHERE received_at >= $1 GROUP BY outcome",
+        )
+        .bind::<Timestamptz, _>(since)
+        .load(&mut conn)
+        .await?;
+        let totals: Totals = diesel::sql_query(
+            "SELECT (SELECT to_char(max(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
+                       FROM clerk_sync.deliveries) AS last_delivery_at,
+                    (SELECT count(*) FROM clerk_sync.users WHERE delete_pending) AS pending_deletes,
+                    (SELECT count(*) FROM clerk_sync.users WHERE deleted_at IS NOT NULL) AS tombstones,
+                    (SELECT count(*) FROM clerk_sync.users WHERE version >= 0 OR deleted_at IS NOT NULL) AS known_users",
+        )
+        .get_result(&mut conn)
+        .await?;
+        Ok(totals.into_status(by_outcome))
+    }
+
     pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
         let mut conn = self.pool.get().await?;
         let row: Retried = diesel::sql_query(
@@ -231,6 +287,57 @@ impl Pg {
             completed: usize::try_from(row.completed).unwrap_or(0),
             still_pending: usize::try_from(row.still_pending).unwrap_or(0),
         })
+    }
+}
+
+#[derive(QueryableByName)]
+struct Outcomes {
+    #[diesel(sql_type = Array<Text>)]
+    outcomes: Vec<String>,
+}
+
+/// A batch of deliveries as the column arrays `clerk_sync.apply_batch` takes.
+#[derive(Default)]
+struct BatchColumns {
+    svix_id: Vec<String>,
+    event_type: Vec<String>,
+    kind: Vec<&'static str>,
+    user_id: Vec<Option<String>>,
+    version: Vec<Option<i64>>,
+    digest: Vec<Option<String>>,
+    name: Vec<Option<String>>,
+    email: Vec<Option<String>>,
+    role: Vec<Option<&'static str>>,
+    created_at: Vec<Option<chrono::NaiveDateTime>>,
+    updated_at: Vec<Option<chrono::NaiveDateTime>>,
+}
+
+impl BatchColumns {
+    fn push(&mut self, id: &MessageId, event: &Event) {
+        self.svix_id.push(id.as_str().to_owned());
+        self.event_type.push(event.event_type().to_owned());
+        self.user_id
+            .push(event.user_id().map(|u| u.as_str().to_owned()));
+        let change = match event {
+            Event::Upsert { change, .. } => Some(change),
+            _ => None,
+        };
+        self.kind.push(match event {
+            Event::Upsert { .. } => "upsert",
+            Event::Delete { .. } => "delete",
+            Event::Ignored { .. } => "ignore",
+        });
+        self.version.push(change.map(|c| c.version));
+        self.digest.push(change.map(|c| c.digest.clone()));
+        self.name.push(change.and_then(|c| c.name.clone()));
+        self.email
+            .push(change.and_then(|c| c.email.as_ref().map(|e| e.as_str().to_owned())));
+        self.role
+            .push(change.and_then(|c| c.role.map(|r| r.as_db())));
+        self.created_at
+            .push(change.map(|c| c.created_at.naive_utc()));
+        self.updated_at
+            .push(change.map(|c| c.updated_at.naive_utc()));
     }
 }
 

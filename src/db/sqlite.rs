@@ -24,7 +24,7 @@ use diesel_async::AsyncConnection;
 
 use super::app_table::{self, Column};
 use super::migrations::{self, History};
-use super::{DbError, MigrationReport, PendingDeletes, PoolOptions};
+use super::{DbError, MigrationReport, OutcomeCount, PendingDeletes, PoolOptions, Status, Totals};
 use crate::domain::{ClerkUserId, Event, MessageId, UserChange};
 use crate::sync::{Outcome, SyncOptions};
 
@@ -137,6 +137,41 @@ impl Lite {
         let (id, event) = (id.clone(), event.clone());
         self.run(move |conn| Ok(conn.immediate_transaction(|c| apply(c, &id, &event, options))?))
             .await
+    }
+
+    pub(super) async fn apply_batch(
+        &self,
+        batch: Vec<(MessageId, Event)>,
+        options: SyncOptions,
+    ) -> Result<Vec<Outcome>, DbError> {
+        self.run(move |conn| {
+            Ok(conn.immediate_transaction(|c| {
+                batch
+                    .iter()
+                    .map(|(id, event)| apply(c, id, event, options))
+                    .collect::<QueryResult<Vec<_>>>()
+            })?)
+        })
+        .await
+    }
+
+    pub(super) async fn status(&self, since: DateTime<Utc>) -> Result<Status, DbError> {
+        self.run(move |conn| {
+            let by_outcome: Vec<OutcomeCount> = diesel::sql_query(
+                "SELECT outcome, count(*) AS n FROM clerk_sync_deliveries WHERE received_at >= ? GROUP BY outcome",
+            )
+            .bind::<Text, _>(prisma_date(since))
+            .load(conn)?;
+            let totals: Totals = diesel::sql_query(
+                "SELECT (SELECT replace(max(received_at), '+00:00', 'Z') FROM clerk_sync_deliveries) AS last_delivery_at,
+                        (SELECT count(*) FROM clerk_sync_users WHERE delete_pending) AS pending_deletes,
+                        (SELECT count(*) FROM clerk_sync_users WHERE deleted_at IS NOT NULL) AS tombstones,
+                        (SELECT count(*) FROM clerk_sync_users WHERE version >= 0 OR deleted_at IS NOT NULL) AS known_users",
+            )
+            .get_result(conn)?;
+            Ok(totals.into_status(by_outcome))
+        })
+        .await
     }
 
     pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {

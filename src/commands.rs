@@ -1,0 +1,224 @@
+//! What each command does, wired from the library's parts; `main` only dispatches.
+
+use std::io::IsTerminal;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{CheckArgs, DatabaseArgs, ReplayArgs, ServeArgs, StatusArgs};
+use crate::db::Database;
+use crate::probe::{self, Readiness};
+use crate::replay::{self, Reporter, Summary};
+use crate::startup::{AppState, Application, ServerSettings};
+use crate::sync::SyncOptions;
+use crate::verify::Verifier;
+
+async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
+    let url = args.url()?;
+    tracing::info!(database = %url, "opening database");
+    Ok(Database::open(&url, args.pool())?)
+}
+
+async fn run_migrations(db: &Database) -> anyhow::Result<()> {
+    let report = db.migrate().await.context("migrating the database")?;
+    for version in &report.applied {
+        tracing::info!(version, "applied migration");
+    }
+    if report.created_user_table {
+        tracing::info!("the application's \"User\" table was absent: created it with Prisma's DDL");
+    }
+    Ok(())
+}
+
+/// `clerk-sync migrate`.
+pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
+    let db = open(&args).await?;
+    run_migrations(&db).await?;
+    println!("clerk-sync: {} database migrated", db.backend());
+    Ok(())
+}
+
+/// `clerk-sync serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let verifier = Verifier::parse(&args.secret.secrets().unwrap_or_default())?;
+    let db = open(&args.database).await?;
+    if !args.no_migrate {
+        run_migrations(&db).await?;
+    }
+    let listener =
+        TcpListener::bind(&args.bind).with_context(|| format!("binding {}", args.bind))?;
+    let state = AppState {
+        db,
+        verifier,
+        sync: SyncOptions {
+            skip_users_without_email: args.skip_users_without_email,
+        },
+    };
+    let settings = ServerSettings {
+        body_limit: args.body_limit,
+        workers: args.workers,
+        pending_delete_interval: Duration::from_secs(args.pending_delete_interval),
+    };
+    let app = Application::build(listener, state, &settings)?;
+    tracing::info!(address = %app.address(), "listening");
+    app.run().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Progress on a terminal as a bar, elsewhere as a plain line every 10,000 deliveries.
+struct Progress {
+    bar: Option<ProgressBar>,
+    done: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {pos} deliveries replayed ({per_sec}) {elapsed}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self {
+            bar,
+            done: AtomicU64::new(0),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn advance(&self) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        match &self.bar {
+            Some(bar) => bar.inc(1),
+            None if done % 10_000 == 0 => eprintln!("clerk-sync: {done} deliveries replayed"),
+            None => {}
+        }
+    }
+
+    fn problem(&self, location: &str, kind: &str, reason: &str) {
+        let line = format!("{location}: {kind}: {reason}");
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+fn print_summary(summary: &Summary, elapsed: Duration, dry_run: bool) {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{} {} deliveries in {:.2} s ({:.0} per second)",
+        if dry_run { "checked" } else { "replayed" },
+        summary.total(),
+        seconds,
+        summary.total() as f64 / seconds
+    );
+    for (name, count) in summary.rows() {
+        if count > 0 || !matches!(name, "valid" | "failed" | "rejected") {
+            println!("  {name:<10} {count}");
+        }
+    }
+}
+
+/// `clerk-sync replay`.
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
+    let verifier = match args.secret.secrets() {
+        Some(secrets) => Some(Verifier::parse(&secrets)?),
+        None => None,
+    };
+    let options = replay::Options {
+        dry_run: args.dry_run,
+        batch_size: usize::try_from(args.batch_size).unwrap_or(500),
+        concurrency: usize::try_from(args.concurrency).unwrap_or(16),
+        sync: SyncOptions {
+            skip_users_without_email: args.skip_users_without_email,
+        },
+    };
+    let progress = Progress::new();
+    let started = Instant::now();
+    let items = replay::read(&args.paths);
+    let summary = match &args.to {
+        Some(url) => {
+            let verifier = verifier
+                .as_ref()
+                .context("--to signs every delivery: set CLERK_WEBHOOK_SIGNING_SECRET to the daemon's secret")?;
+            replay::to_daemon(url, items, verifier, options, &progress).await
+        }
+        None => {
+            let db = open(&args.database).await?;
+            if !args.no_migrate && !args.dry_run {
+                run_migrations(&db).await?;
+            }
+            replay::into_database(&db, items, verifier.as_ref(), options, &progress).await
+        }
+    };
+    progress.finish();
+    print_summary(&summary, started.elapsed(), args.dry_run);
+    Ok(summary.succeeded())
+}
+
+/// `clerk-sync check`.
+pub async fn check(args: CheckArgs) -> bool {
+    let url = probe::readyz_url(&args.bind);
+    match probe::check(&url, Duration::from_secs(args.timeout)).await {
+        Readiness::Ready => {
+            println!("ready");
+            true
+        }
+        Readiness::NotReady(reason) => {
+            println!("not ready: {reason}");
+            false
+        }
+        Readiness::Unreachable(reason) => {
+            println!("unreachable: {reason}");
+            false
+        }
+    }
+}
+
+/// `clerk-sync status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let db = open(&args.database).await?;
+    db.check_ready().await.context("reading the database")?;
+    let hours = i64::try_from(args.hours).unwrap_or(24);
+    let since = chrono::Utc::now() - chrono::Duration::hours(hours);
+    let status = db.status(since).await?;
+    if args.json {
+        let mut json = serde_json::to_value(&status)?;
+        json["window_hours"] = serde_json::json!(hours);
+        json["backend"] = serde_json::json!(db.backend());
+        println!("{json}");
+        return Ok(());
+    }
+    println!("deliveries in the last {hours} h:");
+    if status.deliveries_by_outcome.is_empty() {
+        println!("  none");
+    }
+    for (outcome, count) in &status.deliveries_by_outcome {
+        println!("  {outcome:<10} {count}");
+    }
+    println!(
+        "last delivery:    {}",
+        status.last_delivery_at.as_deref().unwrap_or("never")
+    );
+    println!("pending deletes:  {}", status.pending_deletes);
+    println!("tombstones:       {}", status.tombstones);
+    println!("known users:      {}", status.known_users);
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! `clerk-sync replay`: stored webhooks through the same ingestion core as `serve`.
+//!
+//! A bare body gets a stable delivery id derived from its content (`replay_` + a SHA-256
+//! prefix), so replaying the same fixtures twice is idempotent: the second run is all
+//! `duplicate`. A recorded delivery keeps its own `svix-id`, and its signature is checked with
+//! the configured secret (its age ignored); a forged one is refused and reported, never applied.
+//!
+//! Directly into the database, deliveries are applied in batches, each batch in one
+//! transaction and each delivery by the same rules as a webhook; if a batch fails as a whole,
+//! its deliveries are applied one by one so that one bad delivery never fails its neighbours.
+
+mod input;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+pub use input::{read, Item, Located};
+
+use crate::db::{Database, DbError};
+use crate::domain::{Event, MessageId};
+use crate::sync::{Outcome, SyncOptions};
+use crate::verify::Verifier;
+
+/// What happened to each replayed delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Written.
+    pub applied: u64,
+    /// Seen before (by delivery id).
+    pub duplicate: u64,
+    /// Older than what the table holds, or for a deleted user.
+    pub stale: u64,
+    /// An event type clerk-sync does not apply.
+    pub ignored: u64,
+    /// A delete the application's foreign keys still refuse.
+    pub deferred: u64,
+    /// Unreadable, invalid or forged: never applied.
+    pub rejected: u64,
+    /// Valid, but the database or the daemon failed to take it.
+    pub failed: u64,
+    /// `--dry-run`: valid deliveries that would have been replayed.
+    pub valid: u64,
+}
+
+impl Summary {
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate => self.duplicate += 1,
+            Outcome::Stale => self.stale += 1,
+            Outcome::Ignored => self.ignored += 1,
+            Outcome::Deferred => self.deferred += 1,
+        }
+    }
+
+    /// Deliveries looked at.
+    pub fn total(&self) -> u64 {
+        self.applied
+            + self.duplicate
+            + self.stale
+            + self.ignored
+            + self.deferred
+            + self.rejected
+            + self.failed
+            + self.valid
+    }
+
+    /// True when nothing was rejected or failed.
+    pub fn succeeded(&self) -> bool {
+        self.rejected == 0 && self.failed == 0
+    }
+
+    /// `(name, count)` for every outcome, in a fixed order.
+    pub fn rows(&self) -> [(&'static str, u64); 8] {
+        [
+            ("applied", self.applied),
+            ("duplicate", self.duplicate),
+            ("stale", self.stale),
+            ("ignored", self.ignored),
+            ("deferred", self.deferred),
+            ("rejected", self.rejected),
+            ("failed", self.failed),
+            ("valid", self.valid),
+        ]
+    }
+}
+
+/// Progress and problem reports; the command line shows them on a bar or as plain lines.
+pub trait Reporter: Sync {
+    /// One more delivery handled.
+    fn advance(&self);
+    /// A delivery rejected or failed, with where it came from.
+    fn problem(&self, location: &str, kind: &str, reason: &str);
+}
+
+/// A delivery ready to apply or send.
+struct Prepared {
+    location: String,
+    id: MessageId,
+    event: Event,
+    body: Vec<u8>,
+}
+
+/// The stable id of a bare body: replaying it again is a duplicate.
+fn derived_id(body: &[u8]) -> MessageId {
+    let digest = Sha256::digest(body);
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    // 39 printable ASCII characters: always a valid id.
+    MessageId::parse(&format!("replay_{hex}"))
+        .unwrap_or_else(|_| unreachable!("derived ids are valid"))
+}
+
+fn prepare(located: Located, verifier: Option<&Verifier>) -> Result<Prepared, (String, String)> {
+    let Located { location, item } = located;
+    let fail = |reason: String| Err((location.clone(), reason));
+    let (id, body) = match item {
+        Item::Unreadable(reason) => return fail(reason),
+        Item::Body(body) => (derived_id(&body), body),
+        Item::Recorded { headers, body } => {
+            let Some(verifier) = verifier else {
+                return fail(
+                    "a recorded delivery needs the signing secret to check its signature".into(),
+                );
+            };
+            if let Err(e) = verifier.verify(&body, &headers, false) {
+                return fail(format!("signature rejected: {e}"));
+            }
+            let raw = crate::verify::message_id(&headers).unwrap_or("");
+            match MessageId::parse(raw) {
+                Ok(id) => (id, body),
+                Err(e) => return fail(e.to_string()),
+            }
+        }
+    };
+    match Event::parse(&body) {
+        Ok(event) => Ok(Prepared {
+            location,
+            id,
+            event,
+            body,
+        }),
+        Err(e) => fail(format!("invalid event: {e}")),
+    }
+}
+
+/// How a replay runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Validate only; write and send nothing.
+    pub dry_run: bool,
+    /// Deliveries per transaction (direct mode).
+    pub batch_size: usize,
+    /// Deliveries in flight at once (`--to`).
+    pub concurrency: usize,
+    /// How deliveries are applied.
+    pub sync: SyncOptions,
+}
+
+/// Applies stored webhooks directly to `db`.
+pub async fn into_database(
+    db: &Database,
+    items: impl Iterator<Item = Located>,
+    verifier: Option<&Verifier>,
+    options: Options,
+    reporter: &dyn Reporter,
+) -> Summary {
+    let mut summary = Summary::default();
+    let mut batch = Vec::with_capacity(options.batch_size);
+    for located in items {
+        match prepare(located, verifier) {
+            Err((location, reason)) => {
+                summary.rejected += 1;
+                reporter.problem(&location, "rejected", &reason);
+                reporter.advance();
+            }
+            Ok(_) if options.dry_run => {
+                summary.valid += 1;
+                reporter.advance();
+            }
+            Ok(prepared) => {
+                batch.push(prepared);
+                if batch.len() >= options.batch_size.max(1) {
+                    flush(
+                        db,
+                        std::mem::take(&mut batch),
+                        options.sync,
+                        &mut summary,
+                        reporter,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    flush(db, batch, options.sync, &mut summary, reporter).await;
+    summary
+}
+
+async fn flush(
+    db: &Database,
+    batch: Vec<Prepared>,
+    sync: SyncOptions,
+    summary: &mut Summary,
+    reporter: &dyn Reporter,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let pairs: Vec<(MessageId, Event)> = batch
+        .iter()
+        .map(|p| (p.id.clone(), p.event.clone()))
+        .collect();
+    if let Ok(outcomes) = db.apply_batch(pairs, sync).await {
+        for outcome in outcomes {
+            summary.count(outcome);
+            reporter.advance();
+        }
+        return;
+    }
+    // Something in the batch failed: one by one, so that only the culprit fails.
+    for prepared in batch {
+        match apply_with_retries(db, &prepared, sync).await {
+            Ok(outcome) => summary.count(outcome),
+            Err(e) => {
+                summary.failed += 1;
+                reporter.problem(&prepared.location, "failed", &e.to_string());
+            }
+        }
+        reporter.advance();
+    }
+}
+
+async fn apply_with_retries(
+    db: &Database,
+    prepared: &Prepared,
+    sync: SyncOptions,
+) -> Result<Outcome, DbError> {
+    let mut delay = Duration::from_millis(200);
+    for _ in 0..4 {
+        match crate::sync::ingest(db, &prepared.id, &prepared.event, sync).await {
+            Err(DbError::Unavailable(_)) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    crate::sync::ingest(db, &prepared.id, &prepared.event, sync).await
+}
+
+/// Why a delivery sent with `--to` did not land.
+#[derive(Debug)]
+enum SendError {
+    Refused(String),
+    Failed(String),
+}
+
+/// Signs each stored webhook with the configured secret and POSTs it to a running daemon,
+/// as Svix would: bounded concurrency, 503/429/5xx and connection errors retried with backoff.
+pub async fn to_daemon(
+    url: &str,
+    items: impl Iterator<Item = Located>,
+    verifier: &Verifier,
+    options: Options,
+    reporter: &dyn Reporter,
+) -> Summary {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    let mut summary = Summary::default();
+    let mut prepared = Vec::new();
+    for located in items {
+        match prepare(located, Some(verifier)) {
+            Err((location, reason)) => {
+                summary.rejected += 1;
+                reporter.problem(&location, "rejected", &reason);
+                reporter.advance();
+            }
+            Ok(_) if options.dry_run => {
+                summary.valid += 1;
+                reporter.advance();
+            }
+            Ok(p) => prepared.push(p),
+        }
+    }
+    let results: Vec<(String, Result<Outcome, SendError>)> = futures_util::stream::iter(prepared)
+        .map(|p| {
+            let client = client.clone();
+            async move {
+                let result = send(&client, url, verifier, &p).await;
+                reporter.advance();
+                (p.location, result)
+            }
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+    for (location, result) in results {
+        match result {
+            Ok(outcome) => summary.count(outcome),
+            Err(SendError::Refused(reason)) => {
+                summary.rejected += 1;
+                reporter.problem(&location, "rejected", &reason);
+            }
+            Err(SendError::Failed(reason)) => {
+                summary.failed += 1;
+                reporter.problem(&location, "failed", &reason);
+            }
+        }
+    }
+    summary
+}
+
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    verifier: &Verifier,
+    p: &Prepared,
+) -> Result<Outcome, SendError> {
+    let mut delay = Duration::from_millis(250);
+    let mut last = String::new();
+    for attempt in 0..6 {
+        if attempt > 0 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        let ts = chrono::Utc::now().timestamp();
+        let signature = verifier
+            .sign(p.id.as_str(), ts, &p.body)
+            .map_err(|e| SendError::Refused(e.to_string()))?;
+        let response = client
+            .post(url)
+            .header("svix-id", p.id.as_str())
+            .header("svix-timestamp", ts.to_string())
+            .header("svix-signature", signature)
+            .header("content-type", "application/json")
+            .body(p.body.clone())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                last = format!("cannot reach {url}: {e}");
+                continue;
+            }
+        };
+        let status = response.status();
+        let json: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        if status.is_success() {
+            let name = json.get("outcome").and_then(|o| o.as_str()).unwrap_or("");
+            return Outcome::parse(name)
+                .ok_or_else(|| SendError::Failed(format!("unexpected answer {status}: {json}")));
+        }
+        let reason = json
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map_or_else(|| status.to_string(), |e| format!("{status}: {e}"));
+        if status.as_u16() == 429 || status.is_server_error() {
+            last = reason;
+            continue;
+        }
+        return Err(SendError::Refused(reason));
+    }
+    Err(SendError::Failed(last))
+}
