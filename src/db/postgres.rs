@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -39,12 +39,6 @@ pub struct Pg {
     pool: Pool<AsyncPgConnection>,
     url: String,
     setup: String,
-}
-
-#[derive(QueryableByName)]
-struct OutcomeRow {
-    #[diesel(sql_type = Text)]
-    outcome: String,
 }
 
 #[derive(QueryableByName)]
@@ -164,60 +158,28 @@ impl Pg {
         event: &Event,
         options: SyncOptions,
     ) -> Result<Outcome, DbError> {
+        let mut c = BatchColumns::default();
+        c.push(id, event);
         let mut conn = self.pool.get().await?;
-        let query = diesel::sql_query(
-            "SELECT clerk_sync.apply_delivery($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS outcome",
-        )
-        .bind::<Text, _>(id.as_str())
-        .bind::<Text, _>(event.event_type());
-        let row: OutcomeRow = match event {
-            Event::Upsert { change, .. } => {
-                query
-                    .bind::<Text, _>("upsert")
-                    .bind::<Nullable<Text>, _>(Some(change.id.as_str()))
-                    .bind::<Nullable<BigInt>, _>(Some(change.version))
-                    .bind::<Nullable<Text>, _>(Some(change.digest.as_str()))
-                    .bind::<Nullable<Text>, _>(change.name.as_deref())
-                    .bind::<Nullable<Text>, _>(change.email.as_ref().map(|e| e.as_str()))
-                    .bind::<Nullable<Text>, _>(change.role.map(|r| r.as_db()))
-                    .bind::<Nullable<Timestamp>, _>(Some(change.created_at.naive_utc()))
-                    .bind::<Nullable<Timestamp>, _>(Some(change.updated_at.naive_utc()))
-                    .bind::<Bool, _>(options.skip_users_without_email)
-                    .get_result(&mut conn)
-                    .await?
-            }
-            Event::Delete { id: user } => {
-                query
-                    .bind::<Text, _>("delete")
-                    .bind::<Nullable<Text>, _>(Some(user.as_str()))
-                    .bind::<Nullable<BigInt>, _>(None::<i64>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                    .bind::<Bool, _>(options.skip_users_without_email)
-                    .get_result(&mut conn)
-                    .await?
-            }
-            Event::Ignored { .. } => {
-                query
-                    .bind::<Text, _>("ignore")
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<BigInt>, _>(None::<i64>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Text>, _>(None::<&str>)
-                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                    .bind::<Nullable<Timestamp>, _>(None::<chrono::NaiveDateTime>)
-                    .bind::<Bool, _>(options.skip_users_without_email)
-                    .get_result(&mut conn)
-                    .await?
-            }
-        };
-        outcome(&row.outcome)
+        // A typed, statically known statement: diesel-async prepares it once per connection,
+        // after which every delivery is one round trip (bind + execute).
+        let raw: String = diesel::select(functions::apply_delivery(
+            c.svix_id.pop().unwrap_or_default(),
+            c.event_type.pop().unwrap_or_default(),
+            c.kind.pop().unwrap_or_default(),
+            c.user_id.pop().flatten(),
+            c.version.pop().flatten(),
+            c.digest.pop().flatten(),
+            c.name.pop().flatten(),
+            c.email.pop().flatten(),
+            c.role.pop().flatten(),
+            c.created_at.pop().flatten(),
+            c.updated_at.pop().flatten(),
+            options.skip_users_without_email,
+        ))
+        .get_result(&mut conn)
+        .await?;
+        outcome(&raw)
     }
 
     pub(super) async fn apply_batch(
@@ -225,29 +187,28 @@ impl Pg {
         batch: &[(MessageId, Event)],
         options: SyncOptions,
     ) -> Result<Vec<Outcome>, DbError> {
-        let mut columns = BatchColumns::default();
+        let mut c = BatchColumns::default();
         for (id, event) in batch {
-            columns.push(id, event);
+            c.push(id, event);
         }
         let mut conn = self.pool.get().await?;
-        let row: Outcomes = diesel::sql_query(
-            "SELECT clerk_sync.apply_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS outcomes",
-        )
-        .bind::<Array<Text>, _>(&columns.svix_id)
-        .bind::<Array<Text>, _>(&columns.event_type)
-        .bind::<Array<Text>, _>(&columns.kind)
-        .bind::<Array<Nullable<Text>>, _>(&columns.user_id)
-        .bind::<Array<Nullable<BigInt>>, _>(&columns.version)
-        .bind::<Array<Nullable<Text>>, _>(&columns.digest)
-        .bind::<Array<Nullable<Text>>, _>(&columns.name)
-        .bind::<Array<Nullable<Text>>, _>(&columns.email)
-        .bind::<Array<Nullable<Text>>, _>(&columns.role)
-        .bind::<Array<Nullable<Timestamp>>, _>(&columns.created_at)
-        .bind::<Array<Nullable<Timestamp>>, _>(&columns.updated_at)
-        .bind::<Bool, _>(options.skip_users_without_email)
+        let outcomes: Vec<String> = diesel::select(functions::apply_batch(
+            c.svix_id,
+            c.event_type,
+            c.kind,
+            c.user_id,
+            c.version,
+            c.digest,
+            c.name,
+            c.email,
+            c.role,
+            c.created_at,
+            c.updated_at,
+            options.skip_users_without_email,
+        ))
         .get_result(&mut conn)
         .await?;
-        row.outcomes.iter().map(|o| outcome(o)).collect()
+        outcomes.iter().map(|o| outcome(o)).collect()
     }
 
     pub(super) async fn status(
@@ -290,10 +251,48 @@ impl Pg {
     }
 }
 
-#[derive(QueryableByName)]
-struct Outcomes {
-    #[diesel(sql_type = Array<Text>)]
-    outcomes: Vec<String>,
+/// clerk-sync's PostgreSQL functions (see `migrations/postgres`), declared so that calls
+/// to them are typed, cacheable statements.
+mod functions {
+    use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
+
+    diesel::define_sql_function! {
+        /// One delivery: dedup, version gate, tombstone, address hand-over, upsert.
+        #[sql_name = "clerk_sync.apply_delivery"]
+        fn apply_delivery(
+            svix_id: Text,
+            event_type: Text,
+            kind: Text,
+            user_id: Nullable<Text>,
+            version: Nullable<BigInt>,
+            digest: Nullable<Text>,
+            name: Nullable<Text>,
+            email: Nullable<Text>,
+            role: Nullable<Text>,
+            created_at: Nullable<Timestamp>,
+            updated_at: Nullable<Timestamp>,
+            skip_no_email: Bool,
+        ) -> Text;
+    }
+
+    diesel::define_sql_function! {
+        /// Several deliveries, in order, in the caller's transaction.
+        #[sql_name = "clerk_sync.apply_batch"]
+        fn apply_batch(
+            svix_id: Array<Text>,
+            event_type: Array<Text>,
+            kind: Array<Text>,
+            user_id: Array<Nullable<Text>>,
+            version: Array<Nullable<BigInt>>,
+            digest: Array<Nullable<Text>>,
+            name: Array<Nullable<Text>>,
+            email: Array<Nullable<Text>>,
+            role: Array<Nullable<Text>>,
+            created_at: Array<Nullable<Timestamp>>,
+            updated_at: Array<Nullable<Timestamp>>,
+            skip_no_email: Bool,
+        ) -> Array<Text>;
+    }
 }
 
 /// A batch of deliveries as the column arrays `clerk_sync.apply_batch` takes.
@@ -301,13 +300,13 @@ struct Outcomes {
 struct BatchColumns {
     svix_id: Vec<String>,
     event_type: Vec<String>,
-    kind: Vec<&'static str>,
+    kind: Vec<String>,
     user_id: Vec<Option<String>>,
     version: Vec<Option<i64>>,
     digest: Vec<Option<String>>,
     name: Vec<Option<String>>,
     email: Vec<Option<String>>,
-    role: Vec<Option<&'static str>>,
+    role: Vec<Option<String>>,
     created_at: Vec<Option<chrono::NaiveDateTime>>,
     updated_at: Vec<Option<chrono::NaiveDateTime>>,
 }
@@ -322,18 +321,21 @@ impl BatchColumns {
             Event::Upsert { change, .. } => Some(change),
             _ => None,
         };
-        self.kind.push(match event {
-            Event::Upsert { .. } => "upsert",
-            Event::Delete { .. } => "delete",
-            Event::Ignored { .. } => "ignore",
-        });
+        self.kind.push(
+            match event {
+                Event::Upsert { .. } => "upsert",
+                Event::Delete { .. } => "delete",
+                Event::Ignored { .. } => "ignore",
+            }
+            .to_owned(),
+        );
         self.version.push(change.map(|c| c.version));
         self.digest.push(change.map(|c| c.digest.clone()));
         self.name.push(change.and_then(|c| c.name.clone()));
         self.email
             .push(change.and_then(|c| c.email.as_ref().map(|e| e.as_str().to_owned())));
         self.role
-            .push(change.and_then(|c| c.role.map(|r| r.as_db())));
+            .push(change.and_then(|c| c.role.map(|r| r.as_db().to_owned())));
         self.created_at
             .push(change.map(|c| c.created_at.naive_utc()));
         self.updated_at
