@@ -139,7 +139,7 @@ fn print_summary(summary: &Summary, elapsed: Duration, dry_run: bool) {
 /// `clerk-sync replay`.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
     let verifier = match args.secret.secrets() {
-        Some(secrets) => Some(Verifier::parse(&secrets)?),
+        Some(secrets) => Some(std::sync::Arc::new(Verifier::parse(&secrets)?)),
         None => None,
     };
     let options = replay::Options {
@@ -156,7 +156,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
     let summary = match &args.to {
         Some(url) => {
             let verifier = verifier
-                .as_ref()
+                .clone()
                 .context("--to signs every delivery: set CLERK_WEBHOOK_SIGNING_SECRET to the daemon's secret")?;
             replay::to_daemon(url, items, verifier, options, &progress).await
         }
@@ -165,7 +165,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
             if !args.no_migrate && !args.dry_run {
                 run_migrations(&db).await?;
             }
-            replay::into_database(&db, items, verifier.as_ref(), options, &progress).await
+            replay::into_database(&db, items, verifier, options, &progress).await
         }
     };
     progress.finish();

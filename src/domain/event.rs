@@ -51,11 +51,12 @@ pub enum Event {
 }
 
 #[derive(Deserialize)]
-struct Envelope {
+struct Envelope<'a> {
     #[serde(rename = "type")]
     event_type: Option<String>,
-    #[serde(default)]
-    data: Option<serde_json::Value>,
+    // Kept raw: parsed once, into the shape the event type calls for.
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Longest event type recorded; Clerk's are short (`organizationMembership.created`).
@@ -80,21 +81,21 @@ impl Event {
         let data = || {
             envelope
                 .data
-                .clone()
-                .filter(|d| !d.is_null())
+                .map(serde_json::value::RawValue::get)
+                .filter(|d| *d != "null")
                 .ok_or(EventError::MissingField("data"))
         };
         let malformed = |e: serde_json::Error| EventError::Malformed(format!("data: {e}"));
         match event_type.as_str() {
             "user.created" | "user.updated" => {
-                let user: UserObject = serde_json::from_value(data()?).map_err(malformed)?;
+                let user: UserObject = serde_json::from_str(data()?).map_err(malformed)?;
                 Ok(Event::Upsert {
                     change: user.into_change()?,
                     event_type,
                 })
             }
             "user.deleted" => {
-                let deleted: DeletedObject = serde_json::from_value(data()?).map_err(malformed)?;
+                let deleted: DeletedObject = serde_json::from_str(data()?).map_err(malformed)?;
                 Ok(Event::Delete {
                     id: deleted.into_id()?,
                 })

@@ -78,6 +78,35 @@ fn unreadable(location: String, reason: String) -> Located {
     }
 }
 
+/// Just enough of an object to tell a recorded delivery from a bare body, without building it.
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(rename = "type")]
+    event_type: Option<serde::de::IgnoredAny>,
+    headers: Option<serde::de::IgnoredAny>,
+    body: Option<serde::de::IgnoredAny>,
+}
+
+/// Classifies one JSON text, keeping a bare body's exact bytes.
+fn classify_raw(raw: &[u8]) -> Item {
+    match serde_json::from_slice::<Shape>(raw) {
+        Ok(Shape {
+            event_type: None,
+            headers: Some(_),
+            body: Some(_),
+        }) => match serde_json::from_slice::<serde_json::Value>(raw) {
+            Ok(value) => classify(value, None),
+            Err(e) => Item::Unreadable(format!("invalid JSON: {e}")),
+        },
+        Ok(_) => Item::Body(raw.to_vec()),
+        // Rare: say precisely what is wrong.
+        Err(_) => match serde_json::from_slice::<serde_json::Value>(raw) {
+            Ok(value) => classify(value, Some(raw)),
+            Err(e) => Item::Unreadable(format!("invalid JSON: {e}")),
+        },
+    }
+}
+
 /// Classifies one JSON value: a recorded delivery or a bare body (`raw`, when the value
 /// is the whole text, keeps the sender's exact bytes).
 fn classify(value: serde_json::Value, raw: Option<&[u8]>) -> Item {
@@ -126,6 +155,12 @@ fn classify(value: serde_json::Value, raw: Option<&[u8]>) -> Item {
 
 /// Items of one whole JSON document: an object, or an array of objects.
 fn document(location: &str, bytes: &[u8]) -> Vec<Located> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return vec![Located {
+            location: location.to_owned(),
+            item: classify_raw(bytes),
+        }];
+    }
     match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(serde_json::Value::Array(values)) => values
             .into_iter()
@@ -147,7 +182,10 @@ fn document(location: &str, bytes: &[u8]) -> Vec<Located> {
 }
 
 /// Items of JSON lines, read lazily.
-fn lines(location: String, reader: impl BufRead + 'static) -> impl Iterator<Item = Located> {
+fn lines(
+    location: String,
+    reader: impl BufRead + Send + 'static,
+) -> impl Iterator<Item = Located> + Send {
     let mut number = 0usize;
     let mut reader = reader;
     let mut done = false;
@@ -166,13 +204,9 @@ fn lines(location: String, reader: impl BufRead + 'static) -> impl Iterator<Item
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let here = format!("{location}:{number}");
-                return Some(match serde_json::from_slice::<serde_json::Value>(&line) {
-                    Ok(value) => Located {
-                        location: here,
-                        item: classify(value, Some(&line)),
-                    },
-                    Err(e) => unreadable(here, format!("invalid JSON: {e}")),
+                return Some(Located {
+                    location: format!("{location}:{number}"),
+                    item: classify_raw(&line),
                 });
             }
             Err(e) => {
@@ -194,7 +228,7 @@ fn is_json_lines(path: &Path) -> bool {
 }
 
 /// Everything the given paths hold, in order: `-` is standard input (JSON lines, or one document).
-pub fn read(paths: &[PathBuf]) -> Box<dyn Iterator<Item = Located>> {
+pub fn read(paths: &[PathBuf]) -> Box<dyn Iterator<Item = Located> + Send> {
     let mut files = Vec::new();
     let mut early = Vec::new();
     for path in paths {
@@ -206,7 +240,7 @@ pub fn read(paths: &[PathBuf]) -> Box<dyn Iterator<Item = Located>> {
     }
     let rest = files
         .into_iter()
-        .flat_map(|path| -> Box<dyn Iterator<Item = Located>> {
+        .flat_map(|path| -> Box<dyn Iterator<Item = Located> + Send> {
             if path.as_os_str() == "-" {
                 let mut all = Vec::new();
                 if let Err(e) = std::io::stdin().lock().read_to_end(&mut all) {

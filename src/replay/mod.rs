@@ -11,6 +11,7 @@
 
 mod input;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -158,43 +159,74 @@ pub struct Options {
     pub sync: SyncOptions,
 }
 
+/// What the reading thread hands to the applying side.
+enum Message {
+    /// Deliveries ready to apply or send, in input order.
+    Batch(Vec<Prepared>),
+    /// An item that cannot be replayed.
+    Rejected(String, String),
+    /// `--dry-run`: an item that would be replayed.
+    Valid,
+}
+
+/// Reads, verifies and parses on a thread of its own, so that the next batch is prepared
+/// while the database applies the current one.
+fn produce(
+    items: impl Iterator<Item = Located> + Send + 'static,
+    verifier: Option<Arc<Verifier>>,
+    options: Options,
+) -> tokio::sync::mpsc::Receiver<Message> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        let size = options.batch_size.max(1);
+        let mut batch = Vec::with_capacity(size);
+        for located in items {
+            let message = match prepare(located, verifier.as_deref()) {
+                Err((location, reason)) => Message::Rejected(location, reason),
+                Ok(_) if options.dry_run => Message::Valid,
+                Ok(prepared) => {
+                    batch.push(prepared);
+                    if batch.len() < size {
+                        continue;
+                    }
+                    Message::Batch(std::mem::replace(&mut batch, Vec::with_capacity(size)))
+                }
+            };
+            if tx.blocking_send(message).is_err() {
+                return;
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(Message::Batch(batch));
+        }
+    });
+    rx
+}
+
 /// Applies stored webhooks directly to `db`.
 pub async fn into_database(
     db: &Database,
-    items: impl Iterator<Item = Located>,
-    verifier: Option<&Verifier>,
+    items: impl Iterator<Item = Located> + Send + 'static,
+    verifier: Option<Arc<Verifier>>,
     options: Options,
     reporter: &dyn Reporter,
 ) -> Summary {
     let mut summary = Summary::default();
-    let mut batch = Vec::with_capacity(options.batch_size);
-    for located in items {
-        match prepare(located, verifier) {
-            Err((location, reason)) => {
+    let mut messages = produce(items, verifier, options);
+    while let Some(message) = messages.recv().await {
+        match message {
+            Message::Batch(batch) => flush(db, batch, options.sync, &mut summary, reporter).await,
+            Message::Rejected(location, reason) => {
                 summary.rejected += 1;
                 reporter.problem(&location, "rejected", &reason);
                 reporter.advance();
             }
-            Ok(_) if options.dry_run => {
+            Message::Valid => {
                 summary.valid += 1;
                 reporter.advance();
             }
-            Ok(prepared) => {
-                batch.push(prepared);
-                if batch.len() >= options.batch_size.max(1) {
-                    flush(
-                        db,
-                        std::mem::take(&mut batch),
-                        options.sync,
-                        &mut summary,
-                        reporter,
-                    )
-                    .await;
-                }
-            }
         }
     }
-    flush(db, batch, options.sync, &mut summary, reporter).await;
     summary
 }
 
@@ -253,7 +285,13 @@ async fn apply_with_retries(
 /// Why a delivery sent with `--to` did not land.
 #[derive(Debug)]
 enum SendError {
+    /// Not sent: unreadable, invalid or forged.
+    Rejected(String),
+    /// Not sent: `--dry-run`.
+    DryRun,
+    /// The daemon refused it (4xx).
     Refused(String),
+    /// The daemon could not take it, even after retries.
     Failed(String),
 }
 
@@ -261,8 +299,8 @@ enum SendError {
 /// as Svix would: bounded concurrency, 503/429/5xx and connection errors retried with backoff.
 pub async fn to_daemon(
     url: &str,
-    items: impl Iterator<Item = Located>,
-    verifier: &Verifier,
+    items: impl Iterator<Item = Located> + Send + 'static,
+    verifier: Arc<Verifier>,
     options: Options,
     reporter: &dyn Reporter,
 ) -> Summary {
@@ -270,38 +308,47 @@ pub async fn to_daemon(
         .timeout(Duration::from_secs(15))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new());
-    let mut summary = Summary::default();
-    let mut prepared = Vec::new();
-    for located in items {
-        match prepare(located, Some(verifier)) {
-            Err((location, reason)) => {
-                summary.rejected += 1;
-                reporter.problem(&location, "rejected", &reason);
-                reporter.advance();
-            }
-            Ok(_) if options.dry_run => {
-                summary.valid += 1;
-                reporter.advance();
-            }
-            Ok(p) => prepared.push(p),
-        }
-    }
-    let results: Vec<(String, Result<Outcome, SendError>)> = futures_util::stream::iter(prepared)
-        .map(|p| {
-            let client = client.clone();
-            async move {
-                let result = send(&client, url, verifier, &p).await;
-                reporter.advance();
-                (p.location, result)
-            }
+    let messages = produce(
+        items,
+        Some(verifier.clone()),
+        Options {
+            batch_size: 1,
+            ..options
+        },
+    );
+    let stream = futures_util::stream::unfold(messages, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    });
+    let verifier = &verifier;
+    let client = &client;
+    let results: Vec<(String, Result<Outcome, SendError>)> = stream
+        .flat_map(|message| {
+            let items: Vec<Result<Prepared, (String, Result<Outcome, SendError>)>> = match message {
+                Message::Batch(batch) => batch.into_iter().map(Ok).collect(),
+                Message::Rejected(location, reason) => {
+                    vec![Err((location, Err(SendError::Rejected(reason))))]
+                }
+                Message::Valid => vec![Err((String::new(), Err(SendError::DryRun)))],
+            };
+            futures_util::stream::iter(items)
+        })
+        .map(|item| async move {
+            let result = match item {
+                Ok(p) => (p.location.clone(), send(client, url, verifier, &p).await),
+                Err(done) => done,
+            };
+            reporter.advance();
+            result
         })
         .buffer_unordered(options.concurrency.max(1))
         .collect()
         .await;
+    let mut summary = Summary::default();
     for (location, result) in results {
         match result {
             Ok(outcome) => summary.count(outcome),
-            Err(SendError::Refused(reason)) => {
+            Err(SendError::DryRun) => summary.valid += 1,
+            Err(SendError::Rejected(reason)) | Err(SendError::Refused(reason)) => {
                 summary.rejected += 1;
                 reporter.problem(&location, "rejected", &reason);
             }
