@@ -48,13 +48,14 @@ pg_start_throwaway() {
     id postgres >/dev/null 2>&1 || useradd --system --home "$PG_DIR" postgres
     chown postgres "$PG_DIR"
   fi
-  local port settings=()
+  local port options
   port=$(pg_free_port)
-  for s in "$@"; do settings+=(-c "$s"); done
+  options="-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300"
+  for s in "$@"; do options="$options -c $s"; done
   pg_as_owner "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust --no-sync -E UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1 \
     || { cat "$PG_DIR/initdb.log" >&2; return 1; }
   pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
-    -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 ${settings[*]:+${settings[*]}}" start >/dev/null \
+    -o "$options" start >/dev/null \
     || { cat "$PG_DIR/server.log" >&2; return 1; }
   PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
   echo "started a throwaway PostgreSQL ($("$PG_BIN/postgres" --version)) at 127.0.0.1:$port" >&2

@@ -241,6 +241,118 @@ async fn the_role_comes_only_from_public_metadata(backend: Backend) {
     app.expect_outcome("msg_4", &user.updated(), "applied")
         .await;
     assert_eq!(app.db.user("user_role").await.expect("row").role, "ADMIN");
+
+    // Once a webhook set the role, a newer version without one takes it back to USER: the
+    // same result as if the versions had arrived the other way round.
+    user.updated_at += 1_000;
+    user.public_metadata = json!({});
+    app.expect_outcome("msg_5", &user.updated(), "applied")
+        .await;
+    assert_eq!(app.db.user("user_role").await.expect("row").role, "USER");
+}
+
+async fn a_webhook_role_converges_whatever_the_order(backend: Backend) {
+    let mut admin = ClerkUser::new("user_r", 1_000, "r@example.com");
+    admin.public_metadata = json!({"role": "admin"});
+    let mut plain = admin.clone();
+    plain.updated_at += 1_000;
+    plain.public_metadata = json!({});
+    let forward = spawn_app(backend).await;
+    forward
+        .expect_outcome("m1", &admin.updated(), "applied")
+        .await;
+    forward
+        .expect_outcome("m2", &plain.updated(), "applied")
+        .await;
+    let backward = spawn_app(backend).await;
+    backward
+        .expect_outcome("m2", &plain.updated(), "applied")
+        .await;
+    backward
+        .expect_outcome("m1", &admin.updated(), "stale")
+        .await;
+
+    assert_eq!(forward.db.users().await, backward.db.users().await);
+}
+
+async fn an_address_an_application_row_gives_up_returns_to_its_claimant(backend: Backend) {
+    // Both arrival orders must end alike: the application's own row (written before
+    // clerk-sync, newer than user_u's data) holds the address first.
+    for h_first in [false, true] {
+        let db = TestDb::with_prisma_tables(backend).await;
+        let when = match backend {
+            Backend::Sqlite => "'2024-05-02T00:00:00.000+00:00'",
+            Backend::Postgres => "'2024-05-02 00:00:00'",
+        };
+        db.exec(&format!(
+            r#"INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
+               VALUES ('user_h', 'H', 'e@example.com', 'USER', {when}, {when})"#
+        ))
+        .await;
+        let app = spawn_app_with(db, AppOptions::default()).await;
+        let u = ClerkUser::new("user_u", 1_000, "e@example.com");
+        let h_moves = ClerkUser::new("user_h", 90_000_000, "f@example.com");
+        if h_first {
+            app.expect_outcome("m_h", &h_moves.updated(), "applied")
+                .await;
+            app.expect_outcome("m_u", &u.created(), "applied").await;
+        } else {
+            app.expect_outcome("m_u", &u.created(), "applied").await;
+            assert_eq!(
+                app.db.user("user_u").await.expect("row").mail_address,
+                "user_u@displaced.invalid"
+            );
+            app.expect_outcome("m_h", &h_moves.updated(), "applied")
+                .await;
+        }
+
+        assert_eq!(
+            app.db.user("user_u").await.expect("row").mail_address,
+            "e@example.com",
+            "h first: {h_first}"
+        );
+        assert_eq!(
+            app.db.user("user_h").await.expect("row").mail_address,
+            "f@example.com"
+        );
+    }
+}
+
+async fn control_characters_in_names_are_dropped_not_retried_for_ever(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut user = ClerkUser::new("user_nul", 1_000, "nul@example.com");
+    user.first_name = Some("Ada\u{0}".into());
+    user.last_name = Some("Love\u{7}lace".into());
+
+    app.expect_outcome("m1", &user.created(), "applied").await;
+
+    assert_eq!(
+        app.db.user("user_nul").await.expect("row").name.as_deref(),
+        Some("Ada Lovelace")
+    );
+}
+
+async fn an_address_under_invalid_counts_as_no_email(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let displaced = ClerkUser::new("user_one", 1_000, "taken@example.com");
+    let newer = ClerkUser::new("user_two", 2_000, "taken@example.com");
+    app.expect_outcome("m1", &displaced.created(), "applied")
+        .await;
+    app.expect_outcome("m2", &newer.created(), "applied").await;
+    // A claim on exactly the placeholder user_one holds now.
+    let squatter = ClerkUser::new("user_three", 3_000, "user_one@displaced.invalid");
+
+    app.expect_outcome("m3", &squatter.created(), "applied")
+        .await;
+
+    assert_eq!(
+        app.db.user("user_three").await.expect("row").mail_address,
+        "user_three@no-email.invalid"
+    );
+    assert_eq!(
+        app.db.user("user_one").await.expect("row").mail_address,
+        "user_one@displaced.invalid"
+    );
 }
 
 async fn the_newest_claim_wins_an_email_and_the_older_gets_it_back(backend: Backend) {
@@ -562,6 +674,10 @@ on_both_backends!(
     users_without_email_can_be_skipped_instead,
     null_names_are_null_and_username_is_the_fallback,
     the_role_comes_only_from_public_metadata,
+    a_webhook_role_converges_whatever_the_order,
+    an_address_an_application_row_gives_up_returns_to_its_claimant,
+    control_characters_in_names_are_dropped_not_retried_for_ever,
+    an_address_under_invalid_counts_as_no_email,
     the_newest_claim_wins_an_email_and_the_older_gets_it_back,
     an_older_claim_arriving_late_takes_the_placeholder,
     two_users_swapping_addresses_converge,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Bool, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -59,14 +59,6 @@ struct CatalogColumn {
     nullable: bool,
     #[diesel(sql_type = Bool)]
     has_default: bool,
-}
-
-#[derive(QueryableByName)]
-struct Retried {
-    #[diesel(sql_type = BigInt)]
-    completed: i64,
-    #[diesel(sql_type = BigInt)]
-    still_pending: i64,
 }
 
 async fn connect(
@@ -236,23 +228,41 @@ impl Pg {
 
     pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
         let mut conn = self.pool.get().await?;
-        let row: Retried = diesel::sql_query(
-            "SELECT count(*) FILTER (WHERE done) AS completed, count(*) FILTER (WHERE NOT done) AS still_pending
-               FROM (SELECT clerk_sync.finish_delete(user_id) AS done
-                       FROM (SELECT user_id FROM clerk_sync.users WHERE delete_pending
-                              ORDER BY user_id LIMIT 500 FOR UPDATE SKIP LOCKED) AS pending) AS attempts",
+        // The longest-waiting first, so that deletes refused for good never starve the rest;
+        // each retry in its own transaction.
+        let pending: Vec<UserIdRow> = diesel::sql_query(
+            "SELECT user_id FROM clerk_sync.users WHERE delete_pending
+              ORDER BY delete_attempted_at NULLS FIRST, user_id LIMIT 100",
         )
-        .get_result(&mut conn)
+        .load(&mut conn)
         .await?;
-        Ok(PendingDeletes {
-            completed: usize::try_from(row.completed).unwrap_or(0),
-            still_pending: usize::try_from(row.still_pending).unwrap_or(0),
-        })
+        let mut report = PendingDeletes::default();
+        for row in pending {
+            let done: Option<bool> = diesel::select(functions::retry_delete(row.user_id))
+                .get_result(&mut conn)
+                .await?;
+            match done {
+                Some(true) => report.completed += 1,
+                Some(false) => report.still_pending += 1,
+                None => {}
+            }
+        }
+        Ok(report)
     }
+}
+
+#[derive(QueryableByName)]
+struct UserIdRow {
+    #[diesel(sql_type = Text)]
+    user_id: String,
 }
 
 /// clerk-sync's PostgreSQL functions (see `migrations/postgres`), declared so that calls
 /// to them are typed, cacheable statements.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the SQL functions take one argument per column of a delivery"
+)]
 mod functions {
     use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 
@@ -273,6 +283,12 @@ mod functions {
             updated_at: Nullable<Timestamp>,
             skip_no_email: Bool,
         ) -> Text;
+    }
+
+    diesel::define_sql_function! {
+        /// One retry of a deferred delete; NULL when busy or already done.
+        #[sql_name = "clerk_sync.retry_delete"]
+        fn retry_delete(user_id: Text) -> Nullable<Bool>;
     }
 
     diesel::define_sql_function! {

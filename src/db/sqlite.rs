@@ -25,7 +25,7 @@ use diesel_async::AsyncConnection;
 use super::app_table::{self, Column};
 use super::migrations::{self, History};
 use super::{DbError, MigrationReport, OutcomeCount, PendingDeletes, PoolOptions, Status, Totals};
-use crate::domain::{ClerkUserId, Event, MessageId, UserChange};
+use crate::domain::{ClerkUserId, Event, MessageId, Role, UserChange};
 use crate::sync::{Outcome, SyncOptions};
 
 type Conn = SyncConnectionWrapper<SqliteConnection>;
@@ -176,12 +176,23 @@ impl Lite {
 
     pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
         self.run(|conn| {
-            let pending: Vec<UserIdRow> =
-                diesel::sql_query("SELECT user_id FROM clerk_sync_users WHERE delete_pending ORDER BY user_id LIMIT 500")
-                    .load(conn)?;
+            // The longest-waiting first, so that deletes refused for good never starve the rest.
+            let pending: Vec<UserIdRow> = diesel::sql_query(
+                "SELECT user_id FROM clerk_sync_users WHERE delete_pending
+                  ORDER BY delete_attempted_at NULLS FIRST, user_id LIMIT 100",
+            )
+            .load(conn)?;
             let mut report = PendingDeletes::default();
             for row in pending {
-                let done = conn.immediate_transaction(|c| finish_delete(c, &row.user_id))?;
+                let done = conn.immediate_transaction(|c| {
+                    diesel::sql_query(
+                        "UPDATE clerk_sync_users SET delete_attempted_at = ? WHERE user_id = ?",
+                    )
+                    .bind::<Text, _>(prisma_date(Utc::now()))
+                    .bind::<Text, _>(&row.user_id)
+                    .execute(c)?;
+                    finish_delete(c, &row.user_id)
+                })?;
                 if done {
                     report.completed += 1;
                 } else {
@@ -218,6 +229,8 @@ struct State {
     deleted: bool,
     #[diesel(sql_type = Bool)]
     delete_pending: bool,
+    #[diesel(sql_type = Bool)]
+    role_from_webhook: bool,
 }
 
 #[derive(QueryableByName)]
@@ -305,7 +318,7 @@ fn state(conn: &mut SqliteConnection, user: &str) -> QueryResult<State> {
         .bind::<Text, _>(user)
         .execute(conn)?;
     diesel::sql_query(
-        "SELECT version, digest, email, deleted_at IS NOT NULL AS deleted, delete_pending
+        "SELECT version, digest, email, deleted_at IS NOT NULL AS deleted, delete_pending, role_from_webhook
            FROM clerk_sync_users WHERE user_id = ?",
     )
     .bind::<Text, _>(user)
@@ -321,6 +334,24 @@ fn set_address(conn: &mut SqliteConnection, user: &str, address: &str) -> QueryR
 
 fn displaced(user: &str) -> String {
     format!("{user}@displaced.invalid")
+}
+
+/// Moves `holder` off `address` to its placeholder, if it still holds it.
+fn displace(conn: &mut SqliteConnection, holder: &str, address: &str) -> QueryResult<usize> {
+    diesel::sql_query("UPDATE \"User\" SET mail_address = ? WHERE id = ? AND mail_address = ?")
+        .bind::<Text, _>(displaced(holder))
+        .bind::<Text, _>(holder)
+        .bind::<Text, _>(address)
+        .execute(conn)
+}
+
+/// The address the user's row holds now, if it has a row.
+fn row_address(conn: &mut SqliteConnection, user: &str) -> QueryResult<Option<String>> {
+    let row: Option<Address> = diesel::sql_query("SELECT mail_address FROM \"User\" WHERE id = ?")
+        .bind::<Text, _>(user)
+        .get_result(conn)
+        .optional()?;
+    Ok(row.map(|r| r.mail_address))
 }
 
 fn upsert(
@@ -339,12 +370,21 @@ fn upsert(
         return Ok(Outcome::Ignored);
     }
     let email = change.email.as_ref().map(|e| e.as_str());
+    let row_address = row_address(conn, user)?;
+    // The role: public_metadata.role when named; when not, a role an earlier webhook set goes
+    // back to USER, and one the application set is left alone.
+    let role = match change.role {
+        Some(role) => Some(role.as_db()),
+        None if current.role_from_webhook => Some(Role::User.as_db()),
+        None => None,
+    };
     diesel::sql_query(
-        "UPDATE clerk_sync_users SET version = ?, digest = ?, email = ? WHERE user_id = ?",
+        "UPDATE clerk_sync_users SET version = ?, digest = ?, email = ?, role_from_webhook = ? WHERE user_id = ?",
     )
     .bind::<BigInt, _>(change.version)
     .bind::<Text, _>(&change.digest)
     .bind::<Nullable<Text>, _>(email)
+    .bind::<Bool, _>(change.role.is_some())
     .bind::<Text, _>(user)
     .execute(conn)?;
 
@@ -353,8 +393,10 @@ fn upsert(
         Some(email) => {
             let holder: Option<Holder> = diesel::sql_query(
                 "SELECT u.id AS id,
-                        COALESCE(s.version, CAST(unixepoch(u.\"updatedAt\", 'subsec') * 1000 AS INTEGER), 0) AS version,
-                        s.deleted_at IS NOT NULL AS dead, s.email AS claim, s.user_id IS NOT NULL AS known
+                        CASE WHEN s.version >= 0 THEN s.version
+                             ELSE COALESCE(CAST(unixepoch(u.\"updatedAt\") AS INTEGER) * 1000, 0) END AS version,
+                        COALESCE(s.deleted_at IS NOT NULL, 0) AS dead, s.email AS claim,
+                        COALESCE(s.version >= 0, 0) AS known
                    FROM \"User\" u LEFT JOIN clerk_sync_users s ON s.user_id = u.id
                   WHERE u.mail_address = ? AND u.id <> ?",
             )
@@ -369,7 +411,7 @@ fn upsert(
                         || (h.known && h.claim.as_deref() != Some(email))
                         || (h.version, h.id.as_str()) < (change.version, user);
                     if holder_loses {
-                        set_address(conn, &h.id, &displaced(&h.id))?;
+                        displace(conn, &h.id, email)?;
                         email.to_owned()
                     } else {
                         displaced(user)
@@ -392,13 +434,20 @@ fn upsert(
     .bind::<Text, _>(user)
     .bind::<Nullable<Text>, _>(change.name.as_deref())
     .bind::<Text, _>(&address)
-    .bind::<Nullable<Text>, _>(change.role.map(|r| r.as_db()))
+    .bind::<Nullable<Text>, _>(role)
     .bind::<Text, _>(prisma_date(change.created_at))
     .bind::<Text, _>(prisma_date(change.updated_at))
-    .bind::<Nullable<Text>, _>(change.role.map(|r| r.as_db()))
+    .bind::<Nullable<Text>, _>(role)
     .execute(conn)?;
 
-    if let Some(old) = current.email.as_deref().filter(|old| Some(*old) != email) {
+    // Addresses this user let go of return to their newest remaining claimant.
+    let mut released: Vec<&str> = [current.email.as_deref(), row_address.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|a| *a != address)
+        .collect();
+    released.dedup();
+    for old in released {
         settle_address(conn, old)?;
     }
     Ok(Outcome::Applied)
@@ -424,11 +473,7 @@ fn delete(conn: &mut SqliteConnection, user: &ClerkUserId) -> QueryResult<Outcom
 
 /// Deletes a tombstoned user's row; false when the application's foreign keys refuse.
 fn finish_delete(conn: &mut SqliteConnection, user: &str) -> QueryResult<bool> {
-    let address: Option<Address> =
-        diesel::sql_query("SELECT mail_address FROM \"User\" WHERE id = ?")
-            .bind::<Text, _>(user)
-            .get_result(conn)
-            .optional()?;
+    let address = row_address(conn, user)?;
     // A savepoint, so that a refused delete leaves the rest of the transaction intact.
     let deleted = conn.transaction(|c| {
         diesel::sql_query("DELETE FROM \"User\" WHERE id = ?")
@@ -452,7 +497,7 @@ fn finish_delete(conn: &mut SqliteConnection, user: &str) -> QueryResult<bool> {
         .bind::<Text, _>(user)
         .execute(conn)?;
     if let Some(address) = address {
-        settle_address(conn, &address.mail_address)?;
+        settle_address(conn, &address)?;
     }
     Ok(done)
 }
@@ -461,7 +506,7 @@ fn finish_delete(conn: &mut SqliteConnection, user: &str) -> QueryResult<bool> {
 fn settle_address(conn: &mut SqliteConnection, address: &str) -> QueryResult<()> {
     let best: Option<UserIdRow> = diesel::sql_query(
         "SELECT s.user_id AS user_id FROM clerk_sync_users s JOIN \"User\" u ON u.id = s.user_id
-          WHERE s.email = ? AND s.deleted_at IS NULL AND u.mail_address <> ?
+          WHERE s.email = ? AND s.deleted_at IS NULL AND s.version >= 0 AND u.mail_address <> ?
           ORDER BY s.version DESC, s.user_id DESC LIMIT 1",
     )
     .bind::<Text, _>(address)
@@ -470,8 +515,8 @@ fn settle_address(conn: &mut SqliteConnection, address: &str) -> QueryResult<()>
     .optional()?;
     let Some(best) = best else { return Ok(()) };
     let holder: Option<Holder> = diesel::sql_query(
-        "SELECT u.id AS id, 0 AS version, s.deleted_at IS NOT NULL AS dead, s.email AS claim,
-                s.user_id IS NOT NULL AS known
+        "SELECT u.id AS id, 0 AS version, COALESCE(s.deleted_at IS NOT NULL, 0) AS dead, s.email AS claim,
+                COALESCE(s.version >= 0, 0) AS known
            FROM \"User\" u LEFT JOIN clerk_sync_users s ON s.user_id = u.id WHERE u.mail_address = ?",
     )
     .bind::<Text, _>(address)
@@ -481,7 +526,7 @@ fn settle_address(conn: &mut SqliteConnection, address: &str) -> QueryResult<()>
         if !holder.dead {
             return Ok(());
         }
-        set_address(conn, &holder.id, &displaced(&holder.id))?;
+        displace(conn, &holder.id, address)?;
     }
     set_address(conn, &best.user_id, address)?;
     Ok(())

@@ -63,6 +63,12 @@ impl EmailAddress {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Under the reserved `.invalid` top-level domain (RFC 2606), where no mailbox exists.
+    pub fn is_reserved(&self) -> bool {
+        let lower = self.0.trim_end_matches('.').to_ascii_lowercase();
+        lower.ends_with(".invalid")
+    }
 }
 
 // Addresses are personal data: never printed by `Debug`.
@@ -189,15 +195,23 @@ fn timestamp(ms: Option<i64>, field: &'static str) -> Result<DateTime<Utc>, Even
 }
 
 /// The name rule: `first last` trimmed, else `username`, else none; cut to 255 characters.
+/// Control characters (NUL above all, which PostgreSQL cannot store) are dropped first, so
+/// that both backends store the same name and no delivery fails for ever on one.
 fn display_name(first: Option<&str>, last: Option<&str>, username: Option<&str>) -> Option<String> {
-    let first = first.map(str::trim).unwrap_or("");
-    let last = last.map(str::trim).unwrap_or("");
-    let full = format!("{first} {last}");
+    let clean = |part: Option<&str>| -> String {
+        part.unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect::<String>()
+            .trim()
+            .to_owned()
+    };
+    let full = format!("{} {}", clean(first), clean(last));
     let full = full.trim();
     let chosen = if full.is_empty() {
-        username.map(str::trim).unwrap_or("")
+        clean(username)
     } else {
-        full
+        full.to_owned()
     };
     if chosen.is_empty() {
         return None;
@@ -228,6 +242,9 @@ impl UserObject {
                 .transpose()?,
             _ => None,
         };
+        // The reserved .invalid domain holds clerk-sync's placeholders and no real mailbox:
+        // such an address is no email at all (and can never collide with a placeholder).
+        let email = email.filter(|e| !e.is_reserved());
         let role = Role::from_metadata(self.public_metadata.as_ref());
         let digest = digest(&name, email.as_ref(), role, created_at.timestamp_millis());
         Ok(UserChange {
@@ -288,6 +305,18 @@ mod tests {
         );
         assert_eq!(display_name(None, None, None), None);
         assert_eq!(display_name(Some(""), Some(""), Some("  ")), None);
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_name() {
+        assert_eq!(
+            display_name(Some("Ada\u{0}"), Some("Love\u{7}lace"), None).as_deref(),
+            Some("Ada Lovelace")
+        );
+        assert_eq!(
+            display_name(Some("\u{0}"), None, Some("ada")).as_deref(),
+            Some("ada")
+        );
     }
 
     #[test]

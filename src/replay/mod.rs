@@ -282,6 +282,9 @@ async fn apply_with_retries(
     crate::sync::ingest(db, &prepared.id, &prepared.event, sync).await
 }
 
+/// Where a delivery came from, and what became of it.
+type Sent = (String, Result<Outcome, SendError>);
+
 /// Why a delivery sent with `--to` did not land.
 #[derive(Debug)]
 enum SendError {
@@ -321,9 +324,9 @@ pub async fn to_daemon(
     });
     let verifier = &verifier;
     let client = &client;
-    let results: Vec<(String, Result<Outcome, SendError>)> = stream
+    let results: Vec<Sent> = stream
         .flat_map(|message| {
-            let items: Vec<Result<Prepared, (String, Result<Outcome, SendError>)>> = match message {
+            let items: Vec<Result<Prepared, Sent>> = match message {
                 Message::Batch(batch) => batch.into_iter().map(Ok).collect(),
                 Message::Rejected(location, reason) => {
                     vec![Err((location, Err(SendError::Rejected(reason))))]

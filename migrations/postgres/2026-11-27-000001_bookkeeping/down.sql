@@ -1,4 +1,5 @@
 DROP FUNCTION IF EXISTS clerk_sync.apply_delivery;
+DROP FUNCTION IF EXISTS clerk_sync.retry_delete;
 DROP FUNCTION IF EXISTS clerk_sync.finish_delete;
 DROP FUNCTION IF EXISTS clerk_sync.settle_address;
 DROP TABLE IF EXISTS clerk_sync.users;

@@ -12,8 +12,8 @@ CREATE TABLE clerk_sync.deliveries (
 );
 CREATE INDEX deliveries_received_at_idx ON clerk_sync.deliveries (received_at);
 
--- One row per Clerk user ever seen: the newest applied version (Clerk
--- `updated_at` in ms, with a content digest to settle ties), the address the
+-- One row per Clerk user ever seen: the newest applied version (Clerk `updated_at` in ms,
+-- with a content digest to settle ties; -1 until a version is applied), the address the
 -- user claims in that version, and the tombstone.
 CREATE TABLE clerk_sync.users (
     user_id        TEXT PRIMARY KEY,
@@ -21,14 +21,19 @@ CREATE TABLE clerk_sync.users (
     digest         TEXT NOT NULL,
     email          TEXT,
     deleted_at     TIMESTAMPTZ,
-    delete_pending BOOLEAN NOT NULL DEFAULT false
+    delete_pending BOOLEAN NOT NULL DEFAULT false,
+    -- The last retry of a deferred delete, so that retries take turns.
+    delete_attempted_at TIMESTAMPTZ,
+    -- Whether the row's role was last set by public_metadata.role (then a newer version
+    -- that names no role resets it to USER), or is the application's own (left alone).
+    role_from_webhook BOOLEAN NOT NULL DEFAULT false
 );
 CREATE INDEX users_email_idx ON clerk_sync.users (email) WHERE email IS NOT NULL;
-CREATE INDEX users_delete_pending_idx ON clerk_sync.users (user_id) WHERE delete_pending;
+CREATE INDEX users_delete_pending_idx ON clerk_sync.users (delete_attempted_at) WHERE delete_pending;
 
--- Hands address `p_address` to its newest live claimant once nobody live holds
--- it. A tombstoned row (kept only for the application's foreign keys) always
--- gives the address up. The caller holds the advisory lock on the address.
+-- Hands address `p_address` to its newest live claimant once nobody live holds it. A
+-- tombstoned row (kept only for the application's foreign keys) always gives the address
+-- up. The caller holds the advisory lock on the address.
 CREATE FUNCTION clerk_sync.settle_address(p_address TEXT) RETURNS VOID
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -38,7 +43,8 @@ DECLARE
 BEGIN
     SELECT s.user_id INTO v_best
       FROM clerk_sync.users s JOIN "User" u ON u.id = s.user_id
-     WHERE s.email = p_address AND s.deleted_at IS NULL AND u.mail_address <> p_address
+     WHERE s.email = p_address AND s.deleted_at IS NULL AND s.version >= 0
+       AND u.mail_address <> p_address
      ORDER BY s.version DESC, s.user_id COLLATE "C" DESC
      LIMIT 1;
     IF v_best IS NULL THEN
@@ -51,20 +57,21 @@ BEGIN
         IF NOT COALESCE(v_holder_dead, false) THEN
             RETURN;
         END IF;
-        UPDATE "User" SET mail_address = v_holder || '@displaced.invalid' WHERE id = v_holder;
+        UPDATE "User" SET mail_address = v_holder || '@displaced.invalid'
+         WHERE id = v_holder AND mail_address = p_address;
     END IF;
     UPDATE "User" SET mail_address = p_address WHERE id = v_best;
 END $$;
 
--- Deletes the row of a tombstoned user. Returns false (and changes nothing)
--- when the application's foreign keys still refuse it.
+-- Deletes the row of a tombstoned user. Returns false (and deletes nothing) when the
+-- application's foreign keys still refuse it.
 CREATE FUNCTION clerk_sync.finish_delete(p_user_id TEXT) RETURNS BOOLEAN
 LANGUAGE plpgsql AS $$
 DECLARE
     v_address TEXT;
 BEGIN
-    -- The address lock comes after the caller's lock on the user's bookkeeping row, as
-    -- in apply_delivery; re-read after locking, since a displaced row only ever moves to
+    -- The address lock comes after the caller's lock on the user's bookkeeping row, as in
+    -- apply_delivery; read again after locking, since a displaced row only ever moves to
     -- its own placeholder.
     SELECT mail_address INTO v_address FROM "User" WHERE id = p_user_id;
     IF v_address IS NOT NULL THEN
@@ -72,6 +79,9 @@ BEGIN
         SELECT mail_address INTO v_address FROM "User" WHERE id = p_user_id;
     END IF;
     BEGIN
+        -- A foreign key the application declared DEFERRABLE would only fail at COMMIT,
+        -- beyond this handler: check it now.
+        SET CONSTRAINTS ALL IMMEDIATE;
         DELETE FROM "User" WHERE id = p_user_id;
     EXCEPTION WHEN foreign_key_violation THEN
         UPDATE clerk_sync.users SET delete_pending = true WHERE user_id = p_user_id;
@@ -87,13 +97,29 @@ BEGIN
     RETURN true;
 END $$;
 
--- Applies one delivery in the caller's transaction, in one round trip. The
--- rules are documented in src/sync/mod.rs; the SQLite backend implements the
--- same steps in src/db/sqlite.rs and both run the same tests.
+-- One retry of a deferred delete, in its own transaction. NULL when a delivery for the
+-- user holds its lock right now (it is retried next time) or the delete is done.
+CREATE FUNCTION clerk_sync.retry_delete(p_user_id TEXT) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_pending BOOLEAN;
+BEGIN
+    SELECT delete_pending INTO v_pending FROM clerk_sync.users
+     WHERE user_id = p_user_id FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR NOT v_pending THEN
+        RETURN NULL;
+    END IF;
+    UPDATE clerk_sync.users SET delete_attempted_at = now() WHERE user_id = p_user_id;
+    RETURN clerk_sync.finish_delete(p_user_id);
+END $$;
+
+-- Applies one delivery in the caller's transaction, in one round trip. The rules are
+-- documented in src/sync/mod.rs; the SQLite backend implements the same steps in
+-- src/db/sqlite.rs and both run the same tests.
 --
--- p_kind: 'upsert' (user.created / user.updated), 'delete' (user.deleted) or
--- 'ignore' (an event type clerk-sync does not apply). p_email is the claimed
--- primary address (NULL: the user has none); p_role NULL leaves the role alone.
+-- p_kind: 'upsert' (user.created / user.updated), 'delete' (user.deleted) or 'ignore' (an
+-- event type clerk-sync does not apply). p_email is the claimed primary address (NULL: the
+-- user has none); p_role NULL means the event names no role.
 -- Returns the outcome: applied, duplicate, stale, ignored or deferred.
 CREATE FUNCTION clerk_sync.apply_delivery(
     p_svix_id    TEXT,
@@ -116,6 +142,7 @@ DECLARE
     v_lock     TEXT;
     v_row_addr TEXT;
     v_addr     TEXT;
+    v_role     TEXT;
     v_holder   TEXT;
     v_holder_version BIGINT;
     v_holder_dead    BOOLEAN;
@@ -165,28 +192,46 @@ BEGIN
         ELSIF p_email IS NULL AND p_skip_no_email THEN
             v_outcome := 'ignored';
         ELSE
-            -- Address locks, in one global order so that two deliveries never
-            -- wait on each other in a cycle.
+            -- Address locks, in one global order so that two deliveries never wait on each
+            -- other in a cycle: the address claimed before, the one claimed now, and the one
+            -- the row holds (which differs for a row the application wrote itself).
+            SELECT mail_address INTO v_row_addr FROM "User" WHERE id = p_user_id;
             FOR v_lock IN
-                SELECT DISTINCT (a COLLATE "C") FROM unnest(ARRAY[v_state.email, p_email]) AS a
+                SELECT DISTINCT (a COLLATE "C") FROM unnest(ARRAY[v_state.email, p_email, v_row_addr]) AS a
                  WHERE a IS NOT NULL ORDER BY 1
             LOOP
                 PERFORM pg_advisory_xact_lock(hashtextextended(v_lock, 7));
             END LOOP;
+            -- Meanwhile the row can only have moved to its own placeholder or been handed
+            -- its claim, both under locks held now: read it again.
+            SELECT mail_address INTO v_row_addr FROM "User" WHERE id = p_user_id;
+
+            -- The role: public_metadata.role when named; when not, a role an earlier webhook
+            -- set goes back to USER, and one the application set is left alone.
+            IF p_role IS NOT NULL THEN
+                v_role := p_role;
+            ELSIF v_state.role_from_webhook THEN
+                v_role := 'USER';
+            END IF;
 
             UPDATE clerk_sync.users
-               SET version = p_version, digest = p_digest, email = p_email
+               SET version = p_version, digest = p_digest, email = p_email,
+                   role_from_webhook = (p_role IS NOT NULL)
              WHERE user_id = p_user_id;
 
             IF p_email IS NULL THEN
                 v_addr := p_user_id || '@no-email.invalid';
             ELSE
                 v_addr := p_email;
+                -- A holder clerk-sync never applied a version for (the application's own row)
+                -- is as new as its "updatedAt", to the second on both backends.
                 SELECT u.id,
-                       COALESCE(s.version, (extract(epoch FROM u."updatedAt") * 1000)::BIGINT),
-                       (s.deleted_at IS NOT NULL),
+                       CASE WHEN s.version >= 0 THEN s.version
+                            ELSE (extract(epoch FROM date_trunc('second', u."updatedAt")) * 1000)::BIGINT
+                       END,
+                       COALESCE(s.deleted_at IS NOT NULL, false),
                        s.email,
-                       (s.user_id IS NOT NULL)
+                       COALESCE(s.version >= 0, false)
                   INTO v_holder, v_holder_version, v_holder_dead, v_holder_claim, v_holder_known
                   FROM "User" u LEFT JOIN clerk_sync.users s ON s.user_id = u.id
                  WHERE u.mail_address = p_email AND u.id <> p_user_id;
@@ -195,7 +240,7 @@ BEGIN
                        OR (v_holder_known AND v_holder_claim IS DISTINCT FROM p_email)
                        OR (v_holder_version, v_holder COLLATE "C") < (p_version, p_user_id COLLATE "C") THEN
                         UPDATE "User" SET mail_address = v_holder || '@displaced.invalid'
-                         WHERE id = v_holder;
+                         WHERE id = v_holder AND mail_address = p_email;
                     ELSE
                         v_addr := p_user_id || '@displaced.invalid';
                     END IF;
@@ -203,17 +248,21 @@ BEGIN
             END IF;
 
             INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
-            VALUES (p_user_id, p_name, v_addr, COALESCE(p_role, 'USER')::"Role", p_created_at, p_updated_at)
+            VALUES (p_user_id, p_name, v_addr, COALESCE(v_role, 'USER')::"Role", p_created_at, p_updated_at)
             ON CONFLICT (id) DO UPDATE
                SET name = EXCLUDED.name,
                    mail_address = EXCLUDED.mail_address,
-                   role = COALESCE(p_role::"Role", "User".role),
+                   role = COALESCE(v_role::"Role", "User".role),
                    "createdAt" = EXCLUDED."createdAt",
                    "updatedAt" = EXCLUDED."updatedAt";
 
-            IF v_state.email IS NOT NULL AND v_state.email IS DISTINCT FROM p_email THEN
-                PERFORM clerk_sync.settle_address(v_state.email);
-            END IF;
+            -- Addresses this user let go of return to their newest remaining claimant.
+            FOR v_lock IN
+                SELECT DISTINCT a FROM unnest(ARRAY[v_state.email, v_row_addr]) AS a
+                 WHERE a IS NOT NULL AND a <> v_addr
+            LOOP
+                PERFORM clerk_sync.settle_address(v_lock);
+            END LOOP;
             v_outcome := 'applied';
         END IF;
     END IF;

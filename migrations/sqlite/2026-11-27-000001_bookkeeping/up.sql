@@ -15,7 +15,9 @@ CREATE TABLE clerk_sync_users (
     digest         TEXT NOT NULL,
     email          TEXT,
     deleted_at     TEXT,
-    delete_pending BOOLEAN NOT NULL DEFAULT 0
+    delete_pending BOOLEAN NOT NULL DEFAULT 0,
+    delete_attempted_at TEXT,
+    role_from_webhook BOOLEAN NOT NULL DEFAULT 0
 );
 CREATE INDEX clerk_sync_users_email_idx ON clerk_sync_users (email) WHERE email IS NOT NULL;
-CREATE INDEX clerk_sync_users_delete_pending_idx ON clerk_sync_users (user_id) WHERE delete_pending;
+CREATE INDEX clerk_sync_users_delete_pending_idx ON clerk_sync_users (delete_attempted_at) WHERE delete_pending;
