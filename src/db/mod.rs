@@ -12,6 +12,7 @@ mod app_table;
 mod migrations;
 mod postgres;
 mod sqlite;
+mod sqlite_steps;
 mod url;
 
 use std::time::Duration;
