@@ -134,7 +134,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "CLERK_SYNC_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub pool_size: u16,
     /// Seconds to wait for a database connection, a lock or a statement before answering 503.
-    #[arg(long, env = "CLERK_SYNC_DB_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    #[arg(long, env = "CLERK_SYNC_DB_TIMEOUT", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub db_timeout: u64,
 }
 
@@ -178,6 +178,12 @@ pub struct ServeArgs {
     /// Seconds between retries of deletes the application's foreign keys refused.
     #[arg(long, env = "CLERK_SYNC_PENDING_DELETE_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub pending_delete_interval: u64,
+    /// Seconds a delivery may take before it is answered 503 (Svix gives up after 15).
+    #[arg(long, env = "CLERK_SYNC_REQUEST_DEADLINE", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=14))]
+    pub request_deadline: u64,
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "CLERK_SYNC_SHUTDOWN_GRACE", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_grace: u64,
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "CLERK_SYNC_WORKERS", default_value_t = 0)]
     pub workers: usize,

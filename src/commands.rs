@@ -56,11 +56,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sync: SyncOptions {
             skip_users_without_email: args.skip_users_without_email,
         },
+        deadline: Duration::from_secs(args.request_deadline),
+        metrics: crate::metrics::Metrics::new(),
     };
     let settings = ServerSettings {
         body_limit: args.body_limit,
         workers: args.workers,
         pending_delete_interval: Duration::from_secs(args.pending_delete_interval),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let app = Application::build(listener, state, &settings)?;
     tracing::info!(address = %app.address(), "listening");

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod db;
 pub mod domain;
+pub mod metrics;
 pub mod probe;
 pub mod replay;
 pub mod routes;

@@ -4,9 +4,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 
 use crate::db::Database;
+use crate::metrics::Metrics;
 use crate::sync::SyncOptions;
 use crate::verify::Verifier;
 
@@ -19,6 +20,10 @@ pub struct AppState {
     pub verifier: Verifier,
     /// How deliveries are applied.
     pub sync: SyncOptions,
+    /// Longest a delivery may take before it is answered 503.
+    pub deadline: Duration,
+    /// The app's metrics.
+    pub metrics: Metrics,
 }
 
 /// How the server is run.
@@ -30,6 +35,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// How often deferred deletes are retried.
     pub pending_delete_interval: Duration,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
 }
 
 /// A bound, not yet running server.
@@ -51,13 +58,14 @@ impl Application {
         let body_limit = settings.body_limit;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(middleware::from_fn(crate::routes::request_id::attach))
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
                 .configure(crate::routes::configure)
         })
         .client_request_timeout(Duration::from_secs(5))
         .client_disconnect_timeout(Duration::from_secs(1))
-        .shutdown_timeout(10);
+        .shutdown_timeout(settings.shutdown_grace.as_secs());
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }

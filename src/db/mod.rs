@@ -148,6 +148,28 @@ pub struct Status {
     pub known_users: i64,
 }
 
+/// The pool's connections now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Most connections the pool opens.
+    pub max_size: usize,
+    /// Connections open.
+    pub size: usize,
+    /// Open connections not in use.
+    pub available: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+}
+
+/// Figures operators alert on, read from the database (shared by every instance).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Gauges {
+    /// Deletes the application's foreign keys still refuse.
+    pub pending_deletes: i64,
+    /// Seconds since the newest delivery was received; none before the first.
+    pub last_delivery_age_seconds: Option<f64>,
+}
+
 /// A connection pool to one of the two backends.
 #[derive(Clone)]
 pub enum Database {
@@ -204,10 +226,17 @@ impl Database {
         event: &Event,
         options: SyncOptions,
     ) -> Result<Outcome, DbError> {
-        match self {
-            Database::Postgres(db) => db.apply(id, event, options).await,
-            Database::Sqlite(db) => db.apply(id, event, options).await,
-        }
+        // On a task of its own, so that a caller that stops waiting (the request deadline)
+        // never abandons a transaction half-way: it commits or rolls back by itself.
+        let (db, id, event) = (self.clone(), id.clone(), event.clone());
+        tokio::spawn(async move {
+            match db {
+                Database::Postgres(db) => db.apply(&id, &event, options).await,
+                Database::Sqlite(db) => db.apply(&id, &event, options).await,
+            }
+        })
+        .await
+        .map_err(|e| DbError::Internal(format!("database task failed: {e}")))?
     }
 
     /// Applies deliveries in order in ONE transaction, each by the same rules as [`Self::apply`].
@@ -228,6 +257,28 @@ impl Database {
         match self {
             Database::Postgres(db) => db.status(since).await,
             Database::Sqlite(db) => db.status(since).await,
+        }
+    }
+
+    /// The pool's connections now.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = match self {
+            Database::Postgres(db) => db.pool_status(),
+            Database::Sqlite(db) => db.pool_status(),
+        };
+        PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        }
+    }
+
+    /// Pending deletes and the age of the newest delivery, for `/metrics`.
+    pub async fn gauges(&self) -> Result<Gauges, DbError> {
+        match self {
+            Database::Postgres(db) => db.gauges().await,
+            Database::Sqlite(db) => db.gauges().await,
         }
     }
 
@@ -268,6 +319,23 @@ impl Totals {
             pending_deletes: self.pending_deletes,
             tombstones: self.tombstones,
             known_users: self.known_users,
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct GaugeRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pending_deletes: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    last_delivery_age_seconds: Option<f64>,
+}
+
+impl From<GaugeRow> for Gauges {
+    fn from(row: GaugeRow) -> Self {
+        Gauges {
+            pending_deletes: row.pending_deletes,
+            last_delivery_age_seconds: row.last_delivery_age_seconds,
         }
     }
 }

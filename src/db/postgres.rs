@@ -15,8 +15,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use super::app_table::{self, Column};
 use super::migrations::{self, History};
 use super::{
-    outcome, DatabaseUrl, DbError, MigrationReport, OutcomeCount, PendingDeletes, PoolOptions,
-    Status, Totals,
+    outcome, DatabaseUrl, DbError, GaugeRow, Gauges, MigrationReport, OutcomeCount, PendingDeletes,
+    PoolOptions, Status, Totals,
 };
 use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
@@ -224,6 +224,22 @@ impl Pg {
         .get_result(&mut conn)
         .await?;
         Ok(totals.into_status(by_outcome))
+    }
+
+    pub(super) fn pool_status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+
+    pub(super) async fn gauges(&self) -> Result<Gauges, DbError> {
+        let mut conn = self.pool.get().await?;
+        let row: GaugeRow = diesel::sql_query(
+            "SELECT (SELECT count(*) FROM clerk_sync.users WHERE delete_pending) AS pending_deletes,
+                    (SELECT extract(epoch FROM now() - max(received_at))::float8 FROM clerk_sync.deliveries)
+                        AS last_delivery_age_seconds",
+        )
+        .get_result(&mut conn)
+        .await?;
+        Ok(row.into())
     }
 
     pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {

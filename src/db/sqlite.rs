@@ -23,7 +23,10 @@ use diesel_async::AsyncConnection;
 use super::app_table::{self, Column};
 use super::migrations::{self, History};
 use super::sqlite_steps::{self as steps, prisma_date};
-use super::{DbError, MigrationReport, OutcomeCount, PendingDeletes, PoolOptions, Status, Totals};
+use super::{
+    DbError, GaugeRow, Gauges, MigrationReport, OutcomeCount, PendingDeletes, PoolOptions, Status,
+    Totals,
+};
 use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
 
@@ -70,7 +73,6 @@ impl Lite {
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.clamp(1, 4))
             .wait_timeout(Some(options.acquire_timeout))
-            .create_timeout(Some(options.acquire_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| DbError::Internal(e.to_string()))?;
@@ -82,10 +84,18 @@ impl Lite {
         &self,
         task: impl FnOnce(&mut SqliteConnection) -> Result<R, DbError> + Send + 'static,
     ) -> Result<R, DbError> {
-        let mut conn = self.pool.get().await?;
-        conn.spawn_blocking(move |c| Ok(task(c)))
-            .await
-            .map_err(DbError::from)?
+        // On a task of its own: the wrapper's blocking call must never be dropped half-way
+        // (its clean-up blocks in place, which a single-threaded HTTP worker cannot do), so a
+        // caller that stops waiting — a deadline, a client gone — leaves it to finish.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.get().await?;
+            conn.spawn_blocking(move |c| Ok(task(c)))
+                .await
+                .map_err(DbError::from)?
+        })
+        .await
+        .map_err(|e| DbError::Internal(format!("database task failed: {e}")))?
     }
 
     pub(super) async fn migrate(&self) -> Result<MigrationReport, DbError> {
@@ -166,6 +176,23 @@ impl Lite {
             )
             .get_result(conn)?;
             Ok(totals.into_status(by_outcome))
+        })
+        .await
+    }
+
+    pub(super) fn pool_status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+
+    pub(super) async fn gauges(&self) -> Result<Gauges, DbError> {
+        self.run(|conn| {
+            let row: GaugeRow = diesel::sql_query(
+                "SELECT (SELECT count(*) FROM clerk_sync_users WHERE delete_pending) AS pending_deletes,
+                        (SELECT (julianday('now') - julianday(max(received_at))) * 86400.0 FROM clerk_sync_deliveries)
+                            AS last_delivery_age_seconds",
+            )
+            .get_result(conn)?;
+            Ok(row.into())
         })
         .await
     }

@@ -2,6 +2,8 @@
 //! and the result into a status code.
 
 mod health;
+mod metrics;
+pub mod request_id;
 mod webhook;
 
 use actix_web::web;
@@ -16,5 +18,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::route().to(webhook::method_not_allowed)),
     )
     .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz));
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(metrics::metrics));
 }

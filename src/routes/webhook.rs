@@ -79,15 +79,45 @@ fn header_map(request: &HttpRequest) -> http::HeaderMap {
     map
 }
 
+impl WebhookError {
+    /// The `reason` label of `clerk_sync_rejected_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            WebhookError::Signature(SignatureError::MissingHeader(_)) => "missing_header",
+            WebhookError::Signature(SignatureError::InvalidHeader(_)) => "invalid_header",
+            WebhookError::Signature(SignatureError::TooOld | SignatureError::TooNew) => {
+                "stale_timestamp"
+            }
+            WebhookError::Signature(SignatureError::NoMatch) => "no_matching_signature",
+            WebhookError::Signature(SignatureError::NotUtf8) => "not_utf8",
+            WebhookError::Event(_) => "invalid_event",
+            WebhookError::Database(DbError::Unavailable(_) | DbError::NotMigrated(_)) => {
+                "database_unavailable"
+            }
+            WebhookError::Database(_) => "internal_error",
+        }
+    }
+}
+
 /// Verifies, parses and applies one delivery.
 pub async fn receive(
     request: HttpRequest,
     body: Bytes,
     state: Data<AppState>,
 ) -> Result<HttpResponse, WebhookError> {
+    let started = std::time::Instant::now();
     let headers = header_map(&request);
     let message_id = verify::message_id(&headers).map(str::to_owned);
     let result = handle(&headers, &body, &state).await;
+    state
+        .metrics
+        .observe_latency(started.elapsed().as_secs_f64());
+    match &result {
+        Ok((event, outcome)) => state
+            .metrics
+            .delivered(event.event_type(), outcome.as_str()),
+        Err(error) => state.metrics.rejected(error.reason()),
+    }
     match &result {
         Ok((event, outcome)) => tracing::info!(
             svix_id = message_id.as_deref().unwrap_or(""),
@@ -118,7 +148,14 @@ async fn handle(
     state.verifier.verify(body, headers, true)?;
     let id = MessageId::parse(verify::message_id(headers).unwrap_or(""))?;
     let event = Event::parse(body)?;
-    let outcome = sync::ingest(&state.db, &id, &event, state.sync).await?;
+    // Answer well within Svix's 15 s: past the deadline, 503 and Svix retries. (The database
+    // may still commit the abandoned attempt; the retry is then a `duplicate`.)
+    let outcome = tokio::time::timeout(
+        state.deadline,
+        sync::ingest(&state.db, &id, &event, state.sync),
+    )
+    .await
+    .map_err(|_| DbError::Unavailable("request deadline exceeded".into()))??;
     Ok((event, outcome))
 }
 

@@ -91,6 +91,20 @@ struct Number {
     n: i64,
 }
 
+/// A connection kept open by a test (see [`TestDb::hold`]).
+pub struct Held(Conn);
+
+impl Held {
+    /// Ends the held transaction.
+    pub async fn rollback(mut self) {
+        match &mut self.0 {
+            Conn::Pg(c) => c.batch_execute("ROLLBACK").await,
+            Conn::Lite(c) => c.batch_execute("ROLLBACK").await,
+        }
+        .expect("rollback");
+    }
+}
+
 enum Conn {
     Pg(Box<AsyncPgConnection>),
     Lite(SyncConnectionWrapper<SqliteConnection>),
@@ -196,6 +210,18 @@ impl TestDb {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// Opens a connection and runs `sql` on it (e.g. a transaction that takes a lock); the
+    /// lock is held until the returned connection runs `ROLLBACK` or is dropped.
+    pub async fn hold(&self, sql: &str) -> Held {
+        let mut conn = self.connect().await;
+        match &mut conn {
+            Conn::Pg(c) => c.batch_execute(sql).await,
+            Conn::Lite(c) => c.batch_execute(sql).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        Held(conn)
+    }
+
     /// Runs SQL and reports the error instead of panicking.
     pub async fn try_exec(&self, sql: &str) -> Result<(), String> {
         match self.connect().await {
@@ -278,6 +304,8 @@ pub struct AppOptions {
     pub pending_delete_interval: Duration,
     /// Secrets configured; deliveries are signed with the first.
     pub secrets: Vec<String>,
+    /// The per-delivery deadline.
+    pub deadline: Duration,
 }
 
 impl Default for AppOptions {
@@ -287,6 +315,7 @@ impl Default for AppOptions {
             body_limit: 1024 * 1024,
             pending_delete_interval: Duration::from_millis(200),
             secrets: vec![new_secret()],
+            deadline: Duration::from_secs(5),
         }
     }
 }
@@ -339,11 +368,14 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
         db: database,
         verifier,
         sync: options.sync,
+        deadline: options.deadline,
+        metrics: clerk_sync::metrics::Metrics::new(),
     };
     let settings = ServerSettings {
         body_limit: options.body_limit,
         workers: 1,
         pending_delete_interval: options.pending_delete_interval,
+        shutdown_grace: Duration::from_secs(2),
     };
     let app = Application::build(listener, state, &settings).expect("build app");
     let address = format!("http://{}", app.address());

@@ -1,0 +1,210 @@
+//! Prometheus metrics, one registry per app (state is passed, never global), rendered in the
+//! text format at `GET /metrics`.
+//!
+//! Counters move as deliveries are handled; gauges that only the database knows for every
+//! instance (deferred deletes pending, age of the newest delivery) are read at scrape time.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::db::Database;
+
+/// The daemon's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    deliveries: IntCounterVec,
+    rejected: IntCounterVec,
+    latency: Histogram,
+    pool: IntGaugeVec,
+    pool_waiting: IntGauge,
+    pending_deletes: IntGauge,
+    last_delivery_age: prometheus::Gauge,
+    up: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> C {
+    // Names are fixed and distinct: registering cannot collide.
+    let _ = registry.register(Box::new(collector.clone()));
+    collector
+}
+
+impl Metrics {
+    /// A fresh registry with every series the daemon exports.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let deliveries = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "clerk_sync_deliveries_total",
+                    "Verified deliveries handled, by event type and outcome.",
+                ),
+                &["event_type", "outcome"],
+            )
+            .expect("static metric definition"),
+        );
+        let rejected = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "clerk_sync_rejected_total",
+                    "Deliveries not applied, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+        );
+        let latency = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "clerk_sync_delivery_duration_seconds",
+                    "Time from a delivery's arrival to its answer.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+            )
+            .expect("static metric definition"),
+        );
+        let pool = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "clerk_sync_db_pool_connections",
+                    "Database connections open, by state.",
+                ),
+                &["state"],
+            )
+            .expect("static metric definition"),
+        );
+        let pool_waiting = register(
+            &registry,
+            IntGauge::new(
+                "clerk_sync_db_pool_waiting",
+                "Requests waiting for a database connection.",
+            )
+            .expect("static metric definition"),
+        );
+        let pending_deletes = register(
+            &registry,
+            IntGauge::new(
+                "clerk_sync_deferred_deletes_pending",
+                "Deletes the application's foreign keys still refuse (retried in the background).",
+            )
+            .expect("static metric definition"),
+        );
+        let last_delivery_age = register(
+            &registry,
+            prometheus::Gauge::new(
+                "clerk_sync_last_delivery_age_seconds",
+                "Seconds since the newest delivery any instance received (absent before the first).",
+            )
+            .expect("static metric definition"),
+        );
+        let up = register(
+            &registry,
+            IntGauge::new(
+                "clerk_sync_database_up",
+                "1 when the last scrape could read the database.",
+            )
+            .expect("static metric definition"),
+        );
+        let build = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("clerk_sync_build_info", "clerk-sync's version."),
+                &["version"],
+            )
+            .expect("static metric definition"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            registry,
+            deliveries,
+            rejected,
+            latency,
+            pool,
+            pool_waiting,
+            pending_deletes,
+            last_delivery_age,
+            up,
+        }
+    }
+
+    /// A verified delivery was handled.
+    pub fn delivered(&self, event_type: &str, outcome: &str) {
+        // Event types are the sender's: keep the label set small.
+        let event_type = match event_type {
+            "user.created" | "user.updated" | "user.deleted" => event_type,
+            _ => "other",
+        };
+        self.deliveries
+            .with_label_values(&[event_type, outcome])
+            .inc();
+    }
+
+    /// A delivery was not applied, for `reason`.
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// How long a delivery took to answer.
+    pub fn observe_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    /// The text exposition, with the scrape-time gauges refreshed from `db`.
+    pub async fn render(&self, db: &Database) -> String {
+        let pool = db.pool_status();
+        let in_use = pool.size.saturating_sub(pool.available);
+        self.pool
+            .with_label_values(&["in_use"])
+            .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+        self.pool
+            .with_label_values(&["idle"])
+            .set(i64::try_from(pool.available).unwrap_or(i64::MAX));
+        self.pool_waiting
+            .set(i64::try_from(pool.waiting).unwrap_or(i64::MAX));
+        match db.gauges().await {
+            Ok(gauges) => {
+                self.up.set(1);
+                self.pending_deletes.set(gauges.pending_deletes);
+                if let Some(age) = gauges.last_delivery_age_seconds {
+                    self.last_delivery_age.set(age.max(0.0));
+                }
+            }
+            Err(error) => {
+                self.up.set(0);
+                tracing::warn!(%error, "metrics: could not read the database");
+            }
+        }
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

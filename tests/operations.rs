@@ -1,0 +1,199 @@
+//! Operating clerk-sync: metrics after real deliveries, request ids, bounded answers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    deleted, now, spawn_app, spawn_app_with, AppOptions, Backend, ClerkUser, TestApp, TestDb,
+};
+
+/// The value of the series whose line starts with `series` (name and labels, exactly).
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain")));
+    response.text().await.expect("body")
+}
+
+async fn metrics_move_with_real_deliveries(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let before = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &before,
+            "clerk_sync_deliveries_total{event_type=\"user.created\",outcome=\"applied\"}"
+        ),
+        None
+    );
+    assert_eq!(sample(&before, "clerk_sync_database_up"), Some(1.0));
+
+    let user = ClerkUser::new("user_metrics", 1_000, "metrics@example.com");
+    app.expect_outcome("m1", &user.created(), "applied").await;
+    app.expect_outcome("m1", &user.created(), "duplicate").await;
+    app.db
+        .exec(r#"INSERT INTO "Favorite" ("userId", "itemId") VALUES ('user_metrics', 'i')"#)
+        .await;
+    app.expect_outcome("m2", &deleted("user_metrics"), "deferred")
+        .await;
+    let forged = app
+        .post(
+            &[
+                ("svix-id", "m3".into()),
+                ("svix-timestamp", now().to_string()),
+                ("svix-signature", "v1,Zm9yZ2Vk".into()),
+            ],
+            user.updated(),
+        )
+        .await;
+    assert_eq!(forged.status().as_u16(), 401);
+
+    let after = scrape(&app).await;
+    let series = |s: &str| sample(&after, s);
+    assert_eq!(
+        series("clerk_sync_deliveries_total{event_type=\"user.created\",outcome=\"applied\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        series("clerk_sync_deliveries_total{event_type=\"user.created\",outcome=\"duplicate\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        series("clerk_sync_deliveries_total{event_type=\"user.deleted\",outcome=\"deferred\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        series("clerk_sync_rejected_total{reason=\"no_matching_signature\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        series("clerk_sync_delivery_duration_seconds_count"),
+        Some(4.0)
+    );
+    assert_eq!(series("clerk_sync_deferred_deletes_pending"), Some(1.0));
+    assert!(series("clerk_sync_last_delivery_age_seconds")
+        .is_some_and(|age| (0.0..60.0).contains(&age)));
+    assert!(series("clerk_sync_db_pool_connections{state=\"idle\"}").is_some_and(|n| n >= 1.0));
+    assert_eq!(series("clerk_sync_db_pool_waiting"), Some(0.0));
+    assert_eq!(
+        series(&format!(
+            "clerk_sync_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        Some(1.0)
+    );
+}
+
+async fn a_body_over_the_limit_is_counted(backend: Backend) {
+    let options = AppOptions {
+        body_limit: 1024,
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(TestDb::with_prisma_tables(backend).await, options).await;
+    let response = app.post(&[], "x".repeat(4096)).await;
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(
+        sample(
+            &scrape(&app).await,
+            "clerk_sync_rejected_total{reason=\"body_too_large\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+async fn every_response_carries_a_request_id(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let echoed = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "req-from-the-proxy")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        echoed
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-from-the-proxy")
+    );
+
+    let made = app
+        .deliver(
+            "m1",
+            &ClerkUser::new("user_rid", 1, "rid@example.com").created(),
+        )
+        .await;
+    let id = made
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(id.len(), 32, "{id:?}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+async fn a_delivery_stuck_behind_a_lock_is_answered_503_within_the_deadline(backend: Backend) {
+    let options = AppOptions {
+        deadline: Duration::from_secs(1),
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(TestDb::with_prisma_tables(backend).await, options).await;
+    let user = ClerkUser::new("user_locked", 1_000, "locked@example.com");
+    app.expect_outcome("m1", &user.created(), "applied").await;
+    // Another transaction holds the user's row (PostgreSQL) or the write lock (SQLite).
+    let held = match backend {
+        Backend::Postgres => app
+            .db
+            .hold("BEGIN; SELECT 1 FROM clerk_sync.users WHERE user_id = 'user_locked' FOR UPDATE")
+            .await,
+        Backend::Sqlite => app.db.hold("BEGIN IMMEDIATE").await,
+    };
+    let mut newer = user.clone();
+    newer.updated_at += 1_000;
+    newer.first_name = Some("Later".into());
+
+    let started = Instant::now();
+    let response = app.deliver("m2", &newer.updated()).await;
+    let waited = started.elapsed();
+
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+    held.rollback().await;
+    // Svix retries the same delivery: it lands.
+    let retried = common::eventually(Duration::from_secs(10), || async {
+        matches!(app.deliver_outcome("m2", &newer.updated()).await, (200, ref o) if o == "applied" || o == "duplicate")
+    })
+    .await;
+    assert!(retried);
+    assert_eq!(
+        app.db
+            .user("user_locked")
+            .await
+            .expect("row")
+            .name
+            .as_deref(),
+        Some("Later Lovelace")
+    );
+}
+
+on_both_backends!(
+    metrics_move_with_real_deliveries,
+    a_body_over_the_limit_is_counted,
+    every_response_carries_a_request_id,
+    a_delivery_stuck_behind_a_lock_is_answered_503_within_the_deadline,
+);
