@@ -15,7 +15,9 @@ pub fn init(json: bool) {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The request's span (request_id, method, path) on every line, once.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init()
     } else {
         builder

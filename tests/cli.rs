@@ -327,6 +327,12 @@ async fn logs_carry_ids_and_outcomes_but_never_the_secret_or_personal_data() {
     assert_eq!(handled["outcome"], "applied");
     assert_eq!(handled["event_type"], "user.created");
     assert!(
+        handled["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 32),
+        "no request id in {handled}"
+    );
+    assert!(
         logs.contains("msg_forged") && logs.contains("no matching signature"),
         "{logs}"
     );
@@ -353,5 +359,76 @@ fn help_documents_every_setting() {
         "RUST_LOG",
     ] {
         assert!(help.contains(setting), "--help does not mention {setting}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_stream_loses_nothing_that_was_acknowledged() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = new_secret();
+    let mut command = clerk_sync(dir.path());
+    command.env("CLERK_WEBHOOK_SIGNING_SECRET", &secret);
+    let mut daemon = Daemon::start(command);
+    assert!(daemon.ready().await);
+    let pid = daemon.child.id().to_string();
+    let answered = AtomicUsize::new(0);
+    let daemon_ref = &daemon;
+
+    // 300 deliveries, 8 in flight; SIGTERM once 40 have been answered.
+    let results: Vec<(String, bool)> = futures_util::stream::iter(0..300)
+        .map(|n| {
+            let (secret, pid, answered) = (&secret, &pid, &answered);
+            async move {
+                let user = format!("user_stream{n:04}");
+                let body = ClerkUser::new(&user, 1_000, &format!("s{n}@example.com")).created();
+                let ts = now();
+                let id = format!("msg_stream{n}");
+                let signature = svix::webhooks::Webhook::new(secret)
+                    .expect("secret")
+                    .sign(&id, ts, body.as_bytes())
+                    .expect("sign");
+                let acked = reqwest::Client::new()
+                    .post(format!("{}/webhooks/clerk", daemon_ref.address))
+                    .header("svix-id", &id)
+                    .header("svix-timestamp", ts.to_string())
+                    .header("svix-signature", signature)
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if answered.fetch_add(1, Ordering::SeqCst) + 1 == 40 {
+                    let _ = Command::new("kill").args(["-TERM", pid]).status();
+                }
+                (user, acked)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+
+    let (clean_exit, _) = daemon.stop();
+    assert!(clean_exit, "the daemon should exit 0 after SIGTERM");
+    let acked: Vec<&String> = results
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(u, _)| u)
+        .collect();
+    assert!(acked.len() >= 40, "only {} acknowledged", acked.len());
+    assert!(acked.len() < results.len(), "SIGTERM stopped nothing");
+    let db = TestDb {
+        backend: Backend::Sqlite,
+        url: format!("sqlite://{}", dir.path().join("clerk-sync.db").display()),
+        _dir: None,
+    };
+    let stored: std::collections::HashSet<String> =
+        db.users().await.into_iter().map(|u| u.id).collect();
+    for user in acked {
+        assert!(
+            stored.contains(user),
+            "{user} was acknowledged but is not in the table"
+        );
     }
 }
