@@ -92,6 +92,17 @@ where
     Ok(ran)
 }
 
+/// Ready only when every migration of `source` is in `applied`.
+pub fn require_current<DB: Backend, S: MigrationSource<DB>>(
+    source: &S,
+    applied: &[String],
+) -> Result<(), super::DbError> {
+    match pending_count(source, applied) {
+        0 => Ok(()),
+        n => Err(super::DbError::NotMigrated(n)),
+    }
+}
+
 /// How many migrations of `source` are not in `applied`.
 pub fn pending_count<DB: Backend, S: MigrationSource<DB>>(source: &S, applied: &[String]) -> usize {
     source

@@ -138,10 +138,7 @@ impl Pg {
         } else {
             Vec::new()
         };
-        match migrations::pending_count::<diesel::pg::Pg, _>(&migrations::POSTGRES, &applied) {
-            0 => Ok(()),
-            n => Err(DbError::NotMigrated(n)),
-        }
+        migrations::require_current::<diesel::pg::Pg, _>(&migrations::POSTGRES, &applied)
     }
 
     pub(super) async fn apply(

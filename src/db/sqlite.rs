@@ -124,10 +124,7 @@ impl Lite {
             )
             .get_result(conn)?;
             let applied = if present.n > 0 { migrations::applied(conn, &HISTORY)? } else { Vec::new() };
-            match migrations::pending_count::<diesel::sqlite::Sqlite, _>(&migrations::SQLITE, &applied) {
-                0 => Ok(()),
-                n => Err(DbError::NotMigrated(n)),
-            }
+            migrations::require_current::<diesel::sqlite::Sqlite, _>(&migrations::SQLITE, &applied)
         })
         .await
     }
