@@ -31,6 +31,28 @@ CREATE TABLE clerk_sync.users (
 CREATE INDEX users_email_idx ON clerk_sync.users (email) WHERE email IS NOT NULL;
 CREATE INDEX users_delete_pending_idx ON clerk_sync.users (delete_attempted_at) WHERE delete_pending;
 
+-- Takes the advisory locks of up to three addresses (NULLs and repeats skipped) in one
+-- global order, so that two deliveries never wait on each other in a cycle.
+CREATE FUNCTION clerk_sync.lock_addresses(a TEXT, b TEXT, c TEXT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+DECLARE
+    t TEXT;
+BEGIN
+    -- Sort the three values (NULL last) with plain comparisons: no query needed.
+    IF b IS NOT NULL AND (a IS NULL OR b COLLATE "C" < a COLLATE "C") THEN t := a; a := b; b := t; END IF;
+    IF c IS NOT NULL AND (b IS NULL OR c COLLATE "C" < b COLLATE "C") THEN t := b; b := c; c := t; END IF;
+    IF b IS NOT NULL AND (a IS NULL OR b COLLATE "C" < a COLLATE "C") THEN t := a; a := b; b := t; END IF;
+    IF a IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(a, 7));
+    END IF;
+    IF b IS NOT NULL AND b IS DISTINCT FROM a THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(b, 7));
+    END IF;
+    IF c IS NOT NULL AND c IS DISTINCT FROM b AND c IS DISTINCT FROM a THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(c, 7));
+    END IF;
+END $$;
+
 -- Hands address `p_address` to its newest live claimant once nobody live holds it. A
 -- tombstoned row (kept only for the application's foreign keys) always gives the address
 -- up. The caller holds the advisory lock on the address.
@@ -139,7 +161,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_state    clerk_sync.users%ROWTYPE;
     v_outcome  TEXT;
-    v_lock     TEXT;
     v_row_addr TEXT;
     v_addr     TEXT;
     v_role     TEXT;
@@ -160,22 +181,20 @@ BEGIN
         v_outcome := 'ignored';
     ELSE
         -- The user's lock: every delivery for one user serialises here.
-        INSERT INTO clerk_sync.users (user_id, version, digest)
-        VALUES (p_user_id, -1, '')
-        ON CONFLICT (user_id) DO NOTHING;
         SELECT * INTO v_state FROM clerk_sync.users WHERE user_id = p_user_id FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO clerk_sync.users (user_id, version, digest)
+            VALUES (p_user_id, -1, '')
+            ON CONFLICT (user_id) DO NOTHING;
+            SELECT * INTO v_state FROM clerk_sync.users WHERE user_id = p_user_id FOR UPDATE;
+        END IF;
 
         IF p_kind = 'delete' THEN
             IF v_state.deleted_at IS NOT NULL AND NOT v_state.delete_pending THEN
                 v_outcome := 'stale';
             ELSE
                 SELECT mail_address INTO v_row_addr FROM "User" WHERE id = p_user_id;
-                FOR v_lock IN
-                    SELECT DISTINCT (a COLLATE "C") FROM unnest(ARRAY[v_state.email, v_row_addr]) AS a
-                     WHERE a IS NOT NULL ORDER BY 1
-                LOOP
-                    PERFORM pg_advisory_xact_lock(hashtextextended(v_lock, 7));
-                END LOOP;
+                PERFORM clerk_sync.lock_addresses(v_state.email, v_row_addr, NULL);
                 UPDATE clerk_sync.users
                    SET deleted_at = COALESCE(deleted_at, now())
                  WHERE user_id = p_user_id;
@@ -196,12 +215,7 @@ BEGIN
             -- other in a cycle: the address claimed before, the one claimed now, and the one
             -- the row holds (which differs for a row the application wrote itself).
             SELECT mail_address INTO v_row_addr FROM "User" WHERE id = p_user_id;
-            FOR v_lock IN
-                SELECT DISTINCT (a COLLATE "C") FROM unnest(ARRAY[v_state.email, p_email, v_row_addr]) AS a
-                 WHERE a IS NOT NULL ORDER BY 1
-            LOOP
-                PERFORM pg_advisory_xact_lock(hashtextextended(v_lock, 7));
-            END LOOP;
+            PERFORM clerk_sync.lock_addresses(v_state.email, p_email, v_row_addr);
             -- Meanwhile the row can only have moved to its own placeholder or been handed
             -- its claim, both under locks held now: read it again.
             SELECT mail_address INTO v_row_addr FROM "User" WHERE id = p_user_id;
@@ -257,12 +271,13 @@ BEGIN
                    "updatedAt" = EXCLUDED."updatedAt";
 
             -- Addresses this user let go of return to their newest remaining claimant.
-            FOR v_lock IN
-                SELECT DISTINCT a FROM unnest(ARRAY[v_state.email, v_row_addr]) AS a
-                 WHERE a IS NOT NULL AND a <> v_addr
-            LOOP
-                PERFORM clerk_sync.settle_address(v_lock);
-            END LOOP;
+            IF v_state.email IS NOT NULL AND v_state.email <> v_addr THEN
+                PERFORM clerk_sync.settle_address(v_state.email);
+            END IF;
+            IF v_row_addr IS NOT NULL AND v_row_addr <> v_addr
+               AND v_row_addr IS DISTINCT FROM v_state.email THEN
+                PERFORM clerk_sync.settle_address(v_row_addr);
+            END IF;
             v_outcome := 'applied';
         END IF;
     END IF;
