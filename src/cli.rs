@@ -130,7 +130,7 @@ pub struct DatabaseArgs {
     /// postgres://… or postgresql://… for PostgreSQL; sqlite://PATH, sqlite:PATH or a file path for SQLite.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SQLITE_FILE, hide_env_values = true)]
     pub database_url: String,
-    /// Most database connections open at once (SQLite uses at most 4).
+    /// Most database connections open at once (PostgreSQL; SQLite uses one).
     #[arg(long, env = "CLERK_SYNC_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub pool_size: u16,
     /// Seconds to wait for a database connection, a lock or a statement before answering 503.

@@ -94,6 +94,10 @@ impl Pg {
             setup.push_str(&format!("SET search_path TO \"{schema}\";"));
         }
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        // No test query on every checkout (it would double the round trips of a delivery): a
+        // connection the server closed is seen as closed and replaced, and a failure on one
+        // that died silently is a 503 that Svix retries.
+        config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
         let (setup_url, setup_sql, timeout) = (url.clone(), setup.clone(), options.acquire_timeout);
         config.custom_setup =
             Box::new(move |_| Box::pin(connect(setup_url.clone(), setup_sql.clone(), timeout)));

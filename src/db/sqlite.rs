@@ -59,6 +59,7 @@ impl Lite {
         let setup = pragmas(options.statement_timeout.as_millis());
         let path_text = path.to_string_lossy().into_owned();
         let mut config = ManagerConfig::<Conn>::default();
+        config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
         config.custom_setup = Box::new(move |url| {
             let (url, setup) = (url.to_owned(), setup.clone());
             Box::pin(async move {
@@ -71,7 +72,9 @@ impl Lite {
         });
         let manager = AsyncDieselConnectionManager::new_with_config(path_text, config);
         let pool = Pool::builder(manager)
-            .max_size(options.max_connections.clamp(1, 4))
+            // SQLite has one writer at a time: one connection queues deliveries in the pool
+            // (fair, no busy-waiting), where several would sleep on SQLite's busy handler.
+            .max_size(1)
             .wait_timeout(Some(options.acquire_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
