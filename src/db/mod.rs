@@ -10,6 +10,7 @@
 
 mod app_table;
 mod migrations;
+mod pg_batch;
 mod postgres;
 mod sqlite;
 mod sqlite_steps;

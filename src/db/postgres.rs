@@ -180,28 +180,8 @@ impl Pg {
         batch: &[(MessageId, Event)],
         options: SyncOptions,
     ) -> Result<Vec<Outcome>, DbError> {
-        let mut c = BatchColumns::default();
-        for (id, event) in batch {
-            c.push(id, event);
-        }
         let mut conn = self.pool.get().await?;
-        let outcomes: Vec<String> = diesel::select(functions::apply_batch(
-            c.svix_id,
-            c.event_type,
-            c.kind,
-            c.user_id,
-            c.version,
-            c.digest,
-            c.name,
-            c.email,
-            c.role,
-            c.created_at,
-            c.updated_at,
-            options.skip_users_without_email,
-        ))
-        .get_result(&mut conn)
-        .await?;
-        outcomes.iter().map(|o| outcome(o)).collect()
+        super::pg_batch::apply(&mut conn, batch, options).await
     }
 
     pub(super) async fn status(
@@ -280,7 +260,7 @@ struct UserIdRow {
     clippy::too_many_arguments,
     reason = "the SQL functions take one argument per column of a delivery"
 )]
-mod functions {
+pub(super) mod functions {
     use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 
     diesel::define_sql_function! {
@@ -330,22 +310,22 @@ mod functions {
 
 /// A batch of deliveries as the column arrays `clerk_sync.apply_batch` takes.
 #[derive(Default)]
-struct BatchColumns {
-    svix_id: Vec<String>,
-    event_type: Vec<String>,
-    kind: Vec<String>,
-    user_id: Vec<Option<String>>,
-    version: Vec<Option<i64>>,
-    digest: Vec<Option<String>>,
-    name: Vec<Option<String>>,
-    email: Vec<Option<String>>,
-    role: Vec<Option<String>>,
-    created_at: Vec<Option<chrono::NaiveDateTime>>,
-    updated_at: Vec<Option<chrono::NaiveDateTime>>,
+pub(super) struct BatchColumns {
+    pub(super) svix_id: Vec<String>,
+    pub(super) event_type: Vec<String>,
+    pub(super) kind: Vec<String>,
+    pub(super) user_id: Vec<Option<String>>,
+    pub(super) version: Vec<Option<i64>>,
+    pub(super) digest: Vec<Option<String>>,
+    pub(super) name: Vec<Option<String>>,
+    pub(super) email: Vec<Option<String>>,
+    pub(super) role: Vec<Option<String>>,
+    pub(super) created_at: Vec<Option<chrono::NaiveDateTime>>,
+    pub(super) updated_at: Vec<Option<chrono::NaiveDateTime>>,
 }
 
 impl BatchColumns {
-    fn push(&mut self, id: &MessageId, event: &Event) {
+    pub(super) fn push(&mut self, id: &MessageId, event: &Event) {
         self.svix_id.push(id.as_str().to_owned());
         self.event_type.push(event.event_type().to_owned());
         self.user_id

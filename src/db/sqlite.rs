@@ -151,12 +151,7 @@ impl Lite {
         options: SyncOptions,
     ) -> Result<Vec<Outcome>, DbError> {
         self.run(move |conn| {
-            Ok(conn.immediate_transaction(|c| {
-                batch
-                    .iter()
-                    .map(|(id, event)| steps::apply(c, id, event, options))
-                    .collect::<QueryResult<Vec<_>>>()
-            })?)
+            Ok(conn.immediate_transaction(|c| steps::apply_batch(c, &batch, options))?)
         })
         .await
     }

@@ -386,3 +386,179 @@ fn settle_address(conn: &mut SqliteConnection, address: &str) -> QueryResult<()>
         .execute(conn)?;
     Ok(())
 }
+
+/// Largest number of rows per multi-row statement, well under SQLite's bound on parameters.
+const CHUNK: usize = 2_000;
+
+/// Applies a batch (the caller holds the transaction): the plan of [`crate::sync::batch`]
+/// written with a few multi-row statements, and the deliveries it leaves, one by one in
+/// batch order. SQLite's one writer at a time stands in for the locks PostgreSQL takes.
+pub fn apply_batch(
+    conn: &mut SqliteConnection,
+    batch: &[(MessageId, Event)],
+    options: SyncOptions,
+) -> QueryResult<Vec<Outcome>> {
+    use crate::sync::batch::{self, Snapshot, Stored};
+
+    let lookups = batch::lookups(batch);
+    let mut snapshot = Snapshot::default();
+    for users in lookups.users.chunks(CHUNK) {
+        let rows = s::table
+            .filter(s::user_id.eq_any(users))
+            .select((
+                s::user_id,
+                s::version,
+                s::digest,
+                s::email,
+                s::deleted_at.is_not_null(),
+                s::role_from_webhook,
+            ))
+            .load::<(String, i64, String, Option<String>, bool, bool)>(conn)?;
+        for (user, version, digest, email, deleted, role_from_webhook) in rows {
+            let stored = Stored {
+                version,
+                digest,
+                email,
+                deleted,
+                role_from_webhook,
+            };
+            snapshot.users.insert(user, stored);
+        }
+        let rows = u::table
+            .filter(u::id.eq_any(users))
+            .select((u::id, u::mail_address))
+            .load::<(String, String)>(conn)?;
+        snapshot.rows.extend(rows);
+    }
+    for ids in lookups.ids.chunks(CHUNK) {
+        let recorded = d::table
+            .filter(d::svix_id.eq_any(ids))
+            .select(d::svix_id)
+            .load::<String>(conn)?;
+        snapshot.recorded.extend(recorded);
+    }
+    for addresses in lookups.addresses.chunks(CHUNK) {
+        let holders = u::table
+            .filter(u::mail_address.eq_any(addresses))
+            .select((u::mail_address, u::id))
+            .load::<(String, String)>(conn)?;
+        for (address, holder) in holders {
+            snapshot.holders.entry(address).or_default().push(holder);
+        }
+        let claimants = s::table
+            .filter(s::email.eq_any(addresses))
+            .select((s::email.assume_not_null(), s::user_id))
+            .load::<(String, String)>(conn)?;
+        for (address, claimant) in claimants {
+            snapshot
+                .claimants
+                .entry(address)
+                .or_default()
+                .push(claimant);
+        }
+    }
+
+    let plan = batch::plan(batch, &snapshot, options);
+    for rows in plan.bookkeeping.chunks(CHUNK) {
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    s::user_id.eq(&r.user_id),
+                    s::version.eq(r.version),
+                    s::digest.eq(&r.digest),
+                    s::email.eq(r.email.as_deref()),
+                    s::role_from_webhook.eq(r.role_from_webhook),
+                )
+            })
+            .collect();
+        diesel::insert_into(s::table)
+            .values(values)
+            .on_conflict(s::user_id)
+            .do_update()
+            .set((
+                s::version.eq(excluded(s::version)),
+                s::digest.eq(excluded(s::digest)),
+                s::email.eq(excluded(s::email)),
+                s::role_from_webhook.eq(excluded(s::role_from_webhook)),
+            ))
+            .execute(conn)?;
+    }
+    for set_role in [true, false] {
+        let part: Vec<&batch::Row> = plan
+            .rows
+            .iter()
+            .filter(|r| r.role.is_some() == set_role)
+            .collect();
+        for rows in part.chunks(CHUNK) {
+            let values: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        u::id.eq(r.change.id.as_str()),
+                        u::name.eq(r.change.name.as_deref()),
+                        u::mail_address.eq(r.address.as_str()),
+                        u::role.eq(r.role.unwrap_or(Role::User).as_db()),
+                        u::created_at.eq(prisma_date(r.change.created_at)),
+                        u::updated_at.eq(prisma_date(r.change.updated_at)),
+                    )
+                })
+                .collect();
+            let upsert = diesel::insert_into(u::table)
+                .values(values)
+                .on_conflict(u::id)
+                .do_update();
+            if set_role {
+                upsert
+                    .set((
+                        u::name.eq(excluded(u::name)),
+                        u::mail_address.eq(excluded(u::mail_address)),
+                        u::role.eq(excluded(u::role)),
+                        u::created_at.eq(excluded(u::created_at)),
+                        u::updated_at.eq(excluded(u::updated_at)),
+                    ))
+                    .execute(conn)?;
+            } else {
+                upsert
+                    .set((
+                        u::name.eq(excluded(u::name)),
+                        u::mail_address.eq(excluded(u::mail_address)),
+                        u::created_at.eq(excluded(u::created_at)),
+                        u::updated_at.eq(excluded(u::updated_at)),
+                    ))
+                    .execute(conn)?;
+            }
+        }
+    }
+    let received_at = prisma_date(Utc::now());
+    for indices in plan.record.chunks(CHUNK) {
+        let values: Vec<_> = indices
+            .iter()
+            .map(|&i| {
+                let (id, event) = &batch[i];
+                (
+                    d::svix_id.eq(id.as_str()),
+                    d::event_type.eq(event.event_type()),
+                    d::user_id.eq(event.user_id().map(ClerkUserId::as_str)),
+                    d::outcome.eq(plan.outcomes[i].map_or("pending", Outcome::as_str)),
+                    d::received_at.eq(received_at.as_str()),
+                )
+            })
+            .collect();
+        diesel::insert_into(d::table).values(values).execute(conn)?;
+    }
+
+    let mut outcomes = plan.outcomes;
+    for &i in &plan.one_by_one {
+        let (id, event) = &batch[i];
+        outcomes[i] = Some(apply(conn, id, event, options)?);
+    }
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.ok_or_else(|| {
+                DieselError::QueryBuilderError("a delivery of the batch was not decided".into())
+            })
+        })
+        .collect()
+}

@@ -23,6 +23,8 @@
 //! advisory locks on the addresses involved, in one global order), never in memory, so
 //! several instances may share one database.
 
+pub mod batch;
+
 use crate::db::{Database, DbError};
 use crate::domain::{Event, MessageId};
 

@@ -1,0 +1,327 @@
+//! A batch on PostgreSQL: the locks a single delivery takes, for every user and address of
+//! the batch at once and in the same global order; a snapshot; the plan of
+//! [`crate::sync::batch`]; its writes as a few set-wide statements; and the rest through
+//! `clerk_sync.apply_batch`, one delivery after another — all in one transaction.
+//!
+//! Lock order, as in `clerk_sync.apply_delivery`: bookkeeping rows (sorted by user id),
+//! then address advisory locks (sorted, byte order). A single delivery takes one user's
+//! row and then its addresses, so it never holds an address while waiting for a row the
+//! batch holds: no cycle.
+
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::postgres::{functions, BatchColumns};
+use super::{outcome, DbError};
+use crate::domain::{Event, MessageId};
+use crate::sync::batch::{self, Snapshot, Stored};
+use crate::sync::{Outcome, SyncOptions};
+
+#[derive(QueryableByName)]
+struct StoredRow {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Text)]
+    digest: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    email: Option<String>,
+    #[diesel(sql_type = Bool)]
+    deleted: bool,
+    #[diesel(sql_type = Bool)]
+    role_from_webhook: bool,
+}
+
+#[derive(QueryableByName)]
+struct Pair {
+    #[diesel(sql_type = Text)]
+    a: String,
+    #[diesel(sql_type = Text)]
+    b: String,
+}
+
+#[derive(QueryableByName)]
+struct Single {
+    #[diesel(sql_type = Text)]
+    a: String,
+}
+
+async fn pairs(
+    conn: &mut AsyncPgConnection,
+    sql: &'static str,
+    keys: &[String],
+) -> Result<Vec<(String, String)>, DbError> {
+    let rows: Vec<Pair> = diesel::sql_query(sql)
+        .bind::<Array<Text>, _>(keys)
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|p| (p.a, p.b)).collect())
+}
+
+/// Applies `batch` in one transaction; the i-th outcome answers the i-th delivery.
+pub(super) async fn apply(
+    conn: &mut AsyncPgConnection,
+    batch: &[(MessageId, Event)],
+    options: SyncOptions,
+) -> Result<Vec<Outcome>, DbError> {
+    conn.transaction(async |conn| apply_in_transaction(conn, batch, options).await)
+        .await
+}
+
+async fn apply_in_transaction(
+    conn: &mut AsyncPgConnection,
+    batch: &[(MessageId, Event)],
+    options: SyncOptions,
+) -> Result<Vec<Outcome>, DbError> {
+    let lookups = batch::lookups(batch);
+    let mut snapshot = Snapshot::default();
+
+    // The users' locks: their bookkeeping rows, made where missing, locked in id order.
+    diesel::sql_query(
+        "INSERT INTO clerk_sync.users (user_id, version, digest)
+         SELECT u, -1, '' FROM unnest($1::text[]) AS u ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(&lookups.users)
+    .execute(conn)
+    .await?;
+    let stored: Vec<StoredRow> = diesel::sql_query(
+        "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
+           FROM clerk_sync.users WHERE user_id = ANY($1)
+          ORDER BY user_id COLLATE \"C\" FOR UPDATE",
+    )
+    .bind::<Array<Text>, _>(&lookups.users)
+    .load(conn)
+    .await?;
+    snapshot.users = stored
+        .into_iter()
+        .map(|r| {
+            let stored = Stored {
+                version: r.version,
+                digest: r.digest,
+                email: r.email,
+                deleted: r.deleted,
+                role_from_webhook: r.role_from_webhook,
+            };
+            (r.user_id, stored)
+        })
+        .collect();
+    const ROWS: &str = "SELECT id AS a, mail_address AS b FROM \"User\" WHERE id = ANY($1)";
+    snapshot.rows = pairs(conn, ROWS, &lookups.users)
+        .await?
+        .into_iter()
+        .collect();
+
+    // The addresses' locks, in the global order; then the rows again, since a row can only
+    // have moved under the lock of the address it left.
+    let addresses = batch::addresses_to_lock(batch, &snapshot);
+    diesel::sql_query(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) FROM unnest($1::text[]) AS a",
+    )
+    .bind::<Array<Text>, _>(&addresses)
+    .execute(conn)
+    .await?;
+    snapshot.rows = pairs(conn, ROWS, &lookups.users)
+        .await?
+        .into_iter()
+        .collect();
+
+    let recorded: Vec<Single> =
+        diesel::sql_query("SELECT svix_id AS a FROM clerk_sync.deliveries WHERE svix_id = ANY($1)")
+            .bind::<Array<Text>, _>(&lookups.ids)
+            .load(conn)
+            .await?;
+    snapshot.recorded = recorded.into_iter().map(|r| r.a).collect();
+    for (address, holder) in pairs(
+        conn,
+        "SELECT mail_address AS a, id AS b FROM \"User\" WHERE mail_address = ANY($1)",
+        &lookups.addresses,
+    )
+    .await?
+    {
+        snapshot.holders.entry(address).or_default().push(holder);
+    }
+    for (address, claimant) in pairs(
+        conn,
+        "SELECT email AS a, user_id AS b FROM clerk_sync.users WHERE email = ANY($1)",
+        &lookups.addresses,
+    )
+    .await?
+    {
+        snapshot
+            .claimants
+            .entry(address)
+            .or_default()
+            .push(claimant);
+    }
+
+    let plan = batch::plan(batch, &snapshot, options);
+    write_bookkeeping(conn, &plan.bookkeeping).await?;
+    write_rows(conn, &plan.rows).await?;
+    record(conn, batch, &plan.record, &plan.outcomes).await?;
+
+    let mut outcomes = plan.outcomes;
+    if !plan.one_by_one.is_empty() {
+        let mut c = BatchColumns::default();
+        for &i in &plan.one_by_one {
+            let (id, event) = &batch[i];
+            c.push(id, event);
+        }
+        let decided: Vec<String> = diesel::select(functions::apply_batch(
+            c.svix_id,
+            c.event_type,
+            c.kind,
+            c.user_id,
+            c.version,
+            c.digest,
+            c.name,
+            c.email,
+            c.role,
+            c.created_at,
+            c.updated_at,
+            options.skip_users_without_email,
+        ))
+        .get_result(conn)
+        .await?;
+        if decided.len() != plan.one_by_one.len() {
+            return Err(DbError::Internal(
+                "clerk_sync.apply_batch answered a different number of outcomes".into(),
+            ));
+        }
+        for (&i, raw) in plan.one_by_one.iter().zip(&decided) {
+            outcomes[i] = Some(outcome(raw)?);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.ok_or_else(|| DbError::Internal("a delivery of the batch was not decided".into()))
+        })
+        .collect()
+}
+
+async fn write_bookkeeping(
+    conn: &mut AsyncPgConnection,
+    rows: &[batch::Bookkeeping],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let user_id: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    let version: Vec<i64> = rows.iter().map(|r| r.version).collect();
+    let digest: Vec<&str> = rows.iter().map(|r| r.digest.as_str()).collect();
+    let email: Vec<Option<&str>> = rows.iter().map(|r| r.email.as_deref()).collect();
+    let role: Vec<bool> = rows.iter().map(|r| r.role_from_webhook).collect();
+    diesel::sql_query(
+        "UPDATE clerk_sync.users s
+            SET version = n.version, digest = n.digest, email = n.email, role_from_webhook = n.role
+           FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[])
+                AS n(user_id, version, digest, email, role)
+          WHERE s.user_id = n.user_id",
+    )
+    .bind::<Array<Text>, _>(user_id)
+    .bind::<Array<BigInt>, _>(version)
+    .bind::<Array<Text>, _>(digest)
+    .bind::<Array<Nullable<Text>>, _>(email)
+    .bind::<Array<Bool>, _>(role)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_rows(conn: &mut AsyncPgConnection, rows: &[batch::Row<'_>]) -> Result<(), DbError> {
+    // Rows whose role is written, and rows whose role is left alone (new ones get USER).
+    for set_role in [true, false] {
+        let part: Vec<&batch::Row> = rows
+            .iter()
+            .filter(|r| r.role.is_some() == set_role)
+            .collect();
+        if part.is_empty() {
+            continue;
+        }
+        let sql = if set_role {
+            "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")
+             SELECT id, name, address, role::\"Role\", created, updated
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[], $6::timestamp[])
+                    AS n(id, name, address, role, created, updated)
+             ON CONFLICT (id) DO UPDATE
+                SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address, role = EXCLUDED.role,
+                    \"createdAt\" = EXCLUDED.\"createdAt\", \"updatedAt\" = EXCLUDED.\"updatedAt\""
+        } else {
+            "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")
+             SELECT id, name, address, role::\"Role\", created, updated
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[], $6::timestamp[])
+                    AS n(id, name, address, role, created, updated)
+             ON CONFLICT (id) DO UPDATE
+                SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address,
+                    \"createdAt\" = EXCLUDED.\"createdAt\", \"updatedAt\" = EXCLUDED.\"updatedAt\""
+        };
+        let id: Vec<&str> = part.iter().map(|r| r.change.id.as_str()).collect();
+        let name: Vec<Option<&str>> = part.iter().map(|r| r.change.name.as_deref()).collect();
+        let address: Vec<&str> = part.iter().map(|r| r.address.as_str()).collect();
+        let role: Vec<&str> = part
+            .iter()
+            .map(|r| r.role.unwrap_or(crate::domain::Role::User).as_db())
+            .collect();
+        let created: Vec<chrono::NaiveDateTime> = part
+            .iter()
+            .map(|r| r.change.created_at.naive_utc())
+            .collect();
+        let updated: Vec<chrono::NaiveDateTime> = part
+            .iter()
+            .map(|r| r.change.updated_at.naive_utc())
+            .collect();
+        diesel::sql_query(sql)
+            .bind::<Array<Text>, _>(id)
+            .bind::<Array<Nullable<Text>>, _>(name)
+            .bind::<Array<Text>, _>(address)
+            .bind::<Array<Text>, _>(role)
+            .bind::<Array<Timestamp>, _>(created)
+            .bind::<Array<Timestamp>, _>(updated)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Records the deliveries decided by the plan. One recorded meanwhile by another
+/// transaction (the snapshot did not see it) fails the batch as transient: retried, it is
+/// a duplicate.
+async fn record(
+    conn: &mut AsyncPgConnection,
+    batch: &[(MessageId, Event)],
+    indices: &[usize],
+    outcomes: &[Option<Outcome>],
+) -> Result<(), DbError> {
+    if indices.is_empty() {
+        return Ok(());
+    }
+    let svix_id: Vec<&str> = indices.iter().map(|&i| batch[i].0.as_str()).collect();
+    let event_type: Vec<&str> = indices.iter().map(|&i| batch[i].1.event_type()).collect();
+    let user_id: Vec<Option<&str>> = indices
+        .iter()
+        .map(|&i| batch[i].1.user_id().map(|u| u.as_str()))
+        .collect();
+    let outcome: Vec<&str> = indices
+        .iter()
+        .map(|&i| outcomes[i].map_or("pending", Outcome::as_str))
+        .collect();
+    let inserted = diesel::sql_query(
+        "INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+         ON CONFLICT (svix_id) DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(svix_id)
+    .bind::<Array<Text>, _>(event_type)
+    .bind::<Array<Nullable<Text>>, _>(user_id)
+    .bind::<Array<Text>, _>(outcome)
+    .execute(conn)
+    .await?;
+    if inserted != indices.len() {
+        return Err(DbError::Unavailable(
+            "a delivery of the batch was recorded concurrently; retry".into(),
+        ));
+    }
+    Ok(())
+}
