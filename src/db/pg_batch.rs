@@ -115,7 +115,7 @@ async fn apply_in_transaction(
 
     // The addresses' locks, in the global order; then the rows again, since a row can only
     // have moved under the lock of the address it left.
-    let addresses = batch::addresses_to_lock(batch, &snapshot);
+    let addresses = batch::addresses(batch, &snapshot);
     diesel::sql_query(
         "SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) FROM unnest($1::text[]) AS a",
     )
@@ -136,7 +136,7 @@ async fn apply_in_transaction(
     for (address, holder) in pairs(
         conn,
         "SELECT mail_address AS a, id AS b FROM \"User\" WHERE mail_address = ANY($1)",
-        &lookups.addresses,
+        &addresses,
     )
     .await?
     {
@@ -145,7 +145,7 @@ async fn apply_in_transaction(
     for (address, claimant) in pairs(
         conn,
         "SELECT email AS a, user_id AS b FROM clerk_sync.users WHERE email = ANY($1)",
-        &lookups.addresses,
+        &addresses,
     )
     .await?
     {

@@ -437,7 +437,7 @@ pub fn apply_batch(
             .load::<String>(conn)?;
         snapshot.recorded.extend(recorded);
     }
-    for addresses in lookups.addresses.chunks(CHUNK) {
+    for addresses in batch::addresses(batch, &snapshot).chunks(CHUNK) {
         let holders = u::table
             .filter(u::mail_address.eq_any(addresses))
             .select((u::mail_address, u::id))

@@ -47,9 +47,9 @@ pub struct Snapshot {
     pub users: HashMap<String, Stored>,
     /// The address each of the batch's users' rows holds (users with a row only).
     pub rows: HashMap<String, String>,
-    /// For each address in [`Lookups::addresses`]: the rows holding it.
+    /// For each address of [`addresses`]: the rows holding it.
     pub holders: HashMap<String, Vec<String>>,
-    /// For each address in [`Lookups::addresses`]: the users whose newest version claims it.
+    /// For each address of [`addresses`]: the users whose newest version claims it.
     pub claimants: HashMap<String, Vec<String>>,
 }
 
@@ -60,8 +60,6 @@ pub struct Lookups {
     pub users: Vec<String>,
     /// The batch's `svix-id`s.
     pub ids: Vec<String>,
-    /// Every address the batch's upserts would write (claims and placeholders), sorted.
-    pub addresses: Vec<String>,
 }
 
 /// A bookkeeping row to write.
@@ -128,26 +126,19 @@ pub fn lookups(batch: &[(MessageId, Event)]) -> Lookups {
         .collect();
     users.sort_unstable();
     users.dedup();
-    let mut addresses: Vec<String> = batch
-        .iter()
-        .filter_map(|(_, e)| change_of(e).map(address_of))
-        .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
     Lookups {
         users,
         ids: batch.iter().map(|(id, _)| id.as_str().to_owned()).collect(),
-        addresses,
     }
 }
 
-/// Every address the batch's locks must cover, sorted: what the batch's users claim and
-/// hold now, and what its upserts claim. The backend takes them after the users' locks.
-pub fn addresses_to_lock(batch: &[(MessageId, Event)], snapshot: &Snapshot) -> Vec<String> {
+/// Every address the batch touches, sorted: what its users claim and hold now, and what
+/// its upserts would write. The backend locks them (after the users' rows, in this order)
+/// and reads their holders and claimants into the [`Snapshot`].
+pub fn addresses(batch: &[(MessageId, Event)], snapshot: &Snapshot) -> Vec<String> {
     let mut all: Vec<String> = batch
         .iter()
-        .filter_map(|(_, e)| change_of(e).and_then(|c| c.email.as_ref()))
-        .map(|e| e.as_str().to_owned())
+        .filter_map(|(_, e)| change_of(e).map(address_of))
         .chain(snapshot.users.values().filter_map(|s| s.email.clone()))
         .chain(snapshot.rows.values().cloned())
         .collect();
@@ -252,15 +243,13 @@ fn decide_user<'a>(
     let mut role_from_webhook = stored.is_some_and(|s| s.role_from_webhook);
     let mut role = None;
     let mut winner: Option<&UserChange> = None;
+    // Every address the user's row passes through, one by one.
+    let mut touched: Vec<String> = Vec::new();
     let mut outcomes = Vec::with_capacity(indices.len());
     for &(i, change) in &changes {
         if (change.version, change.digest.as_str()) <= newest {
             outcomes.push((i, Outcome::Stale));
             continue;
-        }
-        if winner.is_some_and(|w| w.email != change.email) {
-            // Versions in between claim other addresses: hand-overs, one by one.
-            return None;
         }
         newest = (change.version, change.digest.as_str());
         role = match change.role {
@@ -270,6 +259,7 @@ fn decide_user<'a>(
         };
         role_from_webhook = change.role.is_some();
         winner = Some(change);
+        touched.push(address_of(change));
         outcomes.push((i, Outcome::Applied));
     }
     let Some(winner) = winner else {
@@ -279,21 +269,23 @@ fn decide_user<'a>(
         });
     };
 
-    let address = address_of(winner);
-    let claim = winner.email.as_ref().map(|e| e.as_str());
+    // Each address the row takes, and each it leaves, must be nobody else's: then taking
+    // one displaces nobody, and leaving one hands it to nobody.
+    touched.extend(stored.and_then(|s| s.email.clone()));
+    touched.extend(snapshot.rows.get(user).cloned());
     let only_user = |users: Option<&Vec<String>>| users.is_none_or(|u| u.iter().all(|u| u == user));
-    let own_row_on_it = snapshot.rows.get(user).is_none_or(|r| *r == address);
-    let own_claim_on_it = stored
-        .and_then(|s| s.email.as_deref())
-        .is_none_or(|e| Some(e) == claim);
-    let nobody_else = only_user(snapshot.holders.get(&address))
-        && only_user(snapshot.claimants.get(&address))
-        && claim
-            .and_then(|c| batch_claims.get(c))
-            .is_none_or(|users| users.iter().all(|u| *u == user));
-    if !(own_row_on_it && own_claim_on_it && nobody_else) {
+    let nobody_else = touched.iter().all(|address| {
+        only_user(snapshot.holders.get(address))
+            && only_user(snapshot.claimants.get(address))
+            && batch_claims
+                .get(address.as_str())
+                .is_none_or(|users| users.iter().all(|u| *u == user))
+    });
+    if !nobody_else {
         return None;
     }
+    let address = address_of(winner);
+    let claim = winner.email.as_ref().map(|e| e.as_str());
     Some(Decided {
         outcomes,
         write: Some((
@@ -415,6 +407,9 @@ mod tests {
             .users
             .insert("user_d".into(), stored(10, Some("old@x.io")));
         snapshot
+            .claimants
+            .insert("old@x.io".into(), vec!["user_d".into(), "user_y".into()]);
+        snapshot
             .holders
             .insert("held@x.io".into(), vec!["user_z".into()]);
         let plan = plan(&batch, &snapshot, SyncOptions::default());
@@ -423,12 +418,40 @@ mod tests {
     }
 
     #[test]
-    fn an_in_between_version_claiming_another_address_goes_one_by_one() {
+    fn moves_between_addresses_nobody_else_has_are_decided_together() {
         let batch = vec![
             upsert("m1", "user_a", 10, Some("one@x.io"), None),
             upsert("m2", "user_a", 20, Some("two@x.io"), None),
         ];
-        let plan = plan(&batch, &Snapshot::default(), SyncOptions::default());
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .users
+            .insert("user_a".into(), stored(5, Some("zero@x.io")));
+        snapshot.rows.insert("user_a".into(), "zero@x.io".into());
+        let plan = plan(&batch, &snapshot, SyncOptions::default());
+        assert!(plan.one_by_one.is_empty());
+        assert_eq!(plan.rows[0].address, "two@x.io");
+        assert_eq!(plan.bookkeeping[0].email.as_deref(), Some("two@x.io"));
+
+        // The address left behind has another claimant: it must be handed over, one by one.
+        snapshot
+            .claimants
+            .insert("zero@x.io".into(), vec!["user_b".into()]);
+        let plan = super::plan(&batch, &snapshot, SyncOptions::default());
+        assert_eq!(plan.one_by_one, vec![0, 1]);
+    }
+
+    #[test]
+    fn an_in_between_claim_on_a_held_address_goes_one_by_one() {
+        let batch = vec![
+            upsert("m1", "user_a", 10, Some("held@x.io"), None),
+            upsert("m2", "user_a", 20, Some("two@x.io"), None),
+        ];
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .holders
+            .insert("held@x.io".into(), vec!["user_z".into()]);
+        let plan = plan(&batch, &snapshot, SyncOptions::default());
         assert_eq!(plan.one_by_one, vec![0, 1]);
     }
 
