@@ -85,7 +85,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Deliveries per transaction when writing the database directly.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub batch_size: u64,
     /// Deliveries in flight at once with --to.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]

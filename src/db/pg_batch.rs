@@ -78,14 +78,9 @@ async fn apply_in_transaction(
     let lookups = batch::lookups(batch);
     let mut snapshot = Snapshot::default();
 
-    // The users' locks: their bookkeeping rows, made where missing, locked in id order.
-    diesel::sql_query(
-        "INSERT INTO clerk_sync.users (user_id, version, digest)
-         SELECT u, -1, '' FROM unnest($1::text[]) AS u ON CONFLICT (user_id) DO NOTHING",
-    )
-    .bind::<Array<Text>, _>(&lookups.users)
-    .execute(conn)
-    .await?;
+    // The users' locks: their bookkeeping rows, in id order. A user without one yet gets it
+    // from the writes below, which fail the batch (transient) if another transaction made
+    // it meanwhile; the one-by-one path makes its own.
     let stored: Vec<StoredRow> = diesel::sql_query(
         "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
            FROM clerk_sync.users WHERE user_id = ANY($1)
@@ -157,7 +152,13 @@ async fn apply_in_transaction(
     }
 
     let plan = batch::plan(batch, &snapshot, options);
-    write_bookkeeping(conn, &plan.bookkeeping).await?;
+    tracing::debug!(
+        deliveries = batch.len(),
+        one_by_one = plan.one_by_one.len(),
+        "batch planned"
+    );
+    let known: Vec<&str> = snapshot.users.keys().map(String::as_str).collect();
+    write_bookkeeping(conn, &plan.bookkeeping, &known).await?;
     write_rows(conn, &plan.rows).await?;
     record(conn, batch, &plan.record, &plan.outcomes).await?;
 
@@ -201,9 +202,13 @@ async fn apply_in_transaction(
         .collect()
 }
 
+/// Writes the bookkeeping rows of the users decided together: an update of a row locked
+/// for the snapshot, or a new row. A row made meanwhile by another transaction is not
+/// overwritten: the batch fails as transient and, retried, sees it.
 async fn write_bookkeeping(
     conn: &mut AsyncPgConnection,
     rows: &[batch::Bookkeeping],
+    known: &[&str],
 ) -> Result<(), DbError> {
     if rows.is_empty() {
         return Ok(());
@@ -213,20 +218,27 @@ async fn write_bookkeeping(
     let digest: Vec<&str> = rows.iter().map(|r| r.digest.as_str()).collect();
     let email: Vec<Option<&str>> = rows.iter().map(|r| r.email.as_deref()).collect();
     let role: Vec<bool> = rows.iter().map(|r| r.role_from_webhook).collect();
-    diesel::sql_query(
-        "UPDATE clerk_sync.users s
-            SET version = n.version, digest = n.digest, email = n.email, role_from_webhook = n.role
-           FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[])
-                AS n(user_id, version, digest, email, role)
-          WHERE s.user_id = n.user_id",
+    let written = diesel::sql_query(
+        "INSERT INTO clerk_sync.users (user_id, version, digest, email, role_from_webhook)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[])
+         ON CONFLICT (user_id) DO UPDATE
+            SET version = EXCLUDED.version, digest = EXCLUDED.digest, email = EXCLUDED.email,
+                role_from_webhook = EXCLUDED.role_from_webhook
+          WHERE clerk_sync.users.user_id = ANY($6)",
     )
     .bind::<Array<Text>, _>(user_id)
     .bind::<Array<BigInt>, _>(version)
     .bind::<Array<Text>, _>(digest)
     .bind::<Array<Nullable<Text>>, _>(email)
     .bind::<Array<Bool>, _>(role)
+    .bind::<Array<Text>, _>(known)
     .execute(conn)
     .await?;
+    if written != rows.len() {
+        return Err(DbError::Unavailable(
+            "a user of the batch was first seen concurrently; retry".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -459,6 +459,11 @@ pub fn apply_batch(
     }
 
     let plan = batch::plan(batch, &snapshot, options);
+    tracing::debug!(
+        deliveries = batch.len(),
+        one_by_one = plan.one_by_one.len(),
+        "batch planned"
+    );
     for rows in plan.bookkeeping.chunks(CHUNK) {
         let values: Vec<_> = rows
             .iter()

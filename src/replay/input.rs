@@ -89,6 +89,11 @@ struct Shape {
 
 /// Classifies one JSON text, keeping a bare body's exact bytes.
 fn classify_raw(raw: &[u8]) -> Item {
+    // The common case, a bare body, costs no parse here: only a recorded delivery has a
+    // "headers" key. A body that then fails to parse is diagnosed by [`diagnose`].
+    if memchr::memmem::find(raw, b"\"headers\"").is_none() {
+        return Item::Body(raw.to_vec());
+    }
     match serde_json::from_slice::<Shape>(raw) {
         Ok(Shape {
             event_type: None,
@@ -275,4 +280,14 @@ pub fn read(paths: &[PathBuf]) -> Box<dyn Iterator<Item = Located> + Send> {
             }
         });
     Box::new(early.into_iter().chain(rest))
+}
+
+/// Why a bare body that is not a valid event was refused: not JSON at all, not an object,
+/// or an object that is not an event (`error`).
+pub fn diagnose(raw: &[u8], error: &crate::domain::EventError) -> String {
+    match serde_json::from_slice::<serde_json::Value>(raw) {
+        Err(e) => format!("invalid JSON: {e}"),
+        Ok(value) if !value.is_object() => "not a webhook body (expected a JSON object)".into(),
+        Ok(_) => format!("invalid event: {error}"),
+    }
 }

@@ -116,6 +116,7 @@ fn derived_id(body: &[u8]) -> MessageId {
 fn prepare(located: Located, verifier: Option<&Verifier>) -> Result<Prepared, (String, String)> {
     let Located { location, item } = located;
     let fail = |reason: String| Err((location.clone(), reason));
+    let bare = matches!(item, Item::Body(_));
     let (id, body) = match item {
         Item::Unreadable(reason) => return fail(reason),
         Item::Body(body) => (derived_id(&body), body),
@@ -142,6 +143,7 @@ fn prepare(located: Located, verifier: Option<&Verifier>) -> Result<Prepared, (S
             event,
             body,
         }),
+        Err(e) if bare => fail(input::diagnose(&body, &e)),
         Err(e) => fail(format!("invalid event: {e}")),
     }
 }
