@@ -23,6 +23,8 @@ pub struct Metrics {
     pending_deletes: IntGauge,
     last_delivery_age: prometheus::Gauge,
     up: IntGauge,
+    group_commits: prometheus::IntCounter,
+    group_committed: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +125,22 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let group_commits = register(
+            &registry,
+            prometheus::IntCounter::new(
+                "clerk_sync_group_commits_total",
+                "Transactions that committed several deliveries together (group commit).",
+            )
+            .expect("static metric definition"),
+        );
+        let group_committed = register(
+            &registry,
+            prometheus::IntCounter::new(
+                "clerk_sync_group_committed_deliveries_total",
+                "Deliveries committed in such shared transactions.",
+            )
+            .expect("static metric definition"),
+        );
         let build = register(
             &registry,
             IntGaugeVec::new(
@@ -142,6 +160,8 @@ impl Metrics {
             pending_deletes,
             last_delivery_age,
             up,
+            group_commits,
+            group_committed,
         }
     }
 
@@ -179,6 +199,11 @@ impl Metrics {
             .set(i64::try_from(pool.available).unwrap_or(i64::MAX));
         self.pool_waiting
             .set(i64::try_from(pool.waiting).unwrap_or(i64::MAX));
+        let (commits, committed) = db.shared_commits();
+        self.group_commits
+            .inc_by(commits.saturating_sub(self.group_commits.get()));
+        self.group_committed
+            .inc_by(committed.saturating_sub(self.group_committed.get()));
         match db.gauges().await {
             Ok(gauges) => {
                 self.up.set(1);

@@ -191,6 +191,57 @@ async fn a_delivery_stuck_behind_a_lock_is_answered_503_within_the_deadline(back
     );
 }
 
+/// SQLite has one writer: deliveries that arrive while it is busy are committed together,
+/// each answered with its own outcome once that one transaction has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_waiting_for_the_writer_are_committed_together() {
+    let app = std::sync::Arc::new(spawn_app(Backend::Sqlite).await);
+    let held = app.db.hold("BEGIN IMMEDIATE").await;
+    let users: Vec<ClerkUser> = (0..12)
+        .map(|i| ClerkUser::new(&format!("user_g{i}"), 1_000, &format!("g{i}@example.com")))
+        .collect();
+    // The first takes the writer (and waits on the held lock); the rest queue behind it.
+    let first = {
+        let (app, body) = (std::sync::Arc::clone(&app), users[0].created());
+        tokio::spawn(async move { app.deliver_outcome("g0", &body).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rest: Vec<_> = users[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let (app, body) = (std::sync::Arc::clone(&app), user.created());
+            tokio::spawn(async move { app.deliver_outcome(&format!("g{}", i + 1), &body).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    held.rollback().await;
+
+    assert_eq!(first.await.expect("task"), (200, "applied".to_owned()));
+    for answer in rest {
+        assert_eq!(answer.await.expect("task"), (200, "applied".to_owned()));
+    }
+    let exposition = scrape(&app).await;
+    let commits = sample(&exposition, "clerk_sync_group_commits_total").unwrap_or(0.0);
+    let together =
+        sample(&exposition, "clerk_sync_group_committed_deliveries_total").unwrap_or(0.0);
+    assert!(commits >= 1.0, "no shared commit:\n{exposition}");
+    assert!(
+        together >= 2.0 * commits,
+        "{together} deliveries in {commits} commits"
+    );
+    let rows = app.db.users().await;
+    assert_eq!(rows.len(), 12);
+    for (row, user) in rows.iter().zip({
+        let mut sorted = users.clone();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        sorted
+    }) {
+        assert_eq!(row.id, user.id);
+        assert_eq!(row.mail_address, user.emails[0].1);
+    }
+}
+
 on_both_backends!(
     metrics_move_with_real_deliveries,
     a_body_over_the_limit_is_counted,

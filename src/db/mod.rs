@@ -9,6 +9,7 @@
 //! No diesel type leaves this module.
 
 mod app_table;
+mod group;
 mod migrations;
 mod pg_batch;
 mod postgres;
@@ -220,8 +221,39 @@ impl Database {
         }
     }
 
-    /// Applies one delivery in one transaction (see [`crate::sync`] for the rules).
+    /// Applies one delivery (see [`crate::sync`] for the rules), in a transaction of its
+    /// own or, when deliveries wait for a connection, together with them (see [`group`]).
+    /// Answers only once the change is committed.
     pub async fn apply(
+        &self,
+        id: &MessageId,
+        event: &Event,
+        options: SyncOptions,
+    ) -> Result<Outcome, DbError> {
+        let (cell, committers) = match self {
+            // As many committers as connections: a delivery never waits while one is free.
+            Database::Postgres(db) => (&db.group, db.pool_status().max_size),
+            // One writer at a time.
+            Database::Sqlite(db) => (&db.group, 1),
+        };
+        cell.get_or_init(|| group::GroupCommit::start(self.clone(), committers))
+            .apply(id.clone(), event.clone(), options)
+            .await
+    }
+
+    /// Transactions that carried several deliveries so far (group commit), and how many
+    /// deliveries they carried.
+    pub fn shared_commits(&self) -> (u64, u64) {
+        let cell = match self {
+            Database::Postgres(db) => &db.group,
+            Database::Sqlite(db) => &db.group,
+        };
+        cell.get()
+            .map_or((0, 0), group::GroupCommit::shared_commits)
+    }
+
+    /// Applies one delivery in one transaction of its own.
+    async fn apply_now(
         &self,
         id: &MessageId,
         event: &Event,

@@ -39,6 +39,8 @@ pub struct Pg {
     pool: Pool<AsyncPgConnection>,
     url: String,
     setup: String,
+    /// The committers, started on first use (see `super::group`).
+    pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
 }
 
 #[derive(QueryableByName)]
@@ -114,6 +116,7 @@ impl Pg {
             pool,
             url: url.clone(),
             setup,
+            group: Default::default(),
         })
     }
 

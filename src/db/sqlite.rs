@@ -44,6 +44,8 @@ const HISTORY: History = History {
 #[derive(Clone)]
 pub struct Lite {
     pool: Pool<Conn>,
+    /// The committer, started on first use (see `super::group`).
+    pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
 }
 
 fn pragmas(busy_ms: u128) -> String {
@@ -81,7 +83,10 @@ impl Lite {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| DbError::Internal(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            group: Default::default(),
+        })
     }
 
     /// Runs `task` on a pooled connection's blocking thread.
