@@ -105,6 +105,8 @@ pub struct PoolOptions {
     pub acquire_timeout: Duration,
     /// Longest a statement may run or wait for a lock; past it, 503.
     pub statement_timeout: Duration,
+    /// Deliveries applied at once on PostgreSQL (0: one per connection); see [`group`].
+    pub committers: usize,
 }
 
 impl Default for PoolOptions {
@@ -113,6 +115,7 @@ impl Default for PoolOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
+            committers: 0,
         }
     }
 }
@@ -231,8 +234,8 @@ impl Database {
         options: SyncOptions,
     ) -> Result<Outcome, DbError> {
         let (cell, committers) = match self {
-            // As many committers as connections: a delivery never waits while one is free.
-            Database::Postgres(db) => (&db.group, db.pool_status().max_size),
+            // By default as many committers as connections: none waits while one is free.
+            Database::Postgres(db) => (&db.group, db.committers),
             // One writer at a time.
             Database::Sqlite(db) => (&db.group, 1),
         };

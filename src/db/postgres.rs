@@ -39,6 +39,8 @@ pub struct Pg {
     pool: Pool<AsyncPgConnection>,
     url: String,
     setup: String,
+    /// How many deliveries are applied at once.
+    pub(super) committers: usize,
     /// The committers, started on first use (see `super::group`).
     pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
 }
@@ -116,6 +118,10 @@ impl Pg {
             pool,
             url: url.clone(),
             setup,
+            committers: match options.committers {
+                0 => options.max_connections,
+                n => n.min(options.max_connections),
+            },
             group: Default::default(),
         })
     }
