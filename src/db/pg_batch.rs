@@ -78,9 +78,16 @@ async fn apply_in_transaction(
     let lookups = batch::lookups(batch);
     let mut snapshot = Snapshot::default();
 
-    // The users' locks: their bookkeeping rows, in id order. A user without one yet gets it
-    // from the writes below, which fail the batch (transient) if another transaction made
-    // it meanwhile; the one-by-one path makes its own.
+    // The users' locks: their bookkeeping rows, made where missing and locked in id order,
+    // as a single delivery makes and locks its one (a delivery for a new user racing the
+    // batch then waits on the row, never on an address the batch holds: no deadlock).
+    diesel::sql_query(
+        "INSERT INTO clerk_sync.users (user_id, version, digest)
+         SELECT u, -1, '' FROM unnest($1::text[]) AS u ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(&lookups.users)
+    .execute(conn)
+    .await?;
     let stored: Vec<StoredRow> = diesel::sql_query(
         "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
            FROM clerk_sync.users WHERE user_id = ANY($1)
@@ -202,9 +209,9 @@ async fn apply_in_transaction(
         .collect()
 }
 
-/// Writes the bookkeeping rows of the users decided together: an update of a row locked
-/// for the snapshot, or a new row. A row made meanwhile by another transaction is not
-/// overwritten: the batch fails as transient and, retried, sees it.
+/// Writes the bookkeeping rows of the users decided together, each locked for the
+/// snapshot. (Defensively: a row the snapshot did not see is never overwritten; the batch
+/// fails as transient instead.)
 async fn write_bookkeeping(
     conn: &mut AsyncPgConnection,
     rows: &[batch::Bookkeeping],
