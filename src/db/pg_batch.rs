@@ -142,7 +142,7 @@ async fn apply_in_transaction(
     )
     .await?
     {
-        snapshot.holders.entry(address).or_default().push(holder);
+        snapshot.add_holder(address, holder);
     }
     for (address, claimant) in pairs(
         conn,
@@ -151,19 +151,10 @@ async fn apply_in_transaction(
     )
     .await?
     {
-        snapshot
-            .claimants
-            .entry(address)
-            .or_default()
-            .push(claimant);
+        snapshot.add_claimant(address, claimant);
     }
 
     let plan = batch::plan(batch, &snapshot, options);
-    tracing::debug!(
-        deliveries = batch.len(),
-        one_by_one = plan.one_by_one.len(),
-        "batch planned"
-    );
     let known: Vec<&str> = snapshot.users.keys().map(String::as_str).collect();
     write_bookkeeping(conn, &plan.bookkeeping, &known).await?;
     write_rows(conn, &plan.rows).await?;

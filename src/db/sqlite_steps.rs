@@ -55,6 +55,38 @@ mod schema {
 }
 
 use schema::app_user as u;
+
+/// Inserts application rows, or updates them; the role only when `$set_role` (else a new row
+/// gets what `$values` says and an existing one keeps its own). A macro: one row and many
+/// are different statement types.
+macro_rules! upsert_rows {
+    ($conn:expr, $values:expr, $set_role:expr) => {{
+        let upsert = diesel::insert_into(u::table)
+            .values($values)
+            .on_conflict(u::id)
+            .do_update();
+        if $set_role {
+            upsert
+                .set((
+                    u::name.eq(excluded(u::name)),
+                    u::mail_address.eq(excluded(u::mail_address)),
+                    u::role.eq(excluded(u::role)),
+                    u::created_at.eq(excluded(u::created_at)),
+                    u::updated_at.eq(excluded(u::updated_at)),
+                ))
+                .execute($conn)?;
+        } else {
+            upsert
+                .set((
+                    u::name.eq(excluded(u::name)),
+                    u::mail_address.eq(excluded(u::mail_address)),
+                    u::created_at.eq(excluded(u::created_at)),
+                    u::updated_at.eq(excluded(u::updated_at)),
+                ))
+                .execute($conn)?;
+        }
+    }};
+}
 use schema::clerk_sync_deliveries as d;
 use schema::clerk_sync_users as s;
 
@@ -211,30 +243,7 @@ fn upsert(
         u::created_at.eq(prisma_date(change.created_at)),
         u::updated_at.eq(prisma_date(change.updated_at)),
     );
-    let upsert = diesel::insert_into(u::table)
-        .values(values)
-        .on_conflict(u::id)
-        .do_update();
-    if role.is_some() {
-        upsert
-            .set((
-                u::name.eq(excluded(u::name)),
-                u::mail_address.eq(excluded(u::mail_address)),
-                u::role.eq(excluded(u::role)),
-                u::created_at.eq(excluded(u::created_at)),
-                u::updated_at.eq(excluded(u::updated_at)),
-            ))
-            .execute(conn)?;
-    } else {
-        upsert
-            .set((
-                u::name.eq(excluded(u::name)),
-                u::mail_address.eq(excluded(u::mail_address)),
-                u::created_at.eq(excluded(u::created_at)),
-                u::updated_at.eq(excluded(u::updated_at)),
-            ))
-            .execute(conn)?;
-    }
+    upsert_rows!(conn, values, role.is_some());
 
     // Addresses this user let go of return to their newest remaining claimant.
     let mut released: Vec<&str> = [current.email.as_deref(), row_address.as_deref()]
@@ -443,27 +452,18 @@ pub fn apply_batch(
             .select((u::mail_address, u::id))
             .load::<(String, String)>(conn)?;
         for (address, holder) in holders {
-            snapshot.holders.entry(address).or_default().push(holder);
+            snapshot.add_holder(address, holder);
         }
         let claimants = s::table
             .filter(s::email.eq_any(addresses))
             .select((s::email.assume_not_null(), s::user_id))
             .load::<(String, String)>(conn)?;
         for (address, claimant) in claimants {
-            snapshot
-                .claimants
-                .entry(address)
-                .or_default()
-                .push(claimant);
+            snapshot.add_claimant(address, claimant);
         }
     }
 
     let plan = batch::plan(batch, &snapshot, options);
-    tracing::debug!(
-        deliveries = batch.len(),
-        one_by_one = plan.one_by_one.len(),
-        "batch planned"
-    );
     for rows in plan.bookkeeping.chunks(CHUNK) {
         let values: Vec<_> = rows
             .iter()
@@ -509,30 +509,7 @@ pub fn apply_batch(
                     )
                 })
                 .collect();
-            let upsert = diesel::insert_into(u::table)
-                .values(values)
-                .on_conflict(u::id)
-                .do_update();
-            if set_role {
-                upsert
-                    .set((
-                        u::name.eq(excluded(u::name)),
-                        u::mail_address.eq(excluded(u::mail_address)),
-                        u::role.eq(excluded(u::role)),
-                        u::created_at.eq(excluded(u::created_at)),
-                        u::updated_at.eq(excluded(u::updated_at)),
-                    ))
-                    .execute(conn)?;
-            } else {
-                upsert
-                    .set((
-                        u::name.eq(excluded(u::name)),
-                        u::mail_address.eq(excluded(u::mail_address)),
-                        u::created_at.eq(excluded(u::created_at)),
-                        u::updated_at.eq(excluded(u::updated_at)),
-                    ))
-                    .execute(conn)?;
-            }
+            upsert_rows!(conn, values, set_role);
         }
     }
     let received_at = prisma_date(Utc::now());

@@ -53,6 +53,18 @@ pub struct Snapshot {
     pub claimants: HashMap<String, Vec<String>>,
 }
 
+impl Snapshot {
+    /// Notes that the row of `holder` holds `address`.
+    pub fn add_holder(&mut self, address: String, holder: String) {
+        self.holders.entry(address).or_default().push(holder);
+    }
+
+    /// Notes that the newest version of `claimant` claims `address`.
+    pub fn add_claimant(&mut self, address: String, claimant: String) {
+        self.claimants.entry(address).or_default().push(claimant);
+    }
+}
+
 /// What [`Snapshot`] needs read.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Lookups {
@@ -207,6 +219,11 @@ pub fn plan<'a>(
     }
     plan.record.sort_unstable();
     plan.one_by_one.sort_unstable();
+    tracing::debug!(
+        deliveries = batch.len(),
+        one_by_one = plan.one_by_one.len(),
+        "batch planned"
+    );
     plan
 }
 
