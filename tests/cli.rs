@@ -356,6 +356,7 @@ fn help_documents_every_setting() {
         "CLERK_SYNC_BODY_LIMIT",
         "LOG_FORMAT",
         "CLERK_SYNC_SKIP_USERS_WITHOUT_EMAIL",
+        "CLERK_SYNC_CLIENT_TIMEOUT",
         "RUST_LOG",
     ] {
         assert!(help.contains(setting), "--help does not mention {setting}");

@@ -27,13 +27,15 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Deliveries as (svix-id, body).
+type Deliveries = Vec<(String, String)>;
+/// The expected table: (name, address) per user id.
+type Table = BTreeMap<String, (String, String)>;
+
 /// A history for `users` users: each signs up, then changes name; every third changes
 /// address; every fourth is deleted. Returns the deliveries (id, body) and the model: the
 /// final (name, address) of each user still present.
-fn history(
-    prefix: &str,
-    users: usize,
-) -> (Vec<(String, String)>, BTreeMap<String, (String, String)>) {
+fn history(prefix: &str, users: usize) -> (Deliveries, Table) {
     let mut deliveries = Vec::new();
     let mut model = BTreeMap::new();
     for n in 0..users {
@@ -64,7 +66,7 @@ fn history(
 }
 
 /// The table as (name, address) per user id.
-async fn table(db: &TestDb) -> BTreeMap<String, (String, String)> {
+async fn table(db: &TestDb) -> Table {
     db.users()
         .await
         .into_iter()
