@@ -20,7 +20,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use serde_json::json;
 
-/// Cases per backend; each is a fresh history of up to 50 steps.
+/// Cases per backend; each is a fresh history of up to 50 steps. A longer run:
+/// `CLERK_SYNC_CONVERGENCE_CASES=500 scripts/test --test convergence -- --nocapture`.
 const CASES: u32 = 32;
 /// Addresses the users of one history compete for.
 const ADDRESSES: usize = 4;
@@ -453,8 +454,12 @@ fn converges(backend: Backend, instances: usize) {
         apps
     });
 
+    let cases = std::env::var("CLERK_SYNC_CONVERGENCE_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(CASES);
     let config = Config {
-        cases: CASES,
+        cases,
         max_shrink_time: 120_000,
         source_file: Some(file!()),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
