@@ -189,6 +189,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "CLERK_SYNC_SHUTDOWN_GRACE", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub shutdown_grace: u64,
+    /// Seconds a client may take to send a request's headers, then its body; also how long an
+    /// idle keep-alive connection stays open. Slower clients are cut off (408).
+    #[arg(long, env = "CLERK_SYNC_CLIENT_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub client_timeout: u64,
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "CLERK_SYNC_WORKERS", default_value_t = 0)]
     pub workers: usize,

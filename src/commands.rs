@@ -64,6 +64,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers: args.workers,
         pending_delete_interval: Duration::from_secs(args.pending_delete_interval),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        client_timeout: Duration::from_secs(args.client_timeout),
     };
     let app = Application::build(listener, state, &settings)?;
     tracing::info!(address = %app.address(), "listening");

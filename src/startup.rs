@@ -37,7 +37,14 @@ pub struct ServerSettings {
     pub pending_delete_interval: Duration,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Longest a client may take to send a request's headers, then its body, and longest an
+    /// idle keep-alive connection stays open; past it the connection is cut (408).
+    pub client_timeout: Duration,
 }
+
+/// How long a request's body may take to arrive (see [`ServerSettings::client_timeout`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
 
 /// A bound, not yet running server.
 pub struct Application {
@@ -56,14 +63,19 @@ impl Application {
         let state = web::Data::new(state);
         spawn_pending_delete_retries(state.clone(), settings.pending_delete_interval);
         let body_limit = settings.body_limit;
+        let body_timeout = BodyTimeout(settings.client_timeout);
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::from_fn(crate::routes::request_id::attach))
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
+                .app_data(body_timeout)
                 .configure(crate::routes::configure)
         })
-        .client_request_timeout(Duration::from_secs(5))
+        // A client trickling its headers is cut off here, one trickling its body by the
+        // handler (BodyTimeout), an idle keep-alive connection by the keep-alive timeout.
+        .client_request_timeout(settings.client_timeout)
+        .keep_alive(settings.client_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))
         .shutdown_timeout(settings.shutdown_grace.as_secs());
         if settings.workers > 0 {

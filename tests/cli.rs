@@ -356,6 +356,7 @@ fn help_documents_every_setting() {
         "CLERK_SYNC_BODY_LIMIT",
         "LOG_FORMAT",
         "CLERK_SYNC_SKIP_USERS_WITHOUT_EMAIL",
+        "CLERK_SYNC_CLIENT_TIMEOUT",
         "RUST_LOG",
     ] {
         assert!(help.contains(setting), "--help does not mention {setting}");
@@ -429,6 +430,54 @@ async fn sigterm_during_a_stream_loses_nothing_that_was_acknowledged() {
         assert!(
             stored.contains(user),
             "{user} was acknowledged but is not in the table"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn even_trace_logs_never_show_the_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = new_secret();
+    let old_secret = new_secret();
+    let log_path = dir.path().join("trace.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut command = clerk_sync(dir.path());
+    command
+        .env(
+            "CLERK_WEBHOOK_SIGNING_SECRET",
+            format!("{secret} {old_secret}"),
+        )
+        .env("RUST_LOG", "trace")
+        .stderr(log.try_clone().expect("log file"))
+        .stdout(log);
+    let mut daemon = Daemon::start(command);
+    assert!(daemon.ready().await);
+
+    let user = ClerkUser::new("user_traced", 1_000, "traced.person@example.com");
+    let signed = daemon.deliver(&secret, "msg_traced", &user.created()).await;
+    assert_eq!(signed.status().as_u16(), 200);
+    let by_old = daemon
+        .deliver(&old_secret, "msg_old", &user.updated())
+        .await;
+    assert_eq!(by_old.status().as_u16(), 200);
+    let forged = daemon
+        .deliver(&new_secret(), "msg_forged", &user.updated())
+        .await;
+    assert_eq!(forged.status().as_u16(), 401);
+    let (clean_exit, _) = daemon.stop();
+    assert!(clean_exit);
+
+    let logs = std::fs::read_to_string(&log_path).expect("logs");
+    assert!(
+        logs.contains("msg_traced") && logs.contains("msg_forged"),
+        "the deliveries are not in the trace logs"
+    );
+    assert!(logs.lines().count() > 20, "trace logging was not on");
+    for key in [&secret, &old_secret] {
+        assert!(!logs.contains(&key[6..]), "trace logs contain a secret");
+        assert!(
+            !logs.contains(&key[6..30]),
+            "trace logs contain part of a secret"
         );
     }
 }

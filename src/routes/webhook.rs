@@ -7,13 +7,13 @@
 //! Never a 3xx, never a 410 (Standard Webhooks senders disable an endpoint on 410).
 
 use actix_web::http::{header, StatusCode};
-use actix_web::web::{Bytes, Data};
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actix_web::web::{Bytes, Data, Payload};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::db::DbError;
 use crate::domain::{Event, EventError, MessageId};
-use crate::startup::AppState;
+use crate::startup::{AppState, BodyTimeout};
 use crate::sync;
 use crate::verify::{self, SignatureError};
 
@@ -29,6 +29,9 @@ pub enum WebhookError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] DbError),
+    /// The client did not send the whole body in time.
+    #[error("request body not received within {0} s")]
+    BodyTimeout(u64),
 }
 
 impl ResponseError for WebhookError {
@@ -45,6 +48,7 @@ impl ResponseError for WebhookError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             WebhookError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -95,6 +99,29 @@ impl WebhookError {
                 "database_unavailable"
             }
             WebhookError::Database(_) => "internal_error",
+            WebhookError::BodyTimeout(_) => "body_timeout",
+        }
+    }
+}
+
+/// Reads the body within the client timeout; the body limit (413) is the `PayloadConfig`'s,
+/// as for any `Bytes` extractor.
+async fn read_body(
+    request: &HttpRequest,
+    payload: Payload,
+    state: &AppState,
+) -> Result<Bytes, actix_web::Error> {
+    let timeout = request
+        .app_data::<BodyTimeout>()
+        .map_or(std::time::Duration::from_secs(5), |t| t.0);
+    let mut payload = payload.into_inner();
+    match tokio::time::timeout(timeout, Bytes::from_request(request, &mut payload)).await {
+        Ok(body) => body,
+        Err(_) => {
+            let error = WebhookError::BodyTimeout(timeout.as_secs());
+            state.metrics.rejected(error.reason());
+            tracing::warn!(error = %error, status = 408, "delivery refused");
+            Err(error.into())
         }
     }
 }
@@ -102,9 +129,10 @@ impl WebhookError {
 /// Verifies, parses and applies one delivery.
 pub async fn receive(
     request: HttpRequest,
-    body: Bytes,
+    payload: Payload,
     state: Data<AppState>,
-) -> Result<HttpResponse, WebhookError> {
+) -> Result<HttpResponse, actix_web::Error> {
+    let body = read_body(&request, payload, &state).await?;
     let started = std::time::Instant::now();
     let headers = header_map(&request);
     let message_id = verify::message_id(&headers).map(str::to_owned);

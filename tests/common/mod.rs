@@ -306,6 +306,8 @@ pub struct AppOptions {
     pub secrets: Vec<String>,
     /// The per-delivery deadline.
     pub deadline: Duration,
+    /// How long a client may take to send headers, then body; idle keep-alive limit.
+    pub client_timeout: Duration,
 }
 
 impl Default for AppOptions {
@@ -316,6 +318,7 @@ impl Default for AppOptions {
             pending_delete_interval: Duration::from_millis(200),
             secrets: vec![new_secret()],
             deadline: Duration::from_secs(5),
+            client_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -376,6 +379,7 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
         workers: 1,
         pending_delete_interval: options.pending_delete_interval,
         shutdown_grace: Duration::from_secs(2),
+        client_timeout: options.client_timeout,
     };
     let app = Application::build(listener, state, &settings).expect("build app");
     let address = format!("http://{}", app.address());
