@@ -498,6 +498,10 @@ async fn a_wrong_key_is_refused_clearly_and_no_key_is_ever_logged() {
     assert!(said.contains("authentication_invalid"), "{said}");
     assert!(!said.contains(wrong), "the key was printed: {said}");
     assert_eq!(user_count(&db).await, 0);
+    let walks = db
+        .number("SELECT count(*) AS n FROM clerk_sync_backfill_walks")
+        .await;
+    assert_eq!(walks, 0, "a refused key began a walk");
 
     let accepted = run({
         let mut command = backfill(&db, &api, &[]);

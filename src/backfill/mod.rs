@@ -361,11 +361,12 @@ async fn preview_page(
     Ok(())
 }
 
-/// Retries a bookkeeping write a few times while the database is briefly unavailable.
+/// Records an applied page (retried while the database is briefly unavailable).
 async fn checkpoint(
     db: &Database,
     walk: &mut Walk,
-    page: &Page,
+    ids: Vec<String>,
+    last_id: &str,
     counts: WalkCounts,
 ) -> Result<(), DbError> {
     // Positions order the ids (for stepping back): 1,000 per page, pages hold at most 500.
@@ -375,19 +376,13 @@ async fn checkpoint(
     loop {
         attempt += 1;
         match db
-            .backfill_checkpoint(
-                &walk.walk_id,
-                first,
-                page.ids.clone(),
-                &page.last_id,
-                counts,
-            )
+            .backfill_checkpoint(&walk.walk_id, first, ids.clone(), last_id, counts)
             .await
         {
             Ok(added) => {
                 walk.pages += 1;
                 walk.seen += added;
-                walk.cursor = Some(page.last_id.clone());
+                walk.cursor = Some(last_id.to_owned());
                 return Ok(());
             }
             Err(DbError::Unavailable(_)) if attempt < 5 => {
@@ -446,6 +441,12 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
+    // First, so that a refused key stops the run before anything is written.
+    match client.count_users().await {
+        Ok(total) => progress.total(total),
+        Err(e @ ApiError::Unauthorized { .. }) => return Err(e.into()),
+        Err(e) => tracing::warn!(error = %e, "cannot read the user count: progress shows no total"),
+    }
     // The walk: checkpointed, or (dry run) in memory only.
     let (mut walk, resumed) = if options.dry_run {
         let now = db.backfill_now_ms().await?;
@@ -477,11 +478,6 @@ pub async fn run(
         progress.resumed_at(u64::try_from(walk.seen).unwrap_or(0));
     } else {
         tracing::info!(walk = %walk.walk_id, dry_run = options.dry_run, "starting a backfill");
-    }
-
-    match client.count_users().await {
-        Ok(total) => progress.total(total),
-        Err(e) => tracing::warn!(error = %e, "cannot read the user count: progress shows no total"),
     }
 
     let back = if resumed {
@@ -526,13 +522,18 @@ pub async fn run(
             seen_in_memory.extend(page.ids);
             continue;
         }
-        let items = page.items.clone();
+        let Page {
+            items,
+            ids,
+            last_id,
+            ..
+        } = page;
         if let Err(e) = apply_page(db, items, options.sync, &mut summary, progress).await {
             summary.stopped = Some(format!("writing the database: {e}"));
             break;
         }
         let counts = counts_between(&before, &summary);
-        if let Err(e) = checkpoint(db, &mut walk, &page, counts).await {
+        if let Err(e) = checkpoint(db, &mut walk, ids, &last_id, counts).await {
             summary.stopped = Some(format!("recording the checkpoint: {e}"));
             break;
         }
