@@ -621,3 +621,43 @@ async fn prune(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(json.to_owned()).expect("json")
+    }
+
+    const USER: &str = r#"{"id":"user_1","created_at":1,"updated_at":2,"first_name":"Ada",
+        "primary_email_address_id":"idn_1","email_addresses":[{"id":"idn_1","email_address":"a@example.com"}]}"#;
+
+    #[test]
+    fn a_version_always_gets_the_same_delivery_id_and_another_version_another() {
+        let first = prepare(vec![raw(USER)]).expect("page");
+        let again = prepare(vec![raw(USER)]).expect("page");
+        let newer = prepare(vec![raw(
+            &USER.replace(r#""updated_at":2"#, r#""updated_at":3"#)
+        )])
+        .expect("page");
+        assert_eq!(first.items[0].0, again.items[0].0);
+        assert_ne!(first.items[0].0, newer.items[0].0);
+        assert!(first.items[0].0.as_str().starts_with("backfill:user_1:2:"));
+    }
+
+    #[test]
+    fn a_user_that_cannot_be_applied_is_still_seen_and_counted_as_an_error() {
+        let bad = r#"{"id":"user_2","created_at":"yesterday","updated_at":2}"#;
+        let page = prepare(vec![raw(USER), raw(bad), raw(r#"{"id":7}"#)]).expect("page");
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.ids, ["user_1", "user_2"]);
+        assert_eq!(page.last_id, "user_2");
+        assert_eq!(page.errors.len(), 2);
+    }
+
+    #[test]
+    fn a_page_without_any_id_stops_the_walk_instead_of_looping() {
+        assert!(prepare(vec![raw(r#"{"object":"user"}"#)]).is_err());
+    }
+}
