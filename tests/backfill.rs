@@ -464,6 +464,37 @@ async fn a_dry_run_reports_and_writes_nothing(backend: Backend) {
     api.stop().await;
 }
 
+async fn a_walk_moved_by_another_backfill_stops_this_one(backend: Backend) {
+    let db = TestDb::with_prisma_tables(backend).await;
+    let api = StandIn::start(users(500), KEY, 0).expect("stand-in");
+    api.set_faults(Faults {
+        pause_after_pages: Some(2),
+        ..Faults::default()
+    });
+    let walk = tokio::spawn(run(backfill(&db, &api, &["--page-size", "100"])));
+    assert!(
+        common::eventually(Duration::from_secs(60), || async { api.is_paused() }).await,
+        "the walk never reached the pause"
+    );
+
+    // Meanwhile another backfill checkpoints the same walk.
+    db.exec(&format!(
+        "UPDATE {} SET pages = pages + 1",
+        db.own_table("backfill_walks")
+    ))
+    .await;
+    api.release();
+    let output = walk.await.expect("join");
+
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("run one backfill at a time"),
+        "{}",
+        text(&output)
+    );
+    api.stop().await;
+}
+
 on_both_backends!(
     a_complete_walk_imports_every_user_and_a_second_changes_nothing,
     newer_webhook_rows_stay_and_tombstones_hold,
@@ -472,6 +503,7 @@ on_both_backends!(
     users_created_and_deleted_during_the_walk_are_neither_missed_nor_stuck,
     prune_removes_what_clerk_lost_and_keeps_what_signed_up_during_the_walk,
     a_dry_run_reports_and_writes_nothing,
+    a_walk_moved_by_another_backfill_stops_this_one,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -376,10 +376,22 @@ async fn checkpoint(
     loop {
         attempt += 1;
         match db
-            .backfill_checkpoint(&walk.walk_id, first, ids.clone(), last_id, counts)
+            .backfill_checkpoint(
+                &walk.walk_id,
+                walk.pages,
+                first,
+                ids.clone(),
+                last_id,
+                counts,
+            )
             .await
         {
-            Ok(added) => {
+            Ok(None) => {
+                return Err(DbError::Internal(
+                    "another `clerk-sync backfill` moved or abandoned this walk meanwhile: run one backfill at a time".into(),
+                ))
+            }
+            Ok(Some(added)) => {
                 walk.pages += 1;
                 walk.seen += added;
                 walk.cursor = Some(last_id.to_owned());

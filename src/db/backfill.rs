@@ -234,27 +234,33 @@ impl Database {
         })
     }
 
-    /// Records one applied page in one transaction: its user ids (in walk order, after the
-    /// `first_position - 1` ids seen so far), the new cursor and the page's outcomes.
-    /// Returns how many of the ids were new to the walk.
+    /// Records one applied page in one transaction: its user ids (positions from
+    /// `first_position`, in walk order), the new cursor and the page's outcomes — provided
+    /// the walk still exists and has `pages_before` pages, i.e. no other backfill moved it
+    /// meanwhile. Returns how many of the ids were new to the walk, or `None` (nothing
+    /// recorded) when another backfill moved or abandoned the walk.
     pub async fn backfill_checkpoint(
         &self,
         walk_id: &str,
+        pages_before: i64,
         first_position: i64,
         seen: Vec<String>,
         cursor: &str,
         counts: WalkCounts,
-    ) -> Result<i64, DbError> {
+    ) -> Result<Option<i64>, DbError> {
         let (id, cursor) = (walk_id.to_owned(), cursor.to_owned());
         match self {
             Database::Postgres(_) => {
-                let row: Number = pg::get(
+                let rows: Vec<Number> = pg::load(
                     self,
                     diesel::sql_query(
-                        "WITH added AS (
+                        "WITH walk AS (
+                             SELECT walk_id FROM clerk_sync.backfill_walks
+                              WHERE walk_id = $1 AND pages = $10 FOR UPDATE),
+                         added AS (
                              INSERT INTO clerk_sync.backfill_seen (walk_id, user_id, position)
-                             SELECT $1, t.id, $2 + t.ord - 1
-                               FROM unnest($3::text[]) WITH ORDINALITY AS t(id, ord)
+                             SELECT w.walk_id, t.id, $2 + t.ord - 1
+                               FROM walk w, unnest($3::text[]) WITH ORDINALITY AS t(id, ord)
                              ON CONFLICT DO NOTHING RETURNING 1),
                          n AS (SELECT count(*) AS n FROM added)
                          UPDATE clerk_sync.backfill_walks
@@ -262,7 +268,7 @@ impl Database {
                                 applied = applied + $5, stale = stale + $6, unchanged = unchanged + $7,
                                 ignored = ignored + $8, errors = errors + $9,
                                 checkpoint_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                          WHERE walk_id = $1
+                          WHERE walk_id IN (SELECT walk_id FROM walk)
                          RETURNING (SELECT n FROM n) AS n",
                     )
                     .bind::<Text, _>(id)
@@ -273,17 +279,18 @@ impl Database {
                     .bind::<BigInt, _>(counts.stale)
                     .bind::<BigInt, _>(counts.unchanged)
                     .bind::<BigInt, _>(counts.ignored)
-                    .bind::<BigInt, _>(counts.errors),
+                    .bind::<BigInt, _>(counts.errors)
+                    .bind::<BigInt, _>(pages_before),
                 )
                 .await?;
-                Ok(row.n)
+                Ok(rows.first().map(|r| r.n))
             }
             Database::Sqlite(db) => {
                 let list = json_list(&seen)?;
                 let now = chrono::Utc::now().timestamp_millis();
                 db.run(move |conn| {
                     use diesel::RunQueryDsl;
-                    Ok(conn.immediate_transaction(|c| {
+                    let recorded = conn.immediate_transaction(|c| {
                         let added = diesel::sql_query(
                             "INSERT OR IGNORE INTO clerk_sync_backfill_seen (walk_id, user_id, position)
                              SELECT ?, value, ? + key FROM json_each(?)",
@@ -293,12 +300,12 @@ impl Database {
                         .bind::<Text, _>(&list)
                         .execute(c)?;
                         let added = i64::try_from(added).unwrap_or(i64::MAX);
-                        diesel::sql_query(
+                        let updated = diesel::sql_query(
                             "UPDATE clerk_sync_backfill_walks
                                 SET cursor = ?, pages = pages + 1, seen = seen + ?,
                                     applied = applied + ?, stale = stale + ?, unchanged = unchanged + ?,
                                     ignored = ignored + ?, errors = errors + ?, checkpoint_ms = ?
-                              WHERE walk_id = ?",
+                              WHERE walk_id = ? AND pages = ?",
                         )
                         .bind::<Text, _>(&cursor)
                         .bind::<BigInt, _>(added)
@@ -309,9 +316,19 @@ impl Database {
                         .bind::<BigInt, _>(counts.errors)
                         .bind::<BigInt, _>(now)
                         .bind::<Text, _>(&id)
+                        .bind::<BigInt, _>(pages_before)
                         .execute(c)?;
-                        Ok::<_, diesel::result::Error>(added)
-                    })?)
+                        if updated == 0 {
+                            // Another backfill moved or abandoned the walk: record nothing.
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
+                        Ok(added)
+                    });
+                    match recorded {
+                        Ok(added) => Ok(Some(added)),
+                        Err(diesel::result::Error::RollbackTransaction) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    }
                 })
                 .await
             }
