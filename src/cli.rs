@@ -215,6 +215,10 @@ pub struct BackfillArgs {
         default_value_t = 90
     )]
     pub max_requests_per_10s: u32,
+    /// Pages applied to the database at once, each in its own transaction (SQLite takes
+    /// them one after the other).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub concurrency: u64,
     /// Retries of a request that fails with a 5xx, a timeout or a connection error (with
     /// exponential backoff from 0.5 s); 429s wait for their Retry-After.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=100))]

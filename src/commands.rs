@@ -358,6 +358,7 @@ pub async fn backfill(args: BackfillArgs) -> anyhow::Result<bool> {
     }
     let options = backfill::Options {
         page_size: args.page_size,
+        concurrency: usize::try_from(args.concurrency).unwrap_or(2),
         dry_run: args.dry_run,
         prune: args.prune,
         restart: args.restart,

@@ -4,7 +4,8 @@
 //! user seen, never a `limit` above 500), so users created meanwhile land at the end and are
 //! walked too, and users deleted meanwhile shift nothing. Each user object becomes the
 //! `user.updated` that would carry it and is applied with [`Database::apply_batch`], a page
-//! per transaction: last write wins on Clerk's `updated_at`, tombstones hold, and the email
+//! per transaction (the next pages are fetched meanwhile, and up to `concurrency` pages are
+//! applied at once): last write wins on Clerk's `updated_at`, tombstones hold, and the email
 //! and role rules are those of a webhook. Its delivery id, `backfill:<user>:<updated_at>:
 //! <digest>`, names the version, so applying the same version again is `unchanged`.
 //!
@@ -27,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::db::{Database, DbError, Walk, WalkCounts};
@@ -45,6 +47,8 @@ const STEP_BACK: usize = 500;
 pub struct Options {
     /// Users per page (at most 500, Clerk's maximum).
     pub page_size: u32,
+    /// Pages applied at once (each in its own transaction).
+    pub concurrency: usize,
     /// Read only: report what would change.
     pub dry_run: bool,
     /// After a complete walk, delete the users Clerk no longer has.
@@ -93,6 +97,17 @@ impl Summary {
             Outcome::Ignored => self.ignored += 1,
             Outcome::Deferred => self.deferred += 1,
         }
+    }
+
+    fn merge(&mut self, other: &Summary) {
+        self.walked += other.walked;
+        self.applied += other.applied;
+        self.stale += other.stale;
+        self.unchanged += other.unchanged;
+        self.ignored += other.ignored;
+        self.pruned += other.pruned;
+        self.deferred += other.deferred;
+        self.errors += other.errors;
     }
 
     /// True when the walk completed without errors (and the prune, if asked, ran).
@@ -274,7 +289,16 @@ async fn apply_page(
         return Ok(());
     }
     let n = items.len() as u64;
-    match db.apply_batch(items.clone(), sync).await {
+    // On a task of its own, so that a caller that stops waiting never abandons the
+    // transaction half-way: it commits or rolls back by itself.
+    let batch = {
+        let (db, items) = (db.clone(), items.clone());
+        tokio::spawn(async move { db.apply_batch(items, sync).await })
+    };
+    let applied = batch
+        .await
+        .unwrap_or_else(|e| Err(DbError::Internal(format!("database task failed: {e}"))));
+    match applied {
         Ok(outcomes) => {
             for outcome in outcomes {
                 summary.count(outcome);
@@ -361,6 +385,61 @@ async fn preview_page(
     Ok(())
 }
 
+/// What became of one fetched page.
+enum Step {
+    Handled(Handled),
+    Done,
+    Failed(ApiError),
+}
+
+/// A page applied (or previewed), ready to checkpoint.
+struct Handled {
+    ids: Vec<String>,
+    last_id: String,
+    delta: Summary,
+    /// Why the walk must stop here (the database stayed unavailable).
+    failure: Option<String>,
+}
+
+async fn handle_page(
+    db: &Database,
+    page: Page,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Handled {
+    let Page {
+        items,
+        ids,
+        last_id,
+        errors,
+    } = page;
+    let mut delta = Summary {
+        walked: ids.len() as u64,
+        errors: errors.len() as u64,
+        ..Summary::default()
+    };
+    for error in &errors {
+        progress.note(&format!("not applied: {error}"));
+    }
+    let failure = if options.dry_run {
+        let n = items.len() as u64;
+        let result = preview_page(db, &items, options.sync, &mut delta).await;
+        progress.advance(n);
+        result.err().map(|e| format!("reading the database: {e}"))
+    } else {
+        apply_page(db, items, options.sync, &mut delta, progress)
+            .await
+            .err()
+            .map(|e| format!("writing the database: {e}"))
+    };
+    Handled {
+        ids,
+        last_id,
+        delta,
+        failure,
+    }
+}
+
 /// Records an applied page (retried while the database is briefly unavailable).
 async fn checkpoint(
     db: &Database,
@@ -406,14 +485,14 @@ async fn checkpoint(
     }
 }
 
-fn counts_between(before: &Summary, after: &Summary) -> WalkCounts {
-    let d = |a: u64, b: u64| i64::try_from(a.saturating_sub(b)).unwrap_or(i64::MAX);
+fn counts_of(delta: &Summary) -> WalkCounts {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     WalkCounts {
-        applied: d(after.applied, before.applied),
-        stale: d(after.stale, before.stale),
-        unchanged: d(after.unchanged, before.unchanged),
-        ignored: d(after.ignored, before.ignored),
-        errors: d(after.errors, before.errors),
+        applied: n(delta.applied),
+        stale: n(delta.stale),
+        unchanged: n(delta.unchanged),
+        ignored: n(delta.ignored),
+        errors: n(delta.errors),
     }
 }
 
@@ -498,7 +577,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
     let producer = tokio::spawn(fetch_pages(
         client.clone(),
         walk.cursor.clone(),
@@ -506,51 +585,52 @@ pub async fn run(
         options.page_size,
         tx,
     ));
+    // Up to `concurrency` pages in the database at once; results come back in walk order,
+    // and each is checkpointed only after every page before it.
+    let fetched =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let steps = fetched
+        .map(|fetched| async move {
+            match fetched {
+                Fetched::Page(page) => {
+                    Step::Handled(handle_page(db, page, options, progress).await)
+                }
+                Fetched::Done => Step::Done,
+                Fetched::Failed(e) => Step::Failed(e),
+            }
+        })
+        .buffered(options.concurrency.max(1));
+    let mut steps = Box::pin(steps);
     let mut seen_in_memory: HashSet<String> = HashSet::new();
-    while let Some(fetched) = rx.recv().await {
-        let page = match fetched {
-            Fetched::Page(page) => page,
-            Fetched::Done => {
+    while let Some(step) = steps.next().await {
+        let handled = match step {
+            Step::Handled(handled) => handled,
+            Step::Done => {
                 summary.complete = true;
                 break;
             }
-            Fetched::Failed(e) => {
+            Step::Failed(e) => {
                 summary.stopped = Some(e.to_string());
                 break;
             }
         };
-        let before = summary.clone();
-        summary.walked += page.ids.len() as u64;
-        summary.errors += page.errors.len() as u64;
-        for error in &page.errors {
-            progress.note(&format!("not applied: {error}"));
-        }
-        if options.dry_run {
-            if let Err(e) = preview_page(db, &page.items, options.sync, &mut summary).await {
-                summary.stopped = Some(format!("reading the database: {e}"));
-                break;
-            }
-            progress.advance(page.items.len() as u64);
-            seen_in_memory.extend(page.ids);
-            continue;
-        }
-        let Page {
-            items,
-            ids,
-            last_id,
-            ..
-        } = page;
-        if let Err(e) = apply_page(db, items, options.sync, &mut summary, progress).await {
-            summary.stopped = Some(format!("writing the database: {e}"));
+        summary.merge(&handled.delta);
+        if let Some(failure) = handled.failure {
+            summary.stopped = Some(failure);
             break;
         }
-        let counts = counts_between(&before, &summary);
-        if let Err(e) = checkpoint(db, &mut walk, ids, &last_id, counts).await {
+        if options.dry_run {
+            seen_in_memory.extend(handled.ids);
+            continue;
+        }
+        let counts = counts_of(&handled.delta);
+        if let Err(e) = checkpoint(db, &mut walk, handled.ids, &handled.last_id, counts).await {
             summary.stopped = Some(format!("recording the checkpoint: {e}"));
             break;
         }
     }
-    drop(rx);
+    // The receiver goes with the stream: a producer waiting to send stops.
+    drop(steps);
     let _ = producer.await;
 
     if summary.complete && !options.dry_run {
