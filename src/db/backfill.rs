@@ -410,7 +410,9 @@ impl Database {
     /// id is a Clerk id, and users clerk-sync's bookkeeping knows, that are not tombstoned,
     /// were not seen by `walk_id` (when given), whose Clerk times (the row's `createdAt`
     /// and `updatedAt`, the applied version) are all before `cutoff_ms`, and that received
-    /// no delivery since `started_ms`. Anything unreadable is kept.
+    /// no delivery since `started_ms`. Anything unreadable is kept. (The deliveries since the
+    /// walk began are read once, through the index on `received_at`: no index on
+    /// `deliveries.user_id` is added to the webhook path for the prune's sake.)
     pub async fn backfill_prune_candidates(
         &self,
         walk_id: Option<&str>,
@@ -475,9 +477,9 @@ impl Database {
                                      WHERE b.walk_id = ? AND b.user_id = c.id))
                             AND (u.id IS NULL OR ({created} < ? AND {updated} < ?))
                             AND (s.version IS NULL OR s.version < ?)
-                            AND NOT EXISTS (
-                                    SELECT 1 FROM clerk_sync_deliveries d
-                                     WHERE d.user_id = c.id AND d.received_at >= ?)
+                            AND c.id NOT IN (
+                                    SELECT d.user_id FROM clerk_sync_deliveries d
+                                     WHERE d.received_at >= ? AND d.user_id IS NOT NULL)
                           ORDER BY c.id"#,
                         created = ms("u.\"createdAt\""),
                         updated = ms("u.\"updatedAt\""),

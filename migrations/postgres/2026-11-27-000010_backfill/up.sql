@@ -30,6 +30,3 @@ CREATE TABLE clerk_sync.backfill_seen (
     PRIMARY KEY (walk_id, user_id)
 );
 CREATE INDEX backfill_seen_position_idx ON clerk_sync.backfill_seen (walk_id, position);
-
--- The prune looks for deliveries a user received since the walk started.
-CREATE INDEX deliveries_user_id_idx ON clerk_sync.deliveries (user_id, received_at);

@@ -23,5 +23,3 @@ CREATE TABLE clerk_sync_backfill_seen (
     PRIMARY KEY (walk_id, user_id)
 );
 CREATE INDEX clerk_sync_backfill_seen_position_idx ON clerk_sync_backfill_seen (walk_id, position);
-
-CREATE INDEX clerk_sync_deliveries_user_id_idx ON clerk_sync_deliveries (user_id, received_at);
