@@ -38,6 +38,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Show what the database says: deliveries by outcome, the last delivery, pending deletes.
     Status(StatusArgs),
+    /// Import every user from Clerk's Backend API through the webhook rules (resumable);
+    /// with --prune, then delete the users Clerk no longer has.
+    Backfill(BackfillArgs),
 }
 
 /// The webhook signing secret(s).
@@ -196,4 +199,56 @@ pub struct ServeArgs {
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "CLERK_SYNC_WORKERS", default_value_t = 0)]
     pub workers: usize,
+}
+
+/// Settings of `backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Clerk's secret key (sk_live_… or sk_test_…), from the Clerk dashboard's API keys.
+    #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<crate::backfill::client::SecretKey>,
+    /// Clerk's Backend API; `/v1` is added unless the address ends with it.
+    #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
+    pub api_url: String,
+    /// Users per page (Clerk answers at most 500).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub page_size: u32,
+    /// Most requests to Clerk per 10 seconds; the default stays under a development
+    /// instance's limit (100), production allows 1,000. 0: no limit.
+    #[arg(
+        long = "max-requests-per-10s",
+        env = "CLERK_SYNC_BACKFILL_RATE",
+        default_value_t = 90
+    )]
+    pub max_requests_per_10s: u32,
+    /// Pages applied to the database at once, each in its own transaction (SQLite takes
+    /// them one after the other).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub concurrency: u64,
+    /// Retries of a request that fails with a 5xx, a timeout or a connection error (with
+    /// exponential backoff from 0.5 s); 429s wait for their Retry-After.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
+    /// Seconds to wait for one answer from Clerk.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout: u64,
+    /// Abandon an unfinished backfill and walk from the first user again.
+    #[arg(long)]
+    pub restart: bool,
+    /// After a complete walk, delete (like user.deleted) the users Clerk no longer has,
+    /// except any created, updated or delivered since shortly before the walk began.
+    #[arg(long)]
+    pub prune: bool,
+    /// Read Clerk and the database, write nothing, and report what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip users with no email address instead of writing an `@no-email.invalid` placeholder.
+    #[arg(long, env = "CLERK_SYNC_SKIP_USERS_WITHOUT_EMAIL")]
+    pub skip_users_without_email: bool,
+    /// Do not apply migrations first.
+    #[arg(long, env = "CLERK_SYNC_NO_MIGRATE")]
+    pub no_migrate: bool,
 }

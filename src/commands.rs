@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{CheckArgs, DatabaseArgs, ReplayArgs, ServeArgs, StatusArgs};
+use crate::backfill::{self, client};
+use crate::cli::{BackfillArgs, CheckArgs, DatabaseArgs, ReplayArgs, ServeArgs, StatusArgs};
 use crate::db::Database;
 use crate::probe::{self, Readiness};
 use crate::replay::{self, Reporter, Summary};
@@ -225,4 +226,155 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("tombstones:       {}", status.tombstones);
     println!("known users:      {}", status.known_users);
     Ok(())
+}
+
+/// Backfill progress: a bar with the count on a terminal, elsewhere a plain line every
+/// 10,000 users.
+struct BackfillProgress {
+    bar: Option<ProgressBar>,
+    done: AtomicU64,
+}
+
+impl BackfillProgress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} users ({per_sec}, {elapsed}) {wide_bar}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self {
+            bar,
+            done: AtomicU64::new(0),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl backfill::Progress for BackfillProgress {
+    fn total(&self, users: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(users.max(bar.position()));
+        }
+    }
+
+    fn resumed_at(&self, users: u64) {
+        self.done.store(users, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(users);
+            bar.reset_eta();
+        }
+    }
+
+    fn advance(&self, users: u64) {
+        let before = self.done.fetch_add(users, Ordering::Relaxed);
+        let done = before + users;
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(users);
+                if bar.length().is_some_and(|len| len < done) {
+                    bar.set_length(done);
+                }
+            }
+            None if before / 10_000 != done / 10_000 => {
+                eprintln!("clerk-sync: {done} users backfilled")
+            }
+            None => {}
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+fn print_backfill_summary(summary: &backfill::Summary, elapsed: Duration, dry_run: bool) {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let state = match (dry_run, summary.complete) {
+        (true, true) => "dry run complete (nothing written)",
+        (true, false) => "dry run incomplete (nothing written)",
+        (false, true) => "backfill complete",
+        (false, false) => "backfill incomplete",
+    };
+    println!(
+        "{state}: {} users walked in {:.2} s ({:.0} per second){}",
+        summary.walked,
+        seconds,
+        summary.walked as f64 / seconds,
+        if summary.resumed {
+            ", resuming an earlier walk"
+        } else {
+            ""
+        }
+    );
+    for (name, count) in summary.rows() {
+        println!("  {name:<10} {count}");
+    }
+    if let Some(reason) = &summary.stopped {
+        println!("stopped: {reason}");
+        if !dry_run {
+            println!("the checkpoint is kept: run the same command again to continue");
+        }
+    }
+    if let Some(reason) = &summary.prune_skipped {
+        println!("prune: {reason}");
+    }
+}
+
+/// `clerk-sync backfill`.
+pub async fn backfill(args: BackfillArgs) -> anyhow::Result<bool> {
+    let secret_key = args.secret_key.clone().context(
+        "backfill reads Clerk's Backend API: set CLERK_SECRET_KEY (or --secret-key) to the instance's secret key (sk_…)",
+    )?;
+    let base_url = client::base_url(&args.api_url).map_err(anyhow::Error::msg)?;
+    let client = client::Client::new(client::ClientSettings {
+        base_url,
+        secret_key,
+        max_requests_per_10s: args.max_requests_per_10s,
+        retries: args.retries,
+        timeout: Duration::from_secs(args.request_timeout),
+        backoff: Duration::from_millis(500),
+    })
+    .map_err(anyhow::Error::msg)?;
+    let db = open(&args.database).await?;
+    if args.dry_run || args.no_migrate {
+        db.check_ready().await.context(
+            "reading the database (--dry-run and --no-migrate need a migrated database: run `clerk-sync migrate`)",
+        )?;
+    } else {
+        run_migrations(&db).await?;
+    }
+    let options = backfill::Options {
+        page_size: args.page_size,
+        concurrency: usize::try_from(args.concurrency).unwrap_or(2),
+        dry_run: args.dry_run,
+        prune: args.prune,
+        restart: args.restart,
+        sync: SyncOptions {
+            skip_users_without_email: args.skip_users_without_email,
+        },
+    };
+    let progress = BackfillProgress::new();
+    let started = Instant::now();
+    let result = backfill::run(&db, std::sync::Arc::new(client), &options, &progress).await;
+    progress.finish();
+    let summary = result?;
+    print_backfill_summary(&summary, started.elapsed(), args.dry_run);
+    if let Some(reason) = &summary.stopped {
+        tracing::error!(reason = %reason, "backfill stopped before the last user");
+    }
+    Ok(summary.succeeded())
 }

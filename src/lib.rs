@@ -2,6 +2,7 @@
 //! Svix-signed `user.*` webhook and applies it idempotently, in any arrival order, to
 //! PostgreSQL or SQLite.
 
+pub mod backfill;
 pub mod cli;
 pub mod commands;
 pub mod db;

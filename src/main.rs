@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => commands::migrate(args).await.map(|()| true),
             Command::Replay(args) => commands::replay(args).await,
             Command::Status(args) => commands::status(args).await.map(|()| true),
+            Command::Backfill(args) => commands::backfill(args).await,
             Command::Check(_) => Ok(false),
         }
     });

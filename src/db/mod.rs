@@ -9,6 +9,7 @@
 //! No diesel type leaves this module.
 
 mod app_table;
+mod backfill;
 mod group;
 mod migrations;
 mod pg_batch;
@@ -24,6 +25,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
 
+pub use backfill::{KnownUser, Walk, WalkCounts};
 pub use url::{DatabaseUrl, UrlError, DEFAULT_SQLITE_FILE};
 
 /// Why a database operation failed.

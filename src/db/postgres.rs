@@ -36,7 +36,7 @@ const MIGRATION_LOCK: i64 = 0x636c_6572_6b5f_7379;
 /// A PostgreSQL pool.
 #[derive(Clone)]
 pub struct Pg {
-    pool: Pool<AsyncPgConnection>,
+    pub(super) pool: Pool<AsyncPgConnection>,
     url: String,
     setup: String,
     /// How many deliveries are applied at once.

@@ -90,7 +90,7 @@ impl Lite {
     }
 
     /// Runs `task` on a pooled connection's blocking thread.
-    async fn run<R: Send + 'static>(
+    pub(super) async fn run<R: Send + 'static>(
         &self,
         task: impl FnOnce(&mut SqliteConnection) -> Result<R, DbError> + Send + 'static,
     ) -> Result<R, DbError> {

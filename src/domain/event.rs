@@ -104,6 +104,17 @@ impl Event {
         }
     }
 
+    /// A user object as Clerk's Backend API returns it (`GET /v1/users`: the same object a
+    /// webhook carries as `data`), as the `user.updated` upsert that would carry it.
+    pub fn from_api_user(object: &str) -> Result<Self, EventError> {
+        let user: UserObject = serde_json::from_str(object)
+            .map_err(|e| EventError::Malformed(format!("user: {e}")))?;
+        Ok(Event::Upsert {
+            change: user.into_change()?,
+            event_type: "user.updated".to_owned(),
+        })
+    }
+
     /// The event type as sent.
     pub fn event_type(&self) -> &str {
         match self {

@@ -1,0 +1,583 @@
+//! The bookkeeping of `clerk-sync backfill`: the walk's checkpoint, the user ids it saw, and
+//! the reads behind `--prune` and `--dry-run`. Users are never written here: every change to
+//! the application's table goes through `apply_batch`, by the webhook rules.
+//!
+//! Times are ms since the epoch from the database's own clock where it has one (PostgreSQL),
+//! because the prune compares them with `deliveries.received_at`, which that clock stamps.
+
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::QueryableByName;
+
+use super::{Database, DbError};
+
+/// A walk over Clerk's users, as checkpointed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walk {
+    /// Identifies the walk (its seen ids, its prune deliveries).
+    pub walk_id: String,
+    /// The API the walk reads (a resume against another one is refused).
+    pub api_url: String,
+    /// When the walk began, ms since the epoch.
+    pub started_ms: i64,
+    /// The last user id of the last applied page.
+    pub cursor: Option<String>,
+    /// Pages applied.
+    pub pages: i64,
+    /// Distinct user ids seen.
+    pub seen: i64,
+    /// Outcomes so far, over every run of the walk.
+    pub counts: WalkCounts,
+}
+
+/// Outcomes of the users a walk applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalkCounts {
+    /// Written.
+    pub applied: i64,
+    /// Older than what the table holds, or the user is deleted.
+    pub stale: i64,
+    /// This very version was applied before.
+    pub unchanged: i64,
+    /// Users without email, when those are skipped.
+    pub ignored: i64,
+    /// Users Clerk sent that could not be applied.
+    pub errors: i64,
+}
+
+/// What clerk-sync's bookkeeping holds about one user (for `--dry-run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownUser {
+    /// The Clerk user.
+    pub user_id: String,
+    /// The newest version applied (-1: none).
+    pub version: i64,
+    /// That version's content digest.
+    pub digest: String,
+    /// Tombstoned.
+    pub deleted: bool,
+}
+
+#[derive(QueryableByName)]
+struct WalkRow {
+    #[diesel(sql_type = Text)]
+    walk_id: String,
+    #[diesel(sql_type = Text)]
+    api_url: String,
+    #[diesel(sql_type = BigInt)]
+    started_ms: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    cursor: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    pages: i64,
+    #[diesel(sql_type = BigInt)]
+    seen: i64,
+    #[diesel(sql_type = BigInt)]
+    applied: i64,
+    #[diesel(sql_type = BigInt)]
+    stale: i64,
+    #[diesel(sql_type = BigInt)]
+    unchanged: i64,
+    #[diesel(sql_type = BigInt)]
+    ignored: i64,
+    #[diesel(sql_type = BigInt)]
+    errors: i64,
+}
+
+impl From<WalkRow> for Walk {
+    fn from(r: WalkRow) -> Self {
+        Walk {
+            walk_id: r.walk_id,
+            api_url: r.api_url,
+            started_ms: r.started_ms,
+            cursor: r.cursor,
+            pages: r.pages,
+            seen: r.seen,
+            counts: WalkCounts {
+                applied: r.applied,
+                stale: r.stale,
+                unchanged: r.unchanged,
+                ignored: r.ignored,
+                errors: r.errors,
+            },
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct KnownRow {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Text)]
+    digest: String,
+    #[diesel(sql_type = Bool)]
+    deleted: bool,
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+}
+
+#[derive(QueryableByName)]
+struct Number {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+const WALK_COLUMNS: &str =
+    "walk_id, api_url, started_ms, cursor, pages, seen, applied, stale, unchanged, ignored, errors";
+
+/// A JSON array of strings, which SQLite reads with `json_each`.
+fn json_list(items: &[String]) -> Result<String, DbError> {
+    serde_json::to_string(items).map_err(|e| DbError::Internal(e.to_string()))
+}
+
+impl Database {
+    /// The database's clock, in ms since the epoch.
+    pub async fn backfill_now_ms(&self) -> Result<i64, DbError> {
+        match self {
+            Database::Postgres(_) => {
+                let row: Number = pg::get(
+                    self,
+                    diesel::sql_query(
+                        "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS n",
+                    ),
+                )
+                .await?;
+                Ok(row.n)
+            }
+            Database::Sqlite(_) => Ok(chrono::Utc::now().timestamp_millis()),
+        }
+    }
+
+    /// The newest walk that has not completed, if any.
+    pub async fn backfill_open_walk(&self) -> Result<Option<Walk>, DbError> {
+        match self {
+            Database::Postgres(_) => {
+                let rows: Vec<WalkRow> = pg::load(
+                    self,
+                    diesel::sql_query(format!(
+                        "SELECT {WALK_COLUMNS} FROM clerk_sync.backfill_walks
+                          WHERE completed_ms IS NULL ORDER BY started_ms DESC LIMIT 1"
+                    )),
+                )
+                .await?;
+                Ok(rows.into_iter().next().map(Walk::from))
+            }
+            Database::Sqlite(db) => {
+                db.run(|conn| {
+                    use diesel::RunQueryDsl;
+                    let rows: Vec<WalkRow> = diesel::sql_query(format!(
+                        "SELECT {WALK_COLUMNS} FROM clerk_sync_backfill_walks
+                          WHERE completed_ms IS NULL ORDER BY started_ms DESC LIMIT 1"
+                    ))
+                    .load(conn)?;
+                    Ok(rows.into_iter().next().map(Walk::from))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Begins a new walk now, forgetting every earlier one (and the ids they saw).
+    pub async fn backfill_begin_walk(&self, walk_id: &str, api_url: &str) -> Result<Walk, DbError> {
+        let now = self.backfill_now_ms().await?;
+        let (id, url) = (walk_id.to_owned(), api_url.to_owned());
+        match self {
+            Database::Postgres(_) => {
+                let _: Vec<Number> = pg::load(
+                    self,
+                    diesel::sql_query(
+                        "WITH gone AS (DELETE FROM clerk_sync.backfill_walks RETURNING 1)
+                         INSERT INTO clerk_sync.backfill_walks (walk_id, api_url, started_ms, checkpoint_ms)
+                         VALUES ($1, $2, $3, $3) RETURNING started_ms AS n",
+                    )
+                    .bind::<Text, _>(id.clone())
+                    .bind::<Text, _>(url.clone())
+                    .bind::<BigInt, _>(now),
+                )
+                .await?;
+            }
+            Database::Sqlite(db) => {
+                let (id, url) = (id.clone(), url.clone());
+                db.run(move |conn| {
+                    use diesel::RunQueryDsl;
+                    conn.immediate_transaction(|c| {
+                        diesel::sql_query("DELETE FROM clerk_sync_backfill_seen").execute(c)?;
+                        diesel::sql_query("DELETE FROM clerk_sync_backfill_walks").execute(c)?;
+                        diesel::sql_query(
+                            "INSERT INTO clerk_sync_backfill_walks (walk_id, api_url, started_ms, checkpoint_ms)
+                             VALUES (?, ?, ?, ?)",
+                        )
+                        .bind::<Text, _>(&id)
+                        .bind::<Text, _>(&url)
+                        .bind::<BigInt, _>(now)
+                        .bind::<BigInt, _>(now)
+                        .execute(c)
+                    })?;
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        Ok(Walk {
+            walk_id: id,
+            api_url: url,
+            started_ms: now,
+            cursor: None,
+            pages: 0,
+            seen: 0,
+            counts: WalkCounts::default(),
+        })
+    }
+
+    /// Records one applied page in one transaction: its user ids (positions from
+    /// `first_position`, in walk order), the new cursor and the page's outcomes — provided
+    /// the walk still exists and has `pages_before` pages, i.e. no other backfill moved it
+    /// meanwhile. Returns how many of the ids were new to the walk, or `None` (nothing
+    /// recorded) when another backfill moved or abandoned the walk.
+    pub async fn backfill_checkpoint(
+        &self,
+        walk_id: &str,
+        pages_before: i64,
+        first_position: i64,
+        seen: Vec<String>,
+        cursor: &str,
+        counts: WalkCounts,
+    ) -> Result<Option<i64>, DbError> {
+        let (id, cursor) = (walk_id.to_owned(), cursor.to_owned());
+        match self {
+            Database::Postgres(_) => {
+                let rows: Vec<Number> = pg::load(
+                    self,
+                    diesel::sql_query(
+                        "WITH walk AS (
+                             SELECT walk_id FROM clerk_sync.backfill_walks
+                              WHERE walk_id = $1 AND pages = $10 FOR UPDATE),
+                         added AS (
+                             INSERT INTO clerk_sync.backfill_seen (walk_id, user_id, position)
+                             SELECT w.walk_id, t.id, $2 + t.ord - 1
+                               FROM walk w, unnest($3::text[]) WITH ORDINALITY AS t(id, ord)
+                             ON CONFLICT DO NOTHING RETURNING 1),
+                         n AS (SELECT count(*) AS n FROM added)
+                         UPDATE clerk_sync.backfill_walks
+                            SET cursor = $4, pages = pages + 1, seen = seen + (SELECT n FROM n),
+                                applied = applied + $5, stale = stale + $6, unchanged = unchanged + $7,
+                                ignored = ignored + $8, errors = errors + $9,
+                                checkpoint_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                          WHERE walk_id IN (SELECT walk_id FROM walk)
+                         RETURNING (SELECT n FROM n) AS n",
+                    )
+                    .bind::<Text, _>(id)
+                    .bind::<BigInt, _>(first_position)
+                    .bind::<diesel::sql_types::Array<Text>, _>(seen)
+                    .bind::<Text, _>(cursor)
+                    .bind::<BigInt, _>(counts.applied)
+                    .bind::<BigInt, _>(counts.stale)
+                    .bind::<BigInt, _>(counts.unchanged)
+                    .bind::<BigInt, _>(counts.ignored)
+                    .bind::<BigInt, _>(counts.errors)
+                    .bind::<BigInt, _>(pages_before),
+                )
+                .await?;
+                Ok(rows.first().map(|r| r.n))
+            }
+            Database::Sqlite(db) => {
+                let list = json_list(&seen)?;
+                let now = chrono::Utc::now().timestamp_millis();
+                db.run(move |conn| {
+                    use diesel::RunQueryDsl;
+                    let recorded = conn.immediate_transaction(|c| {
+                        let added = diesel::sql_query(
+                            "INSERT OR IGNORE INTO clerk_sync_backfill_seen (walk_id, user_id, position)
+                             SELECT ?, value, ? + key FROM json_each(?)",
+                        )
+                        .bind::<Text, _>(&id)
+                        .bind::<BigInt, _>(first_position)
+                        .bind::<Text, _>(&list)
+                        .execute(c)?;
+                        let added = i64::try_from(added).unwrap_or(i64::MAX);
+                        let updated = diesel::sql_query(
+                            "UPDATE clerk_sync_backfill_walks
+                                SET cursor = ?, pages = pages + 1, seen = seen + ?,
+                                    applied = applied + ?, stale = stale + ?, unchanged = unchanged + ?,
+                                    ignored = ignored + ?, errors = errors + ?, checkpoint_ms = ?
+                              WHERE walk_id = ? AND pages = ?",
+                        )
+                        .bind::<Text, _>(&cursor)
+                        .bind::<BigInt, _>(added)
+                        .bind::<BigInt, _>(counts.applied)
+                        .bind::<BigInt, _>(counts.stale)
+                        .bind::<BigInt, _>(counts.unchanged)
+                        .bind::<BigInt, _>(counts.ignored)
+                        .bind::<BigInt, _>(counts.errors)
+                        .bind::<BigInt, _>(now)
+                        .bind::<Text, _>(&id)
+                        .bind::<BigInt, _>(pages_before)
+                        .execute(c)?;
+                        if updated == 0 {
+                            // Another backfill moved or abandoned the walk: record nothing.
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
+                        Ok(added)
+                    });
+                    match recorded {
+                        Ok(added) => Ok(Some(added)),
+                        Err(diesel::result::Error::RollbackTransaction) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// The last `limit` user ids the walk saw, newest first: cursors to step back to.
+    pub async fn backfill_recent_seen(
+        &self,
+        walk_id: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, DbError> {
+        let id = walk_id.to_owned();
+        let rows: Vec<IdRow> = match self {
+            Database::Postgres(_) => {
+                pg::load(
+                    self,
+                    diesel::sql_query(
+                        "SELECT user_id FROM clerk_sync.backfill_seen WHERE walk_id = $1
+                          ORDER BY position DESC LIMIT $2",
+                    )
+                    .bind::<Text, _>(id)
+                    .bind::<BigInt, _>(limit),
+                )
+                .await?
+            }
+            Database::Sqlite(db) => {
+                db.run(move |conn| {
+                    use diesel::RunQueryDsl;
+                    Ok(diesel::sql_query(
+                        "SELECT user_id FROM clerk_sync_backfill_seen WHERE walk_id = ?
+                          ORDER BY position DESC LIMIT ?",
+                    )
+                    .bind::<Text, _>(id)
+                    .bind::<BigInt, _>(limit)
+                    .load(conn)?)
+                })
+                .await?
+            }
+        };
+        Ok(rows.into_iter().map(|r| r.user_id).collect())
+    }
+
+    /// Marks the walk complete: the next run begins a new one.
+    pub async fn backfill_complete(&self, walk_id: &str) -> Result<(), DbError> {
+        let id = walk_id.to_owned();
+        match self {
+            Database::Postgres(_) => {
+                let _: Vec<Number> = pg::load(
+                    self,
+                    diesel::sql_query(
+                        "UPDATE clerk_sync.backfill_walks
+                            SET completed_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                          WHERE walk_id = $1 RETURNING pages AS n",
+                    )
+                    .bind::<Text, _>(id),
+                )
+                .await?;
+            }
+            Database::Sqlite(db) => {
+                let now = chrono::Utc::now().timestamp_millis();
+                db.run(move |conn| {
+                    use diesel::RunQueryDsl;
+                    diesel::sql_query(
+                        "UPDATE clerk_sync_backfill_walks SET completed_ms = ? WHERE walk_id = ?",
+                    )
+                    .bind::<BigInt, _>(now)
+                    .bind::<Text, _>(id)
+                    .execute(conn)?;
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Users a complete walk did not see and whose rows may be pruned: rows of "User" whose
+    /// id is a Clerk id, and users clerk-sync's bookkeeping knows, that are not tombstoned,
+    /// were not seen by `walk_id` (when given), whose Clerk times (the row's `createdAt`
+    /// and `updatedAt`, the applied version) are all before `cutoff_ms`, and that received
+    /// no delivery since `started_ms`. Anything unreadable is kept. (The deliveries since the
+    /// walk began are read once, through the index on `received_at`: no index on
+    /// `deliveries.user_id` is added to the webhook path for the prune's sake.)
+    pub async fn backfill_prune_candidates(
+        &self,
+        walk_id: Option<&str>,
+        started_ms: i64,
+        cutoff_ms: i64,
+    ) -> Result<Vec<String>, DbError> {
+        let walk = walk_id.map(str::to_owned);
+        let rows: Vec<IdRow> = match self {
+            Database::Postgres(_) => {
+                pg::load(
+                    self,
+                    diesel::sql_query(
+                        r#"SELECT c.id AS user_id FROM (
+                               SELECT id FROM "User" WHERE id LIKE 'user\_%'
+                               UNION
+                               SELECT user_id FROM clerk_sync.users WHERE deleted_at IS NULL
+                           ) c
+                           LEFT JOIN clerk_sync.users s ON s.user_id = c.id
+                           LEFT JOIN "User" u ON u.id = c.id
+                          WHERE s.deleted_at IS NULL
+                            AND ($1::text IS NULL OR NOT EXISTS (
+                                    SELECT 1 FROM clerk_sync.backfill_seen b
+                                     WHERE b.walk_id = $1 AND b.user_id = c.id))
+                            AND (u.id IS NULL OR (
+                                    (extract(epoch FROM u."createdAt") * 1000)::bigint < $2
+                                AND (extract(epoch FROM u."updatedAt") * 1000)::bigint < $2))
+                            AND (s.version IS NULL OR s.version < $2)
+                            AND NOT EXISTS (
+                                    SELECT 1 FROM clerk_sync.deliveries d
+                                     WHERE d.user_id = c.id AND d.received_at >= to_timestamp($3 / 1000.0))
+                          ORDER BY c.id"#,
+                    )
+                    .bind::<Nullable<Text>, _>(walk)
+                    .bind::<BigInt, _>(cutoff_ms)
+                    .bind::<BigInt, _>(started_ms),
+                )
+                .await?
+            }
+            Database::Sqlite(db) => {
+                let started = chrono::DateTime::from_timestamp_millis(started_ms)
+                    .map(super::sqlite_steps::prisma_date)
+                    .ok_or_else(|| DbError::Internal("walk start out of range".into()))?;
+                db.run(move |conn| {
+                    use diesel::RunQueryDsl;
+                    let ms = |column: &str| {
+                        format!(
+                            "(CASE typeof({column}) WHEN 'integer' THEN {column} WHEN 'real' THEN {column}
+                              ELSE CAST((julianday({column}) - 2440587.5) * 86400000.0 AS INTEGER) END)"
+                        )
+                    };
+                    let sql = format!(
+                        r#"SELECT c.id AS user_id FROM (
+                               SELECT id FROM "User" WHERE id LIKE 'user\_%' ESCAPE '\'
+                               UNION
+                               SELECT user_id FROM clerk_sync_users WHERE deleted_at IS NULL
+                           ) c
+                           LEFT JOIN clerk_sync_users s ON s.user_id = c.id
+                           LEFT JOIN "User" u ON u.id = c.id
+                          WHERE s.deleted_at IS NULL
+                            AND (? IS NULL OR NOT EXISTS (
+                                    SELECT 1 FROM clerk_sync_backfill_seen b
+                                     WHERE b.walk_id = ? AND b.user_id = c.id))
+                            AND (u.id IS NULL OR ({created} < ? AND {updated} < ?))
+                            AND (s.version IS NULL OR s.version < ?)
+                            AND c.id NOT IN (
+                                    SELECT d.user_id FROM clerk_sync_deliveries d
+                                     WHERE d.received_at >= ? AND d.user_id IS NOT NULL)
+                          ORDER BY c.id"#,
+                        created = ms("u.\"createdAt\""),
+                        updated = ms("u.\"updatedAt\""),
+                    );
+                    Ok(diesel::sql_query(sql)
+                        .bind::<Nullable<Text>, _>(walk.clone())
+                        .bind::<Nullable<Text>, _>(walk)
+                        .bind::<BigInt, _>(cutoff_ms)
+                        .bind::<BigInt, _>(cutoff_ms)
+                        .bind::<BigInt, _>(cutoff_ms)
+                        .bind::<Text, _>(started)
+                        .load(conn)?)
+                })
+                .await?
+            }
+        };
+        Ok(rows.into_iter().map(|r| r.user_id).collect())
+    }
+
+    /// What the bookkeeping holds about these users (those it knows).
+    pub async fn backfill_known(&self, ids: Vec<String>) -> Result<Vec<KnownUser>, DbError> {
+        let rows: Vec<KnownRow> = match self {
+            Database::Postgres(_) => {
+                pg::load(
+                    self,
+                    diesel::sql_query(
+                        "SELECT user_id, version, digest, deleted_at IS NOT NULL AS deleted
+                           FROM clerk_sync.users WHERE user_id = ANY($1)",
+                    )
+                    .bind::<diesel::sql_types::Array<Text>, _>(ids),
+                )
+                .await?
+            }
+            Database::Sqlite(db) => {
+                let list = json_list(&ids)?;
+                db.run(move |conn| {
+                    use diesel::RunQueryDsl;
+                    Ok(diesel::sql_query(
+                        "SELECT user_id, version, digest, deleted_at IS NOT NULL AS deleted
+                           FROM clerk_sync_users WHERE user_id IN (SELECT value FROM json_each(?))",
+                    )
+                    .bind::<Text, _>(list)
+                    .load(conn)?)
+                })
+                .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| KnownUser {
+                user_id: r.user_id,
+                version: r.version,
+                digest: r.digest,
+                deleted: r.deleted,
+            })
+            .collect())
+    }
+}
+
+/// Runs raw queries on the PostgreSQL pool.
+mod pg {
+    use diesel::query_builder::{QueryFragment, QueryId};
+    use diesel_async::methods::LoadQuery;
+    use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+    use super::{Database, DbError};
+
+    pub(super) async fn load<'q, Q, R>(db: &Database, query: Q) -> Result<Vec<R>, DbError>
+    where
+        Q: RunQueryDsl<AsyncPgConnection>
+            + LoadQuery<'q, AsyncPgConnection, R>
+            + QueryFragment<diesel::pg::Pg>
+            + QueryId
+            + Send
+            + 'q,
+        R: Send + 'q,
+    {
+        let Database::Postgres(pg) = db else {
+            return Err(DbError::Internal("not a PostgreSQL database".into()));
+        };
+        let mut conn = pg.pool.get().await?;
+        Ok(query.load(&mut conn).await?)
+    }
+
+    pub(super) async fn get<'q, Q, R>(db: &Database, query: Q) -> Result<R, DbError>
+    where
+        Q: RunQueryDsl<AsyncPgConnection>
+            + LoadQuery<'q, AsyncPgConnection, R>
+            + QueryFragment<diesel::pg::Pg>
+            + QueryId
+            + Send
+            + 'q,
+        R: Send + 'q,
+    {
+        let Database::Postgres(pg) = db else {
+            return Err(DbError::Internal("not a PostgreSQL database".into()));
+        };
+        let mut conn = pg.pool.get().await?;
+        Ok(query.get_result(&mut conn).await?)
+    }
+}
