@@ -90,6 +90,9 @@ pub struct ReplayArgs {
     /// Deliveries per transaction when writing the database directly.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub batch_size: u64,
+    /// Batches applied at once when writing the database directly, each its own transaction.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub transactions: u64,
     /// Deliveries in flight at once with --to.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub concurrency: u64,

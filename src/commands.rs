@@ -150,6 +150,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
     let options = replay::Options {
         dry_run: args.dry_run,
         batch_size: usize::try_from(args.batch_size).unwrap_or(2_000),
+        transactions: usize::try_from(args.transactions).unwrap_or(2),
         concurrency: usize::try_from(args.concurrency).unwrap_or(16),
         sync: SyncOptions {
             skip_users_without_email: args.skip_users_without_email,

@@ -68,6 +68,18 @@ impl Summary {
             + self.valid
     }
 
+    /// Adds `other`'s counts to these.
+    fn absorb(&mut self, other: Summary) {
+        self.applied += other.applied;
+        self.duplicate += other.duplicate;
+        self.stale += other.stale;
+        self.ignored += other.ignored;
+        self.deferred += other.deferred;
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+        self.valid += other.valid;
+    }
+
     /// True when nothing was rejected or failed.
     pub fn succeeded(&self) -> bool {
         self.rejected == 0 && self.failed == 0
@@ -155,6 +167,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Deliveries per transaction (direct mode).
     pub batch_size: usize,
+    /// Batches applied at once, each in its own transaction (direct mode).
+    pub transactions: usize,
     /// Deliveries in flight at once (`--to`).
     pub concurrency: usize,
     /// How deliveries are applied.
@@ -213,11 +227,24 @@ pub async fn into_database(
     options: Options,
     reporter: &dyn Reporter,
 ) -> Summary {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
     let mut summary = Summary::default();
     let mut messages = produce(items, verifier, options);
+    // Several batches in flight: while the database applies one, the next is planned and
+    // sent. They lock their users and addresses in one global order, so they never deadlock;
+    // a user in two of them is applied by one after the other.
+    let mut in_flight = FuturesUnordered::new();
     while let Some(message) = messages.recv().await {
         match message {
-            Message::Batch(batch) => flush(db, batch, options.sync, &mut summary, reporter).await,
+            Message::Batch(batch) => {
+                if in_flight.len() >= options.transactions.max(1) {
+                    if let Some(done) = in_flight.next().await {
+                        summary.absorb(done);
+                    }
+                }
+                in_flight.push(flush(db, batch, options.sync, reporter));
+            }
             Message::Rejected(location, reason) => {
                 summary.rejected += 1;
                 reporter.problem(&location, "rejected", &reason);
@@ -229,6 +256,9 @@ pub async fn into_database(
             }
         }
     }
+    while let Some(done) = in_flight.next().await {
+        summary.absorb(done);
+    }
     summary
 }
 
@@ -236,11 +266,11 @@ async fn flush(
     db: &Database,
     batch: Vec<Prepared>,
     sync: SyncOptions,
-    summary: &mut Summary,
     reporter: &dyn Reporter,
-) {
+) -> Summary {
+    let mut summary = Summary::default();
     if batch.is_empty() {
-        return;
+        return summary;
     }
     let pairs: Vec<(MessageId, Event)> = batch
         .iter()
@@ -251,7 +281,7 @@ async fn flush(
             summary.count(outcome);
             reporter.advance();
         }
-        return;
+        return summary;
     }
     // Something in the batch failed: one by one, so that only the culprit fails.
     for prepared in batch {
@@ -264,6 +294,7 @@ async fn flush(
         }
         reporter.advance();
     }
+    summary
 }
 
 async fn apply_with_retries(
