@@ -88,7 +88,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Deliveries per transaction when writing the database directly.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
     pub batch_size: u64,
     /// Batches applied at once when writing the database directly, each its own transaction.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -161,6 +161,7 @@ impl DatabaseArgs {
             acquire_timeout: Duration::from_secs(self.db_timeout),
             statement_timeout: Duration::from_secs(self.db_timeout),
             committers: usize::from(self.committers),
+            bulk: false,
         }
     }
 }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backfill::{self, client};
 use crate::cli::{BackfillArgs, CheckArgs, DatabaseArgs, ReplayArgs, ServeArgs, StatusArgs};
-use crate::db::Database;
+use crate::db::{Database, PoolOptions};
 use crate::probe::{self, Readiness};
 use crate::replay::{self, Reporter, Summary};
 use crate::startup::{AppState, Application, ServerSettings};
@@ -21,6 +21,17 @@ async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
     let url = args.url()?;
     tracing::info!(database = %url, "opening database");
     Ok(Database::open(&url, args.pool())?)
+}
+
+/// For bulk writes (replay, backfill): a larger SQLite page cache.
+async fn open_bulk(args: &DatabaseArgs) -> anyhow::Result<Database> {
+    let url = args.url()?;
+    tracing::info!(database = %url, "opening database");
+    let options = PoolOptions {
+        bulk: true,
+        ..args.pool()
+    };
+    Ok(Database::open(&url, options)?)
 }
 
 async fn run_migrations(db: &Database) -> anyhow::Result<()> {
@@ -149,7 +160,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
     };
     let options = replay::Options {
         dry_run: args.dry_run,
-        batch_size: usize::try_from(args.batch_size).unwrap_or(2_000),
+        batch_size: usize::try_from(args.batch_size).unwrap_or(10_000),
         transactions: usize::try_from(args.transactions).unwrap_or(2),
         concurrency: usize::try_from(args.concurrency).unwrap_or(16),
         sync: SyncOptions {
@@ -167,7 +178,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
             replay::to_daemon(url, items, verifier, options, &progress).await
         }
         None => {
-            let db = open(&args.database).await?;
+            let db = open_bulk(&args.database).await?;
             if !args.no_migrate && !args.dry_run {
                 run_migrations(&db).await?;
             }
@@ -350,7 +361,7 @@ pub async fn backfill(args: BackfillArgs) -> anyhow::Result<bool> {
         backoff: Duration::from_millis(500),
     })
     .map_err(anyhow::Error::msg)?;
-    let db = open(&args.database).await?;
+    let db = open_bulk(&args.database).await?;
     if args.dry_run || args.no_migrate {
         db.check_ready().await.context(
             "reading the database (--dry-run and --no-migrate need a migrated database: run `clerk-sync migrate`)",

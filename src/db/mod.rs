@@ -109,6 +109,9 @@ pub struct PoolOptions {
     pub statement_timeout: Duration,
     /// Deliveries applied at once on PostgreSQL (0: one per connection); see [`group`].
     pub committers: usize,
+    /// Bulk writes (replay, backfill): SQLite keeps up to 256 MiB of pages in memory instead
+    /// of 32 MiB.
+    pub bulk: bool,
 }
 
 impl Default for PoolOptions {
@@ -118,6 +121,7 @@ impl Default for PoolOptions {
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
             committers: 0,
+            bulk: false,
         }
     }
 }

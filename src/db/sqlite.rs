@@ -48,19 +48,21 @@ pub struct Lite {
     pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
 }
 
-fn pragmas(busy_ms: u128) -> String {
+fn pragmas(busy_ms: u128, cache_kib: u32) -> String {
     // WAL lets readers (probes, status) run beside the writer; synchronous=FULL keeps every
     // acknowledged delivery across a power loss; foreign keys as Prisma enables them. A page
-    // cache of up to 32 MiB (SQLite's default is 2) keeps a large table's index pages in
-    // memory instead of reading them again for every batch; it grows only as pages are used.
+    // cache of 32 MiB (SQLite's default is 2; 256 MiB for bulk writes) keeps a large table's
+    // index pages in memory instead of reading them again for every batch; it grows only as
+    // pages are used.
     format!(
-        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768;"
+        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{cache_kib};"
     )
 }
 
 impl Lite {
     pub(super) fn open(path: &Path, options: PoolOptions) -> Result<Self, DbError> {
-        let setup = pragmas(options.statement_timeout.as_millis());
+        let cache_kib = if options.bulk { 256 * 1024 } else { 32 * 1024 };
+        let setup = pragmas(options.statement_timeout.as_millis(), cache_kib);
         let path_text = path.to_string_lossy().into_owned();
         let mut config = ManagerConfig::<Conn>::default();
         config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;

@@ -187,12 +187,15 @@ enum Message {
 
 /// Reads, verifies and parses on a thread of its own, so that the next batch is prepared
 /// while the database applies the current one.
+/// Bodies are kept only for `--to` (`keep_bodies`), which sends them; applied directly, a
+/// batch holds parsed events only.
 fn produce(
     items: impl Iterator<Item = Located> + Send + 'static,
     verifier: Option<Arc<Verifier>>,
     options: Options,
+    keep_bodies: bool,
 ) -> tokio::sync::mpsc::Receiver<Message> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
     std::thread::spawn(move || {
         let size = options.batch_size.max(1);
         let mut batch = Vec::with_capacity(size);
@@ -200,7 +203,10 @@ fn produce(
             let message = match prepare(located, verifier.as_deref()) {
                 Err((location, reason)) => Message::Rejected(location, reason),
                 Ok(_) if options.dry_run => Message::Valid,
-                Ok(prepared) => {
+                Ok(mut prepared) => {
+                    if !keep_bodies {
+                        prepared.body = Vec::new();
+                    }
                     batch.push(prepared);
                     if batch.len() < size {
                         continue;
@@ -230,7 +236,7 @@ pub async fn into_database(
     use futures_util::stream::{FuturesUnordered, StreamExt};
 
     let mut summary = Summary::default();
-    let mut messages = produce(items, verifier, options);
+    let mut messages = produce(items, verifier, options, false);
     // Several batches in flight: while the database applies one, the next is planned and
     // sent. They lock their users and addresses in one global order, so they never deadlock;
     // a user in two of them is applied by one after the other.
@@ -351,6 +357,7 @@ pub async fn to_daemon(
             batch_size: 1,
             ..options
         },
+        true,
     );
     let stream = futures_util::stream::unfold(messages, |mut rx| async move {
         rx.recv().await.map(|m| (m, rx))
