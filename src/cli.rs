@@ -142,8 +142,9 @@ pub struct DatabaseArgs {
     /// Seconds to wait for a database connection, a lock or a statement before answering 503.
     #[arg(long, env = "CLERK_SYNC_DB_TIMEOUT", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub db_timeout: u64,
-    /// Deliveries applied at once on PostgreSQL (0: one per connection). Deliveries that arrive
-    /// while all are busy are committed together, in one transaction (group commit).
+    /// Group commit on PostgreSQL: N committers apply the deliveries waiting for them together,
+    /// one transaction each (0: off, every delivery in its own transaction). SQLite always
+    /// commits what waits for its one writer together.
     #[arg(long, env = "CLERK_SYNC_COMMITTERS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub committers: u16,
 }

@@ -107,7 +107,8 @@ pub struct PoolOptions {
     pub acquire_timeout: Duration,
     /// Longest a statement may run or wait for a lock; past it, 503.
     pub statement_timeout: Duration,
-    /// Deliveries applied at once on PostgreSQL (0: one per connection); see [`group`].
+    /// Committers applying waiting deliveries together on PostgreSQL (0: none, each delivery
+    /// in its own transaction); see [`group`].
     pub committers: usize,
     /// Bulk writes (replay, backfill): SQLite keeps up to 256 MiB of pages in memory instead
     /// of 32 MiB.
@@ -240,9 +241,14 @@ impl Database {
         options: SyncOptions,
     ) -> Result<Outcome, DbError> {
         let (cell, committers) = match self {
-            // By default as many committers as connections: none waits while one is free.
+            // By default each delivery takes a connection of its own, on the caller's task
+            // (PostgreSQL commits concurrent transactions' WAL together itself); with
+            // `--committers N`, N committers apply what waits, together.
+            Database::Postgres(db) if db.committers == 0 => {
+                return self.apply_now(id, event, options).await
+            }
             Database::Postgres(db) => (&db.group, db.committers),
-            // One writer at a time.
+            // One writer at a time: whatever waits for it is committed together.
             Database::Sqlite(db) => (&db.group, 1),
         };
         cell.get_or_init(|| group::GroupCommit::start(self.clone(), committers))

@@ -39,7 +39,7 @@ pub struct Pg {
     pub(super) pool: Pool<AsyncPgConnection>,
     url: String,
     setup: String,
-    /// How many deliveries are applied at once.
+    /// How many committers apply deliveries together (0: none, each on its own).
     pub(super) committers: usize,
     /// The committers, started on first use (see `super::group`).
     pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
@@ -118,10 +118,7 @@ impl Pg {
             pool,
             url: url.clone(),
             setup,
-            committers: match options.committers {
-                0 => options.max_connections,
-                n => n.min(options.max_connections),
-            },
+            committers: options.committers.min(options.max_connections),
             group: Default::default(),
         })
     }
