@@ -216,10 +216,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let hours = i64::try_from(args.hours).unwrap_or(24);
     let since = chrono::Utc::now() - chrono::Duration::hours(hours);
     let status = db.status(since).await?;
+    let walk = db.backfill_last_walk().await?;
     if args.json {
         let mut json = serde_json::to_value(&status)?;
         json["window_hours"] = serde_json::json!(hours);
         json["backend"] = serde_json::json!(db.backend());
+        json["backfill"] = walk.as_ref().map_or(serde_json::Value::Null, walk_json);
         println!("{json}");
         return Ok(());
     }
@@ -237,7 +239,53 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("pending deletes:  {}", status.pending_deletes);
     println!("tombstones:       {}", status.tombstones);
     println!("known users:      {}", status.known_users);
+    match &walk {
+        None => println!("backfill:         never run"),
+        Some(last) => {
+            let w = &last.walk;
+            let state = match last.completed_ms {
+                Some(ms) => format!("completed {}", rfc3339(ms)),
+                None => "incomplete: `clerk-sync backfill` resumes it".to_owned(),
+            };
+            println!(
+                "backfill:         {state}; started {}, {} users seen on {} pages \
+                 (applied {}, stale {}, unchanged {}, errors {})",
+                rfc3339(w.started_ms),
+                w.seen,
+                w.pages,
+                w.counts.applied,
+                w.counts.stale,
+                w.counts.unchanged,
+                w.counts.errors
+            );
+        }
+    }
     Ok(())
+}
+
+/// ms since the epoch as RFC 3339 (UTC), or the number itself if out of range.
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// The newest backfill walk, for `status --json`.
+fn walk_json(last: &crate::db::LastWalk) -> serde_json::Value {
+    let w = &last.walk;
+    serde_json::json!({
+        "state": if last.completed_ms.is_some() { "completed" } else { "incomplete" },
+        "started_at": rfc3339(w.started_ms),
+        "completed_at": last.completed_ms.map(rfc3339),
+        "pages": w.pages,
+        "seen": w.seen,
+        "applied": w.counts.applied,
+        "stale": w.counts.stale,
+        "unchanged": w.counts.unchanged,
+        "ignored": w.counts.ignored,
+        "errors": w.counts.errors,
+    })
 }
 
 /// Backfill progress: a bar with the count on a terminal, elsewhere a plain line every

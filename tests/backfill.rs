@@ -46,6 +46,18 @@ async fn run(mut command: Command) -> Output {
         .expect("join")
 }
 
+/// `clerk-sync status --json` on `db`.
+async fn status(db: &TestDb) -> serde_json::Value {
+    let mut command = Command::new(BIN);
+    command
+        .args(["status", "--json"])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn");
+    let output = run(command).await;
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -218,6 +230,11 @@ async fn an_interrupted_walk_resumes_after_its_last_applied_page(backend: Backen
     );
     assert_eq!(count(&first, "applied"), 700);
     assert_eq!(user_count(&db).await, 700);
+    let walk = &status(&db).await["backfill"];
+    assert_eq!(walk["state"], "incomplete", "{walk}");
+    assert_eq!(walk["seen"], 700, "{walk}");
+    assert_eq!(walk["pages"], 7, "{walk}");
+    assert!(walk["completed_at"].is_null(), "{walk}");
 
     // --restart walks from the first user again (and fails at the same place).
     api.clear_log();
@@ -259,6 +276,10 @@ async fn an_interrupted_walk_resumes_after_its_last_applied_page(backend: Backen
     assert_eq!(count(&resumed, "applied"), 1_300);
     assert_eq!(count(&resumed, "unchanged"), 0);
     assert_eq!(user_count(&db).await, 2_000);
+    let walk = &status(&db).await["backfill"];
+    assert_eq!(walk["state"], "completed", "{walk}");
+    assert_eq!(walk["seen"], 2_000, "{walk}");
+    assert!(walk["completed_at"].is_string(), "{walk}");
     assert_paged_by_cursor(&api);
     api.stop().await;
 }

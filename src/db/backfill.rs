@@ -103,6 +103,23 @@ impl From<WalkRow> for Walk {
     }
 }
 
+/// The newest walk, finished or not (`clerk-sync status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWalk {
+    /// The walk as checkpointed.
+    pub walk: Walk,
+    /// When it completed, ms since the epoch; none while it can still be resumed.
+    pub completed_ms: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct LastWalkRow {
+    #[diesel(embed)]
+    walk: WalkRow,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    completed_ms: Option<i64>,
+}
+
 #[derive(QueryableByName)]
 struct KnownRow {
     #[diesel(sql_type = Text)]
@@ -151,6 +168,32 @@ impl Database {
             }
             Database::Sqlite(_) => Ok(chrono::Utc::now().timestamp_millis()),
         }
+    }
+
+    /// The newest walk, completed or not, if any.
+    pub async fn backfill_last_walk(&self) -> Result<Option<LastWalk>, DbError> {
+        let sql = |table: &str| {
+            format!(
+                "SELECT {WALK_COLUMNS}, completed_ms FROM {table} ORDER BY started_ms DESC LIMIT 1"
+            )
+        };
+        let rows: Vec<LastWalkRow> = match self {
+            Database::Postgres(_) => {
+                pg::load(self, diesel::sql_query(sql("clerk_sync.backfill_walks"))).await?
+            }
+            Database::Sqlite(db) => {
+                let query = sql("clerk_sync_backfill_walks");
+                db.run(move |conn| {
+                    use diesel::RunQueryDsl;
+                    Ok(diesel::sql_query(query).load(conn)?)
+                })
+                .await?
+            }
+        };
+        Ok(rows.into_iter().next().map(|r| LastWalk {
+            walk: r.walk.into(),
+            completed_ms: r.completed_ms,
+        }))
     }
 
     /// The newest walk that has not completed, if any.

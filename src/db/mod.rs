@@ -25,7 +25,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
 
-pub use backfill::{KnownUser, Walk, WalkCounts};
+pub use backfill::{KnownUser, LastWalk, Walk, WalkCounts};
 pub use url::{DatabaseUrl, UrlError, DEFAULT_SQLITE_FILE};
 
 /// Why a database operation failed.
