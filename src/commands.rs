@@ -91,29 +91,36 @@ struct Progress {
     done: AtomicU64,
 }
 
+/// A progress bar drawn with `template` when standard error is a terminal; none otherwise.
+fn terminal_bar(template: &str) -> Option<ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    })
+}
+
+/// Clears a finished bar.
+fn clear(bar: Option<&ProgressBar>) {
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
 impl Progress {
     fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {pos} deliveries replayed ({per_sec}) {elapsed}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
         Self {
-            bar,
+            bar: terminal_bar("{spinner} {pos} deliveries replayed ({per_sec}) {elapsed}"),
             done: AtomicU64::new(0),
         }
     }
 
     fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        clear(self.bar.as_ref());
     }
 }
 
@@ -297,27 +304,14 @@ struct BackfillProgress {
 
 impl BackfillProgress {
     fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {pos}/{len} users ({per_sec}, {elapsed}) {wide_bar}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
         Self {
-            bar,
+            bar: terminal_bar("{spinner} {pos}/{len} users ({per_sec}, {elapsed}) {wide_bar}"),
             done: AtomicU64::new(0),
         }
     }
 
     fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        clear(self.bar.as_ref());
     }
 }
 

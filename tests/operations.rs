@@ -242,6 +242,70 @@ async fn deliveries_waiting_for_the_writer_are_committed_together() {
     }
 }
 
+/// PostgreSQL with `--committers 1`: deliveries that wait while the committer is busy are
+/// committed together, and each gets its own outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_committers_commit_what_waits_together() {
+    use clerk_sync::db::{Database, DatabaseUrl, PoolOptions};
+    use clerk_sync::domain::{Event, MessageId};
+    use clerk_sync::sync::{Outcome, SyncOptions};
+
+    let test_db = TestDb::with_prisma_tables(Backend::Postgres).await;
+    let options = PoolOptions {
+        committers: 1,
+        ..PoolOptions::default()
+    };
+    let db =
+        Database::open(&DatabaseUrl::parse(&test_db.url).expect("url"), options).expect("open");
+    db.migrate().await.expect("migrate");
+    let delivery = |id: &str, body: String| {
+        (
+            MessageId::parse(id).expect("id"),
+            Event::parse(body.as_bytes()).expect("event"),
+        )
+    };
+    let locked = ClerkUser::new("user_locked", 1_000, "locked@example.com");
+    let (id, event) = delivery("c0", locked.created());
+    let first = db.apply(&id, &event, SyncOptions::default()).await;
+    assert_eq!(first.expect("apply"), Outcome::Applied);
+
+    let held = test_db
+        .hold("BEGIN; SELECT 1 FROM clerk_sync.users WHERE user_id = 'user_locked' FOR UPDATE")
+        .await;
+    let mut newer = locked.clone();
+    newer.updated_at += 1_000;
+    // The committer takes this one and waits on the held row; the rest queue behind it.
+    let blocked = {
+        let (db, (id, event)) = (db.clone(), delivery("c1", newer.updated()));
+        tokio::spawn(async move { db.apply(&id, &event, SyncOptions::default()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued: Vec<_> = (0..8)
+        .map(|i| {
+            let user = ClerkUser::new(&format!("user_c{i}"), 1_000, &format!("c{i}@example.com"));
+            let (db, (id, event)) = (db.clone(), delivery(&format!("c{}", i + 2), user.created()));
+            tokio::spawn(async move { db.apply(&id, &event, SyncOptions::default()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.rollback().await;
+
+    assert_eq!(
+        blocked.await.expect("task").expect("apply"),
+        Outcome::Applied
+    );
+    for task in queued {
+        assert_eq!(task.await.expect("task").expect("apply"), Outcome::Applied);
+    }
+    let (commits, together) = db.shared_commits();
+    assert!(commits >= 1, "nothing was committed together");
+    assert!(
+        together >= 2 * commits,
+        "{together} deliveries in {commits} commits"
+    );
+    assert_eq!(test_db.users().await.len(), 9);
+}
+
 on_both_backends!(
     metrics_move_with_real_deliveries,
     a_body_over_the_limit_is_counted,

@@ -607,6 +607,7 @@ mod pg {
         Ok(query.load(&mut conn).await?)
     }
 
+    /// The one row `query` returns.
     pub(super) async fn get<'q, Q, R>(db: &Database, query: Q) -> Result<R, DbError>
     where
         Q: RunQueryDsl<AsyncPgConnection>
@@ -617,10 +618,10 @@ mod pg {
             + 'q,
         R: Send + 'q,
     {
-        let Database::Postgres(pg) = db else {
-            return Err(DbError::Internal("not a PostgreSQL database".into()));
-        };
-        let mut conn = pg.pool.get().await?;
-        Ok(query.get_result(&mut conn).await?)
+        load(db, query)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DbError::Internal("a query for one row returned none".into()))
     }
 }
