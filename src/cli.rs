@@ -145,7 +145,7 @@ pub struct DatabaseArgs {
     /// Group commit on PostgreSQL: N committers apply the deliveries waiting for them together,
     /// one transaction each (0: off, every delivery in its own transaction). SQLite always
     /// commits what waits for its one writer together.
-    #[arg(long, env = "CLERK_SYNC_COMMITTERS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    #[arg(long, env = "CLERK_SYNC_COMMITTERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub committers: u16,
 }
 

@@ -3,18 +3,18 @@
 //!
 //! Each committer takes the oldest waiting delivery and, with it, whatever else is waiting
 //! (up to [`MOST_PER_COMMIT`]). Alone, a delivery takes the single-delivery path; together,
-//! they take [`Database::apply_batch`], which decides each exactly as one by one would, in
-//! arrival order. Every delivery is answered only after the transaction holding it
-//! committed. If the shared transaction fails, each of its deliveries is applied again on
-//! its own, so one bad delivery never fails its neighbours. A delivery whose caller stopped
-//! waiting (its request deadline passed, and the sender was told 503) is dropped before it
-//! starts: the sender retries it anyway.
+//! they take `Database::apply_group`, which decides each exactly as one by one would. Every
+//! delivery is answered only after the transaction holding it committed. If the shared
+//! transaction fails, each of its deliveries is applied again in a transaction of its own,
+//! so one bad delivery never fails its neighbours. A delivery whose caller stopped waiting
+//! (its request deadline passed, and the sender was told 503) is dropped before it starts:
+//! the sender retries it anyway.
 //!
 //! SQLite has one committer (one writer): a burst costs one fsync per commit instead of one
-//! per delivery. PostgreSQL uses committers only with `--committers N`; by default each
-//! delivery runs on its caller's task in a transaction of its own, which measured faster on
-//! this project's benchmark (see BENCHMARKS.md): PostgreSQL already flushes the WAL of
-//! concurrent commits together.
+//! per delivery, and a group goes through the batch planner. PostgreSQL has two by default
+//! (`--committers N`, 0 for a transaction per delivery): a group is one statement, each
+//! delivery through `clerk_sync.apply_delivery`, which measured at about 40 % of the
+//! server CPU per delivery of a transaction each (see BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,26 +126,36 @@ async fn commit_loop(db: Database, waiting: Arc<Mutex<mpsc::Receiver<Job>>>, sha
     }
 }
 
-async fn commit(db: &Database, jobs: Vec<Job>, options: SyncOptions, shared: &Shared) {
-    if jobs.len() > 1 {
-        let batch: Vec<(MessageId, Event)> = jobs
-            .iter()
-            .map(|job| (job.id.clone(), job.event.clone()))
-            .collect();
-        if let Ok(outcomes) = db.apply_batch(batch, options).await {
-            shared.commits.fetch_add(1, Ordering::Relaxed);
-            shared
-                .deliveries
-                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                // The caller may have stopped waiting meanwhile; the change is committed.
-                let _ = job.reply.send(Ok(outcome));
-            }
-            return;
+async fn commit(db: &Database, mut jobs: Vec<Job>, options: SyncOptions, shared: &Shared) {
+    if jobs.len() == 1 {
+        if let Some(job) = jobs.pop() {
+            let result = db.apply_now(&job.id, &job.event, job.options).await;
+            let _ = job.reply.send(result);
         }
+        return;
     }
+    let group: Vec<(MessageId, Event)> = jobs
+        .iter()
+        .map(|job| (job.id.clone(), job.event.clone()))
+        .collect();
+    if let Ok(outcomes) = db.apply_group(group, options).await {
+        shared.commits.fetch_add(1, Ordering::Relaxed);
+        shared
+            .deliveries
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            // The caller may have stopped waiting meanwhile; the change is committed.
+            let _ = job.reply.send(Ok(outcome));
+        }
+        return;
+    }
+    // Each again on a task of its own, so that a delivery stuck behind a lock (until the
+    // statement timeout) holds up neither its neighbours nor this committer.
     for job in jobs {
-        let result = db.apply_now(&job.id, &job.event, job.options).await;
-        let _ = job.reply.send(result);
+        let db = db.clone();
+        tokio::spawn(async move {
+            let result = db.apply_now(&job.id, &job.event, job.options).await;
+            let _ = job.reply.send(result);
+        });
     }
 }

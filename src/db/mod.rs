@@ -121,7 +121,7 @@ impl Default for PoolOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
-            committers: 0,
+            committers: 2,
             bulk: false,
         }
     }
@@ -241,9 +241,8 @@ impl Database {
         options: SyncOptions,
     ) -> Result<Outcome, DbError> {
         let (cell, committers) = match self {
-            // By default each delivery takes a connection of its own, on the caller's task
-            // (PostgreSQL commits concurrent transactions' WAL together itself); with
-            // `--committers N`, N committers apply what waits, together.
+            // With `--committers 0` each delivery takes a connection of its own, on the
+            // caller's task; otherwise N committers apply what waits, together.
             Database::Postgres(db) if db.committers == 0 => {
                 return self.apply_now(id, event, options).await
             }
@@ -297,6 +296,21 @@ impl Database {
         match self {
             Database::Postgres(db) => db.apply_batch(&batch, options).await,
             Database::Sqlite(db) => db.apply_batch(batch, options).await,
+        }
+    }
+
+    /// Applies concurrent deliveries (group commit) in ONE transaction, each by the same rules
+    /// as [`Self::apply`]; the i-th outcome answers the i-th delivery. Any failure rolls the
+    /// whole group back; the caller then applies them one by one.
+    async fn apply_group(
+        &self,
+        group: Vec<(MessageId, Event)>,
+        options: SyncOptions,
+    ) -> Result<Vec<Outcome>, DbError> {
+        match self {
+            Database::Postgres(db) => db.apply_group(&group, options).await,
+            // One writer: the batch planner's set-wide statements beat a statement each.
+            Database::Sqlite(db) => db.apply_batch(group, options).await,
         }
     }
 

@@ -12,8 +12,8 @@ use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::postgres::{functions, BatchColumns};
-use super::{outcome, DbError};
+use super::postgres::one_after_another;
+use super::DbError;
 use crate::domain::{Event, MessageId};
 use crate::sync::batch::{self, Snapshot, Stored};
 use crate::sync::{Outcome, SyncOptions};
@@ -162,34 +162,10 @@ async fn apply_in_transaction(
 
     let mut outcomes = plan.outcomes;
     if !plan.one_by_one.is_empty() {
-        let mut c = BatchColumns::default();
-        for &i in &plan.one_by_one {
-            let (id, event) = &batch[i];
-            c.push(id, event);
-        }
-        let decided: Vec<String> = diesel::select(functions::apply_batch(
-            c.svix_id,
-            c.event_type,
-            c.kind,
-            c.user_id,
-            c.version,
-            c.digest,
-            c.name,
-            c.email,
-            c.role,
-            c.created_at,
-            c.updated_at,
-            options.skip_users_without_email,
-        ))
-        .get_result(conn)
-        .await?;
-        if decided.len() != plan.one_by_one.len() {
-            return Err(DbError::Internal(
-                "clerk_sync.apply_batch answered a different number of outcomes".into(),
-            ));
-        }
-        for (&i, raw) in plan.one_by_one.iter().zip(&decided) {
-            outcomes[i] = Some(outcome(raw)?);
+        let slow = plan.one_by_one.iter().map(|&i| &batch[i]);
+        let decided = one_after_another(conn, slow, options).await?;
+        for (&i, decided) in plan.one_by_one.iter().zip(decided) {
+            outcomes[i] = Some(decided);
         }
     }
     outcomes

@@ -190,6 +190,34 @@ impl Pg {
         super::pg_batch::apply(&mut conn, batch, options).await
     }
 
+    /// Applies a few concurrent deliveries (group commit) in one transaction of ONE statement:
+    /// each through `clerk_sync.apply_delivery`, exactly as alone. The batch planner's fixed
+    /// cost (a dozen statements) pays off for thousands of deliveries, not for a handful.
+    /// The i-th outcome answers the i-th delivery.
+    pub(super) async fn apply_group(
+        &self,
+        group: &[(MessageId, Event)],
+        options: SyncOptions,
+    ) -> Result<Vec<Outcome>, DbError> {
+        // Concurrent deliveries have no order among themselves: taking them by user id
+        // (stable, so one user's keep their arrival order) makes two groups lock users in
+        // the same order. A rare deadlock through an address fails the group, whose
+        // deliveries are then applied one by one.
+        let mut order: Vec<usize> = (0..group.len()).collect();
+        order.sort_by(|&a, &b| {
+            let user = |i: usize| group[i].1.user_id().map(|u| u.as_str());
+            user(a).cmp(&user(b))
+        });
+        let mut conn = self.pool.get().await?;
+        let decided =
+            one_after_another(&mut conn, order.iter().map(|&i| &group[i]), options).await?;
+        let mut outcomes = vec![Outcome::Ignored; group.len()];
+        for (&i, decided) in order.iter().zip(decided) {
+            outcomes[i] = decided;
+        }
+        Ok(outcomes)
+    }
+
     pub(super) async fn status(
         &self,
         since: chrono::DateTime<chrono::Utc>,
@@ -312,6 +340,42 @@ pub(super) mod functions {
             skip_no_email: Bool,
         ) -> Array<Text>;
     }
+}
+
+/// Applies `deliveries` in order through `clerk_sync.apply_batch`: one statement, in the
+/// connection's current transaction (or a transaction of its own when there is none).
+pub(super) async fn one_after_another<'a>(
+    conn: &mut AsyncPgConnection,
+    deliveries: impl ExactSizeIterator<Item = &'a (MessageId, Event)>,
+    options: SyncOptions,
+) -> Result<Vec<Outcome>, DbError> {
+    let expected = deliveries.len();
+    let mut c = BatchColumns::default();
+    for (id, event) in deliveries {
+        c.push(id, event);
+    }
+    let decided: Vec<String> = diesel::select(functions::apply_batch(
+        c.svix_id,
+        c.event_type,
+        c.kind,
+        c.user_id,
+        c.version,
+        c.digest,
+        c.name,
+        c.email,
+        c.role,
+        c.created_at,
+        c.updated_at,
+        options.skip_users_without_email,
+    ))
+    .get_result(conn)
+    .await?;
+    if decided.len() != expected {
+        return Err(DbError::Internal(
+            "clerk_sync.apply_batch answered a different number of outcomes".into(),
+        ));
+    }
+    decided.iter().map(|raw| outcome(raw)).collect()
 }
 
 /// A batch of deliveries as the column arrays `clerk_sync.apply_batch` takes.
