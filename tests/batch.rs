@@ -212,7 +212,7 @@ async fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
     for chunk in batch.chunks(case.batch_size) {
         batched.extend(
             together
-                .apply_batch(chunk.to_vec(), options)
+                .apply_batch(chunk.into(), options)
                 .await
                 .expect("apply batch"),
         );

@@ -90,6 +90,49 @@ async fn every_scenario_produces_its_expected_table_and_replays_idempotently(bac
     }
 }
 
+/// Several transactions in flight keep every user's deliveries in input order: each
+/// scenario, one delivery per transaction and four at once, gives exactly the outcomes of
+/// one at a time, and the expected table.
+async fn transactions_in_flight_keep_each_users_order(backend: Backend) {
+    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(fixtures().join("scenarios"))
+        .expect("scenarios")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    scenarios.sort();
+    let outcomes = |output: &Output| {
+        ["applied", "duplicate", "stale", "ignored", "deferred"].map(|o| count(output, o))
+    };
+    for scenario in scenarios {
+        let path = scenario.to_string_lossy().into_owned();
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(scenario.with_extension("expected.json"))
+                .expect("expected table"),
+        )
+        .expect("expected json");
+        let serial_db = TestDb::with_prisma_tables(backend).await;
+        let serial = run(
+            &serial_db,
+            &["replay", "--batch-size", "1", "--transactions", "1", &path],
+        );
+        assert!(serial.status.success(), "{path}: {}", text(&serial));
+        let parallel_db = TestDb::with_prisma_tables(backend).await;
+        let parallel = run(
+            &parallel_db,
+            &["replay", "--batch-size", "1", "--transactions", "4", &path],
+        );
+        assert!(parallel.status.success(), "{path}: {}", text(&parallel));
+
+        assert_eq!(
+            outcomes(&parallel),
+            outcomes(&serial),
+            "{path}: {}",
+            text(&parallel)
+        );
+        assert_eq!(table(&parallel_db).await, expected, "{path}");
+    }
+}
+
 async fn the_published_examples_replay_from_a_folder(backend: Backend) {
     let db = TestDb::empty(backend).await;
     let folder = fixtures().join("clerk-events");
@@ -361,6 +404,7 @@ async fn check_tells_ready_from_not_ready_and_from_nothing(backend: Backend) {
 
 on_both_backends!(
     every_scenario_produces_its_expected_table_and_replays_idempotently,
+    transactions_in_flight_keep_each_users_order,
     the_published_examples_replay_from_a_folder,
     recorded_deliveries_are_checked_and_forged_ones_refused,
     bad_files_are_reported_with_their_place_and_the_rest_still_replays,

@@ -291,8 +291,9 @@ async fn apply_page(
     let n = items.len() as u64;
     // On a task of its own, so that a caller that stops waiting never abandons the
     // transaction half-way: it commits or rolls back by itself.
+    let items: std::sync::Arc<[(MessageId, Event)]> = items.into();
     let batch = {
-        let (db, items) = (db.clone(), items.clone());
+        let (db, items) = (db.clone(), std::sync::Arc::clone(&items));
         tokio::spawn(async move { db.apply_batch(items, sync).await })
     };
     let applied = batch
@@ -310,8 +311,8 @@ async fn apply_page(
             tracing::warn!(error = %e, "a page failed as a whole: applying its users one by one")
         }
     }
-    for (id, event) in items {
-        match apply_one(db, &id, &event, sync).await {
+    for (id, event) in items.iter() {
+        match apply_one(db, id, event, sync).await {
             Ok(outcome) => summary.count(outcome),
             Err(DbError::Unavailable(reason)) => return Err(DbError::Unavailable(reason)),
             Err(e) => {
@@ -687,7 +688,7 @@ async fn prune(
     }
     tracing::info!(users = deletes.len(), "pruning users Clerk no longer has");
     for chunk in deletes.chunks(options.page_size.max(1) as usize) {
-        let outcomes = match db.apply_batch(chunk.to_vec(), options.sync).await {
+        let outcomes = match db.apply_batch(chunk.into(), options.sync).await {
             Ok(outcomes) => outcomes,
             Err(_) => {
                 let mut outcomes = Vec::with_capacity(chunk.len());

@@ -18,6 +18,7 @@ mod sqlite;
 mod sqlite_steps;
 mod url;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -290,7 +291,7 @@ impl Database {
     /// Any failure rolls the whole batch back; the caller then applies them one by one.
     pub async fn apply_batch(
         &self,
-        batch: Vec<(MessageId, Event)>,
+        batch: Arc<[(MessageId, Event)]>,
         options: SyncOptions,
     ) -> Result<Vec<Outcome>, DbError> {
         match self {
@@ -310,7 +311,7 @@ impl Database {
         match self {
             Database::Postgres(db) => db.apply_group(&group, options).await,
             // One writer: the batch planner's set-wide statements beat a statement each.
-            Database::Sqlite(db) => db.apply_batch(group, options).await,
+            Database::Sqlite(db) => db.apply_batch(group.into(), options).await,
         }
     }
 

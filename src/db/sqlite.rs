@@ -156,7 +156,7 @@ impl Lite {
 
     pub(super) async fn apply_batch(
         &self,
-        batch: Vec<(MessageId, Event)>,
+        batch: std::sync::Arc<[(MessageId, Event)]>,
         options: SyncOptions,
     ) -> Result<Vec<Outcome>, DbError> {
         self.run(move |conn| {

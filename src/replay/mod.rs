@@ -119,7 +119,13 @@ struct Prepared {
 /// The stable id of a bare body: replaying it again is a duplicate.
 fn derived_id(body: &[u8]) -> MessageId {
     let digest = Sha256::digest(body);
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hex: String = digest
+        .iter()
+        .take(16)
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+        .map(char::from)
+        .collect();
     // 39 printable ASCII characters: always a valid id.
     MessageId::parse(&format!("replay_{hex}"))
         .unwrap_or_else(|_| unreachable!("derived ids are valid"))
@@ -177,28 +183,48 @@ pub struct Options {
 
 /// What the reading thread hands to the applying side.
 enum Message {
-    /// Deliveries ready to apply or send, in input order.
-    Batch(Vec<Prepared>),
+    /// Deliveries ready to apply or send, in input order, all of one partition (their
+    /// users' share of the input; see [`partition`]).
+    Batch(usize, Vec<Prepared>),
     /// An item that cannot be replayed.
     Rejected(String, String),
     /// `--dry-run`: an item that would be replayed.
     Valid,
 }
 
+/// The partition of `event` among `parts`: its user's, stable (FNV-1a of the user id), so
+/// that all deliveries of one user fall in one partition, in input order.
+fn partition(event: &Event, parts: usize) -> usize {
+    let Some(user) = event.user_id() else {
+        return 0;
+    };
+    let hash = user
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    // The remainder is below `parts`, a usize.
+    usize::try_from(hash % parts as u64).unwrap_or(0)
+}
+
 /// Reads, verifies and parses on a thread of its own, so that the next batch is prepared
-/// while the database applies the current one.
+/// while the database applies the current one. Deliveries are split into `parts`
+/// partitions by user; a batch holds one partition's.
 /// Bodies are kept only for `--to` (`keep_bodies`), which sends them; applied directly, a
 /// batch holds parsed events only.
 fn produce(
     items: impl Iterator<Item = Located> + Send + 'static,
     verifier: Option<Arc<Verifier>>,
     options: Options,
+    parts: usize,
     keep_bodies: bool,
 ) -> tokio::sync::mpsc::Receiver<Message> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     std::thread::spawn(move || {
         let size = options.batch_size.max(1);
-        let mut batch = Vec::with_capacity(size);
+        let parts = parts.max(1);
+        let mut batches: Vec<Vec<Prepared>> = (0..parts).map(|_| Vec::new()).collect();
         for located in items {
             let message = match prepare(located, verifier.as_deref()) {
                 Err((location, reason)) => Message::Rejected(location, reason),
@@ -207,19 +233,23 @@ fn produce(
                     if !keep_bodies {
                         prepared.body = Vec::new();
                     }
+                    let part = partition(&prepared.event, parts);
+                    let batch = &mut batches[part];
                     batch.push(prepared);
                     if batch.len() < size {
                         continue;
                     }
-                    Message::Batch(std::mem::replace(&mut batch, Vec::with_capacity(size)))
+                    Message::Batch(part, std::mem::take(batch))
                 }
             };
             if tx.blocking_send(message).is_err() {
                 return;
             }
         }
-        if !batch.is_empty() {
-            let _ = tx.blocking_send(Message::Batch(batch));
+        for (part, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() && tx.blocking_send(Message::Batch(part, batch)).is_err() {
+                return;
+            }
         }
     });
     rx
@@ -236,20 +266,28 @@ pub async fn into_database(
     use futures_util::stream::{FuturesUnordered, StreamExt};
 
     let mut summary = Summary::default();
-    let mut messages = produce(items, verifier, options, false);
-    // Several batches in flight: while the database applies one, the next is planned and
-    // sent. They lock their users and addresses in one global order, so they never deadlock;
-    // a user in two of them is applied by one after the other.
+    // One partition of the users per transaction in flight, and at most one batch of each
+    // partition in flight: the transactions never wait on each other's users (only, rarely,
+    // on an address two users share, and in one global order: no deadlock), so the
+    // database works on all of them at once, and every user's deliveries are applied in
+    // input order.
+    let parts = options.transactions.max(1);
+    let mut messages = produce(items, verifier, options, parts, false);
+    let mut busy = vec![false; parts];
     let mut in_flight = FuturesUnordered::new();
     while let Some(message) = messages.recv().await {
         match message {
-            Message::Batch(batch) => {
-                if in_flight.len() >= options.transactions.max(1) {
-                    if let Some(done) = in_flight.next().await {
-                        summary.absorb(done);
-                    }
+            Message::Batch(part, batch) => {
+                while busy[part] {
+                    let Some((done_part, done)) = in_flight.next().await else {
+                        break;
+                    };
+                    busy[done_part] = false;
+                    summary.absorb(done);
                 }
-                in_flight.push(flush(db, batch, options.sync, reporter));
+                busy[part] = true;
+                in_flight
+                    .push(async move { (part, flush(db, batch, options.sync, reporter).await) });
             }
             Message::Rejected(location, reason) => {
                 summary.rejected += 1;
@@ -262,7 +300,7 @@ pub async fn into_database(
             }
         }
     }
-    while let Some(done) = in_flight.next().await {
+    while let Some((_, done)) = in_flight.next().await {
         summary.absorb(done);
     }
     summary
@@ -278,11 +316,12 @@ async fn flush(
     if batch.is_empty() {
         return summary;
     }
-    let pairs: Vec<(MessageId, Event)> = batch
-        .iter()
-        .map(|p| (p.id.clone(), p.event.clone()))
-        .collect();
-    if let Ok(outcomes) = db.apply_batch(pairs, sync).await {
+    let (locations, pairs): (Vec<String>, Vec<(MessageId, Event)>) = batch
+        .into_iter()
+        .map(|p| (p.location, (p.id, p.event)))
+        .unzip();
+    let pairs: Arc<[(MessageId, Event)]> = pairs.into();
+    if let Ok(outcomes) = db.apply_batch(Arc::clone(&pairs), sync).await {
         for outcome in outcomes {
             summary.count(outcome);
             reporter.advance();
@@ -290,12 +329,12 @@ async fn flush(
         return summary;
     }
     // Something in the batch failed: one by one, so that only the culprit fails.
-    for prepared in batch {
-        match apply_with_retries(db, &prepared, sync).await {
+    for (location, (id, event)) in locations.iter().zip(pairs.iter()) {
+        match apply_with_retries(db, id, event, sync).await {
             Ok(outcome) => summary.count(outcome),
             Err(e) => {
                 summary.failed += 1;
-                reporter.problem(&prepared.location, "failed", &e.to_string());
+                reporter.problem(location, "failed", &e.to_string());
             }
         }
         reporter.advance();
@@ -305,12 +344,13 @@ async fn flush(
 
 async fn apply_with_retries(
     db: &Database,
-    prepared: &Prepared,
+    id: &MessageId,
+    event: &Event,
     sync: SyncOptions,
 ) -> Result<Outcome, DbError> {
     let mut delay = Duration::from_millis(200);
     for _ in 0..4 {
-        match crate::sync::ingest(db, &prepared.id, &prepared.event, sync).await {
+        match crate::sync::ingest(db, id, event, sync).await {
             Err(DbError::Unavailable(_)) => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -318,7 +358,7 @@ async fn apply_with_retries(
             other => return other,
         }
     }
-    crate::sync::ingest(db, &prepared.id, &prepared.event, sync).await
+    crate::sync::ingest(db, id, event, sync).await
 }
 
 /// Where a delivery came from, and what became of it.
@@ -357,6 +397,7 @@ pub async fn to_daemon(
             batch_size: 1,
             ..options
         },
+        1,
         true,
     );
     let stream = futures_util::stream::unfold(messages, |mut rx| async move {
@@ -367,7 +408,7 @@ pub async fn to_daemon(
     let results: Vec<Sent> = stream
         .flat_map(|message| {
             let items: Vec<Result<Prepared, Sent>> = match message {
-                Message::Batch(batch) => batch.into_iter().map(Ok).collect(),
+                Message::Batch(_, batch) => batch.into_iter().map(Ok).collect(),
                 Message::Rejected(location, reason) => {
                     vec![Err((location, Err(SendError::Rejected(reason))))]
                 }
