@@ -3,14 +3,14 @@
 //! The walk pages `GET /v1/users` in creation order with a cursor (`starting_after` the last
 //! user seen, never a `limit` above 500), so users created meanwhile land at the end and are
 //! walked too, and users deleted meanwhile shift nothing. Each user object becomes the
-//! `user.updated` that would carry it and is applied with [`Database::apply_batch`], a page
-//! per transaction (the next pages are fetched meanwhile, and up to `concurrency` pages are
-//! applied at once): last write wins on Clerk's `updated_at`, tombstones hold, and the email
+//! `user.updated` that would carry it and is applied with [`Database::apply_batch`]: the
+//! pages fetched while the database was busy go together into one transaction (up to
+//! [`PAGES_PER_TRANSACTION`]), and up to `concurrency` transactions run at once: last write wins on Clerk's `updated_at`, tombstones hold, and the email
 //! and role rules are those of a webhook. Its delivery id, `backfill:<user>:<updated_at>:
 //! <digest>`, names the version, so applying the same version again is `unchanged`.
 //!
-//! After each applied page the cursor, the page's user ids and its outcomes are checkpointed
-//! in clerk-sync's tables; an interrupted walk resumes after the last applied page. Should
+//! With each transaction's pages the cursor, their user ids and their outcomes are
+//! checkpointed in clerk-sync's tables; an interrupted walk resumes after the last applied page. Should
 //! the user a page would start after be deleted meanwhile (an empty page, or a refusal, after
 //! a cursor that no longer exists), the walk steps back to the newest earlier user that
 //! still exists; re-applied users are `unchanged`.
@@ -41,6 +41,10 @@ pub const PRUNE_MARGIN: Duration = Duration::from_secs(300);
 
 /// Cursors kept to step back to when the user a page would start after was deleted.
 const STEP_BACK: usize = 500;
+
+/// Most fetched pages applied (and checkpointed) in one transaction: those already waiting
+/// when the database is ready for more, up to 10,000 users at Clerk's 500 per page.
+const PAGES_PER_TRANSACTION: usize = 20;
 
 /// How a backfill runs.
 #[derive(Debug, Clone)]
@@ -141,8 +145,10 @@ pub trait Progress: Sync {
     fn note(&self, line: &str);
 }
 
-/// One page, prepared for the database while the next one is fetched.
+/// One page (or several, merged), prepared for the database while the next one is fetched.
 struct Page {
+    /// API pages merged into this one.
+    pages: i64,
     items: Vec<(MessageId, Event)>,
     /// Every user id of the page, applicable or not: what `--prune` must keep.
     ids: Vec<String>,
@@ -170,6 +176,7 @@ fn message_id(change_id: &ClerkUserId, version: i64, digest: &str) -> Result<Mes
 
 fn prepare(users: Vec<Box<serde_json::value::RawValue>>) -> Result<Page, String> {
     let mut page = Page {
+        pages: 1,
         items: Vec::with_capacity(users.len()),
         ids: Vec::with_capacity(users.len()),
         last_id: String::new(),
@@ -205,6 +212,25 @@ fn prepare(users: Vec<Box<serde_json::value::RawValue>>) -> Result<Page, String>
         return Err("a page of users holds no valid user id; the cursor cannot advance".into());
     }
     Ok(page)
+}
+
+/// Merges runs of fetched pages, in walk order, into one page each (the end of the walk, or
+/// a failure, stays behind them).
+fn merge_pages(fetched: Vec<Fetched>) -> Vec<Fetched> {
+    let mut merged: Vec<Fetched> = Vec::new();
+    for next in fetched {
+        match (merged.last_mut(), next) {
+            (Some(Fetched::Page(page)), Fetched::Page(more)) => {
+                page.pages += more.pages;
+                page.items.extend(more.items);
+                page.ids.extend(more.ids);
+                page.last_id = more.last_id;
+                page.errors.extend(more.errors);
+            }
+            (_, next) => merged.push(next),
+        }
+    }
+    merged
 }
 
 /// Fetches pages ahead of the database, stepping back when the cursor's user was deleted.
@@ -395,6 +421,7 @@ enum Step {
 
 /// A page applied (or previewed), ready to checkpoint.
 struct Handled {
+    pages: i64,
     ids: Vec<String>,
     last_id: String,
     delta: Summary,
@@ -409,6 +436,7 @@ async fn handle_page(
     progress: &dyn Progress,
 ) -> Handled {
     let Page {
+        pages,
         items,
         ids,
         last_id,
@@ -434,6 +462,7 @@ async fn handle_page(
             .map(|e| format!("writing the database: {e}"))
     };
     Handled {
+        pages,
         ids,
         last_id,
         delta,
@@ -441,14 +470,20 @@ async fn handle_page(
     }
 }
 
-/// Records an applied page (retried while the database is briefly unavailable).
+/// Records applied pages (retried while the database is briefly unavailable).
 async fn checkpoint(
     db: &Database,
     walk: &mut Walk,
-    ids: Vec<String>,
-    last_id: &str,
+    handled: Handled,
     counts: WalkCounts,
 ) -> Result<(), DbError> {
+    let Handled {
+        pages,
+        ids,
+        last_id,
+        ..
+    } = handled;
+    let last_id = last_id.as_str();
     // Positions order the ids (for stepping back): 1,000 per page, pages hold at most 500.
     let first = (walk.pages + 1).saturating_mul(1_000);
     let mut delay = Duration::from_millis(200);
@@ -459,6 +494,7 @@ async fn checkpoint(
             .backfill_checkpoint(
                 &walk.walk_id,
                 walk.pages,
+                pages,
                 first,
                 ids.clone(),
                 last_id,
@@ -472,7 +508,7 @@ async fn checkpoint(
                 ))
             }
             Ok(Some(added)) => {
-                walk.pages += 1;
+                walk.pages += pages;
                 walk.seen += added;
                 walk.cursor = Some(last_id.to_owned());
                 return Ok(());
@@ -578,7 +614,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (tx, rx) = tokio::sync::mpsc::channel(PAGES_PER_TRANSACTION);
     let producer = tokio::spawn(fetch_pages(
         client.clone(),
         walk.cursor.clone(),
@@ -586,11 +622,14 @@ pub async fn run(
         options.page_size,
         tx,
     ));
-    // Up to `concurrency` pages in the database at once; results come back in walk order,
-    // and each is checkpointed only after every page before it.
+    // Up to `concurrency` transactions in the database at once, each with the pages waiting
+    // when it starts; results come back in walk order, and each is checkpointed only after
+    // every page before it.
     let fetched =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     let steps = fetched
+        .ready_chunks(PAGES_PER_TRANSACTION)
+        .flat_map(|chunk| futures_util::stream::iter(merge_pages(chunk)))
         .map(|fetched| async move {
             match fetched {
                 Fetched::Page(page) => {
@@ -625,7 +664,7 @@ pub async fn run(
             continue;
         }
         let counts = counts_of(&handled.delta);
-        if let Err(e) = checkpoint(db, &mut walk, handled.ids, &handled.last_id, counts).await {
+        if let Err(e) = checkpoint(db, &mut walk, handled, counts).await {
             summary.stopped = Some(format!("recording the checkpoint: {e}"));
             break;
         }

@@ -277,8 +277,8 @@ impl Database {
         })
     }
 
-    /// Records one applied page in one transaction: its user ids (positions from
-    /// `first_position`, in walk order), the new cursor and the page's outcomes — provided
+    /// Records `pages` applied pages in one transaction: their user ids (positions from
+    /// `first_position`, in walk order), the new cursor and the pages' outcomes — provided
     /// the walk still exists and has `pages_before` pages, i.e. no other backfill moved it
     /// meanwhile. Returns how many of the ids were new to the walk, or `None` (nothing
     /// recorded) when another backfill moved or abandoned the walk.
@@ -286,6 +286,7 @@ impl Database {
         &self,
         walk_id: &str,
         pages_before: i64,
+        pages: i64,
         first_position: i64,
         seen: Vec<String>,
         cursor: &str,
@@ -307,7 +308,7 @@ impl Database {
                              ON CONFLICT DO NOTHING RETURNING 1),
                          n AS (SELECT count(*) AS n FROM added)
                          UPDATE clerk_sync.backfill_walks
-                            SET cursor = $4, pages = pages + 1, seen = seen + (SELECT n FROM n),
+                            SET cursor = $4, pages = pages + $11, seen = seen + (SELECT n FROM n),
                                 applied = applied + $5, stale = stale + $6, unchanged = unchanged + $7,
                                 ignored = ignored + $8, errors = errors + $9,
                                 checkpoint_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
@@ -323,7 +324,8 @@ impl Database {
                     .bind::<BigInt, _>(counts.unchanged)
                     .bind::<BigInt, _>(counts.ignored)
                     .bind::<BigInt, _>(counts.errors)
-                    .bind::<BigInt, _>(pages_before),
+                    .bind::<BigInt, _>(pages_before)
+                    .bind::<BigInt, _>(pages),
                 )
                 .await?;
                 Ok(rows.first().map(|r| r.n))
@@ -345,12 +347,13 @@ impl Database {
                         let added = i64::try_from(added).unwrap_or(i64::MAX);
                         let updated = diesel::sql_query(
                             "UPDATE clerk_sync_backfill_walks
-                                SET cursor = ?, pages = pages + 1, seen = seen + ?,
+                                SET cursor = ?, pages = pages + ?, seen = seen + ?,
                                     applied = applied + ?, stale = stale + ?, unchanged = unchanged + ?,
                                     ignored = ignored + ?, errors = errors + ?, checkpoint_ms = ?
                               WHERE walk_id = ? AND pages = ?",
                         )
                         .bind::<Text, _>(&cursor)
+                        .bind::<BigInt, _>(pages)
                         .bind::<BigInt, _>(added)
                         .bind::<BigInt, _>(counts.applied)
                         .bind::<BigInt, _>(counts.stale)
