@@ -493,8 +493,7 @@ async fn checkpoint(
         match db
             .backfill_checkpoint(
                 &walk.walk_id,
-                walk.pages,
-                pages,
+                walk.pages..walk.pages + pages,
                 first,
                 ids.clone(),
                 last_id,

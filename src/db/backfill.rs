@@ -277,22 +277,23 @@ impl Database {
         })
     }
 
-    /// Records `pages` applied pages in one transaction: their user ids (positions from
-    /// `first_position`, in walk order), the new cursor and the pages' outcomes — provided
-    /// the walk still exists and has `pages_before` pages, i.e. no other backfill moved it
+    /// Records applied pages in one transaction, taking the walk from `pages.start` pages to
+    /// `pages.end`: their user ids (positions from `first_position`, in walk order), the new
+    /// cursor and the pages' outcomes — provided the walk still exists and has `pages.start`
+    /// pages, i.e. no other backfill moved it
     /// meanwhile. Returns how many of the ids were new to the walk, or `None` (nothing
     /// recorded) when another backfill moved or abandoned the walk.
     pub async fn backfill_checkpoint(
         &self,
         walk_id: &str,
-        pages_before: i64,
-        pages: i64,
+        pages: std::ops::Range<i64>,
         first_position: i64,
         seen: Vec<String>,
         cursor: &str,
         counts: WalkCounts,
     ) -> Result<Option<i64>, DbError> {
         let (id, cursor) = (walk_id.to_owned(), cursor.to_owned());
+        let (pages_before, pages) = (pages.start, pages.end - pages.start);
         match self {
             Database::Postgres(_) => {
                 let rows: Vec<Number> = pg::load(
