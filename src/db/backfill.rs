@@ -234,7 +234,8 @@ impl Database {
                 let _: Vec<Number> = pg::load(
                     self,
                     diesel::sql_query(
-                        "WITH gone AS (DELETE FROM clerk_sync.backfill_walks RETURNING 1)
+                        "WITH seen AS (DELETE FROM clerk_sync.backfill_seen),
+                              gone AS (DELETE FROM clerk_sync.backfill_walks)
                          INSERT INTO clerk_sync.backfill_walks (walk_id, api_url, started_ms, checkpoint_ms)
                          VALUES ($1, $2, $3, $3) RETURNING started_ms AS n",
                     )

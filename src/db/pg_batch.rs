@@ -8,6 +8,8 @@
 //! row and then its addresses, so it never holds an address while waiting for a row the
 //! batch holds: no cycle.
 
+use std::collections::{HashMap, HashSet};
+
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -81,13 +83,36 @@ async fn apply_in_transaction(
     // The users' locks: their bookkeeping rows, made where missing and locked in id order,
     // as a single delivery makes and locks its one (a delivery for a new user racing the
     // batch then waits on the row, never on an address the batch holds: no deadlock).
-    diesel::sql_query(
-        "INSERT INTO clerk_sync.users (user_id, version, digest)
-         SELECT u, -1, '' FROM unnest($1::text[]) AS u ON CONFLICT (user_id) DO NOTHING",
+    // A row made here already holds what the user most likely ends the batch with (see
+    // `guesses`), so that a new user's row is written once; to the plan, it is new.
+    let guessed = guesses(batch, &lookups.users);
+    let made: Vec<Single> = diesel::sql_query(
+        "INSERT INTO clerk_sync.users (user_id, version, digest, email, role_from_webhook)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[])
+         ON CONFLICT (user_id) DO NOTHING RETURNING user_id AS a",
     )
     .bind::<Array<Text>, _>(&lookups.users)
-    .execute(conn)
+    .bind::<Array<BigInt>, _>(guessed.iter().map(|g| g.version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(guessed.iter().map(|g| g.digest).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(guessed.iter().map(|g| g.email).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(
+        guessed
+            .iter()
+            .map(|g| g.role_from_webhook)
+            .collect::<Vec<_>>(),
+    )
+    .load(conn)
     .await?;
+    let made: HashMap<&str, &Guess> = {
+        let made: HashSet<String> = made.into_iter().map(|m| m.a).collect();
+        lookups
+            .users
+            .iter()
+            .zip(&guessed)
+            .filter(|(user, _)| made.contains(user.as_str()))
+            .map(|(user, guess)| (user.as_str(), guess))
+            .collect()
+    };
     let stored: Vec<StoredRow> = diesel::sql_query(
         "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
            FROM clerk_sync.users WHERE user_id = ANY($1)
@@ -99,12 +124,16 @@ async fn apply_in_transaction(
     snapshot.users = stored
         .into_iter()
         .map(|r| {
-            let stored = Stored {
-                version: r.version,
-                digest: r.digest,
-                email: r.email,
-                deleted: r.deleted,
-                role_from_webhook: r.role_from_webhook,
+            let stored = if made.contains_key(r.user_id.as_str()) {
+                Stored::new_user()
+            } else {
+                Stored {
+                    version: r.version,
+                    digest: r.digest,
+                    email: r.email,
+                    deleted: r.deleted,
+                    role_from_webhook: r.role_from_webhook,
+                }
             };
             (r.user_id, stored)
         })
@@ -151,12 +180,15 @@ async fn apply_in_transaction(
     )
     .await?
     {
-        snapshot.add_claimant(address, claimant);
+        // A row made by this batch claims nothing yet.
+        if !made.contains_key(claimant.as_str()) {
+            snapshot.add_claimant(address, claimant);
+        }
     }
 
     let plan = batch::plan(batch, &snapshot, options);
     let known: Vec<&str> = snapshot.users.keys().map(String::as_str).collect();
-    write_bookkeeping(conn, &plan.bookkeeping, &known).await?;
+    write_bookkeeping(conn, &corrections(&plan.bookkeeping, &made), &known).await?;
     write_rows(conn, &plan.rows).await?;
     record(conn, batch, &plan.record, &plan.outcomes).await?;
 
@@ -179,6 +211,101 @@ async fn apply_in_transaction(
 /// Writes the bookkeeping rows of the users decided together, each locked for the
 /// snapshot. (Defensively: a row the snapshot did not see is never overwritten; the batch
 /// fails as transient instead.)
+/// A new user's likely bookkeeping after the batch: its newest version's (version, digest,
+/// claimed address, whether it names a role), as the plan writes it for a new user decided
+/// in memory. A user with a delete gets the placeholder a single delivery makes.
+struct Guess<'a> {
+    version: i64,
+    digest: &'a str,
+    email: Option<&'a str>,
+    role_from_webhook: bool,
+}
+
+impl Guess<'_> {
+    const NEW: Guess<'static> = Guess {
+        version: -1,
+        digest: "",
+        email: None,
+        role_from_webhook: false,
+    };
+
+    fn is(&self, row: &batch::Bookkeeping) -> bool {
+        (
+            self.version,
+            self.digest,
+            self.email,
+            self.role_from_webhook,
+        ) == (
+            row.version,
+            row.digest.as_str(),
+            row.email.as_deref(),
+            row.role_from_webhook,
+        )
+    }
+}
+
+/// The guesses for `users` (sorted, as [`batch::lookups`] gives them), in their order.
+fn guesses<'a>(batch: &'a [(MessageId, Event)], users: &[String]) -> Vec<Guess<'a>> {
+    let mut by_user: HashMap<&str, Guess<'a>> = HashMap::with_capacity(users.len());
+    let mut deleted: HashSet<&str> = HashSet::new();
+    for (_, event) in batch {
+        match event {
+            Event::Upsert { change, .. } => {
+                let guess = by_user.entry(change.id.as_str()).or_insert(Guess::NEW);
+                if (change.version, change.digest.as_str()) > (guess.version, guess.digest) {
+                    *guess = Guess {
+                        version: change.version,
+                        digest: &change.digest,
+                        email: change.email.as_ref().map(|e| e.as_str()),
+                        role_from_webhook: change.role.is_some(),
+                    };
+                }
+            }
+            Event::Delete { id } => {
+                deleted.insert(id.as_str());
+            }
+            Event::Ignored { .. } => {}
+        }
+    }
+    users
+        .iter()
+        .map(|user| match by_user.remove(user.as_str()) {
+            Some(guess) if !deleted.contains(user.as_str()) => guess,
+            _ => Guess::NEW,
+        })
+        .collect()
+}
+
+/// The bookkeeping rows to write: the plan's, except rows this batch made that already
+/// hold them; and rows it made with a guess the plan did not confirm, back to the
+/// placeholder (their users go one by one, or had nothing applied).
+fn corrections(
+    planned: &[batch::Bookkeeping],
+    made: &HashMap<&str, &Guess>,
+) -> Vec<batch::Bookkeeping> {
+    let mut rows: Vec<batch::Bookkeeping> = planned
+        .iter()
+        .filter(|row| {
+            made.get(row.user_id.as_str())
+                .is_none_or(|guess| !guess.is(row))
+        })
+        .cloned()
+        .collect();
+    let planned_users: HashSet<&str> = planned.iter().map(|row| row.user_id.as_str()).collect();
+    for (user, guess) in made {
+        if !planned_users.contains(user) && guess.version != -1 {
+            rows.push(batch::Bookkeeping {
+                user_id: (*user).to_owned(),
+                version: -1,
+                digest: String::new(),
+                email: None,
+                role_from_webhook: false,
+            });
+        }
+    }
+    rows
+}
+
 async fn write_bookkeeping(
     conn: &mut AsyncPgConnection,
     rows: &[batch::Bookkeeping],

@@ -38,6 +38,19 @@ pub struct Stored {
     pub role_from_webhook: bool,
 }
 
+impl Stored {
+    /// A user clerk-sync has applied nothing for: the placeholder a single delivery makes.
+    pub fn new_user() -> Self {
+        Stored {
+            version: -1,
+            digest: String::new(),
+            email: None,
+            deleted: false,
+            role_from_webhook: false,
+        }
+    }
+}
+
 /// What the database holds, read under the batch's locks.
 #[derive(Debug, Default)]
 pub struct Snapshot {
