@@ -87,9 +87,10 @@ pub struct ReplayArgs {
     /// Validate everything, write and send nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Deliveries per transaction when writing the database directly.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
-    pub batch_size: u64,
+    /// Deliveries per transaction when writing the database directly [default: 2000 on
+    /// PostgreSQL, 10000 on SQLite].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=50_000))]
+    pub batch_size: Option<u64>,
     /// Batches applied at once when writing the database directly, each its own transaction.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub transactions: u64,

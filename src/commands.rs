@@ -165,9 +165,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
         Some(secrets) => Some(std::sync::Arc::new(Verifier::parse(&secrets)?)),
         None => None,
     };
-    let options = replay::Options {
+    let mut options = replay::Options {
         dry_run: args.dry_run,
-        batch_size: usize::try_from(args.batch_size).unwrap_or(10_000),
+        batch_size: 1,
         transactions: usize::try_from(args.transactions).unwrap_or(2),
         concurrency: usize::try_from(args.concurrency).unwrap_or(16),
         sync: SyncOptions {
@@ -189,6 +189,10 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
             if !args.no_migrate && !args.dry_run {
                 run_migrations(&db).await?;
             }
+            options.batch_size = args
+                .batch_size
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or_else(|| db.preferred_batch());
             replay::into_database(&db, items, verifier, options, &progress).await
         }
     };

@@ -169,6 +169,8 @@ struct Cluster {
     bin: PathBuf,
     port: u16,
     as_root: bool,
+    /// Server settings (`name=value`) besides the port and socket.
+    settings: Vec<String>,
 }
 
 impl Cluster {
@@ -224,6 +226,10 @@ impl Cluster {
     }
 
     fn init() -> Self {
+        Self::init_with(&[])
+    }
+
+    fn init_with(settings: &[&str]) -> Self {
         let as_root = Command::new("id")
             .arg("-u")
             .output()
@@ -248,6 +254,7 @@ impl Cluster {
             bin: Self::bin(),
             port: free_port(),
             as_root,
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
         };
         let data = cluster.data();
         assert!(
@@ -274,11 +281,15 @@ impl Cluster {
     fn start(&self) {
         let data = self.data();
         let log = self.dir.path().join("server.log").display().to_string();
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             self.dir.path().display()
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         assert!(
             self.run(
                 "pg_ctl",
@@ -564,4 +575,68 @@ mod sigkill_mid_stream {
     async fn postgres() {
         sigkill_mid_stream_then_restart_converges(Backend::Postgres).await
     }
+}
+
+/// A batch whose address locks overflow the server's shared lock table (here 10 per
+/// connection, a few hundred in all; PostgreSQL's default is 64 per connection) is split
+/// into transactions that fit, and every delivery is still applied once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_too_large_for_the_servers_lock_table_is_split() {
+    use clerk_sync::db::{Database, DatabaseUrl, PoolOptions};
+    use clerk_sync::domain::{Event, MessageId};
+    use clerk_sync::sync::{Outcome, SyncOptions};
+
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::init_with(&["max_locks_per_transaction=10", "max_connections=20"])
+    })
+    .await
+    .expect("cluster");
+    let db = TestDb {
+        backend: Backend::Postgres,
+        url: cluster.url(),
+        _dir: None,
+    };
+    let ddl = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/prisma/ddl-postgresql.sql"),
+    )
+    .expect("prisma DDL");
+    db.exec(&ddl).await;
+    let options = PoolOptions {
+        max_connections: 4,
+        ..PoolOptions::default()
+    };
+    let database =
+        Database::open(&DatabaseUrl::parse(&db.url).expect("url"), options).expect("open");
+    database.migrate().await.expect("migrate");
+    let users = 3_000;
+    let mut batch = Vec::with_capacity(users + 1);
+    for n in 0..users {
+        let user = ClerkUser::new(
+            &format!("user_lock{n}"),
+            1_000,
+            &format!("lock{n}@example.com"),
+        );
+        let event = Event::parse(user.created().as_bytes()).expect("event");
+        batch.push((MessageId::parse(&format!("lock{n}")).expect("id"), event));
+    }
+    // The first user again, newer, at the very end: order must survive the split.
+    let mut last = ClerkUser::new("user_lock0", 1_000, "moved@example.com");
+    last.updated_at += 1_000;
+    let event = Event::parse(last.updated().as_bytes()).expect("event");
+    batch.push((MessageId::parse("lock-last").expect("id"), event));
+
+    let outcomes = database
+        .apply_batch(batch.into(), SyncOptions::default())
+        .await
+        .expect("the batch is applied, split");
+
+    assert_eq!(outcomes.len(), users + 1);
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{outcomes:?}"
+    );
+    let rows = db.users().await;
+    assert_eq!(rows.len(), users);
+    let first = rows.iter().find(|r| r.id == "user_lock0").expect("row");
+    assert_eq!(first.mail_address, "moved@example.com");
 }

@@ -5,7 +5,7 @@
 //! walked too, and users deleted meanwhile shift nothing. Each user object becomes the
 //! `user.updated` that would carry it and is applied with [`Database::apply_batch`]: the
 //! pages fetched while the database was busy go together into one transaction (up to
-//! [`PAGES_PER_TRANSACTION`]), and up to `concurrency` transactions run at once: last write wins on Clerk's `updated_at`, tombstones hold, and the email
+//! [`Database::preferred_batch`] users), and up to `concurrency` transactions run at once: last write wins on Clerk's `updated_at`, tombstones hold, and the email
 //! and role rules are those of a webhook. Its delivery id, `backfill:<user>:<updated_at>:
 //! <digest>`, names the version, so applying the same version again is `unchanged`.
 //!
@@ -42,9 +42,10 @@ pub const PRUNE_MARGIN: Duration = Duration::from_secs(300);
 /// Cursors kept to step back to when the user a page would start after was deleted.
 const STEP_BACK: usize = 500;
 
-/// Most fetched pages applied (and checkpointed) in one transaction: those already waiting
-/// when the database is ready for more, up to 10,000 users at Clerk's 500 per page.
-const PAGES_PER_TRANSACTION: usize = 20;
+/// Most fetched pages waiting for the database; as many as are waiting when it is ready for
+/// more are applied (and checkpointed) in one transaction, up to
+/// [`Database::preferred_batch`] users.
+const PAGES_AHEAD: usize = 20;
 
 /// How a backfill runs.
 #[derive(Debug, Clone)]
@@ -613,7 +614,9 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(PAGES_PER_TRANSACTION);
+    let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let pages_per_transaction =
+        (db.preferred_batch() / options.page_size.max(1) as usize).clamp(1, PAGES_AHEAD);
     let producer = tokio::spawn(fetch_pages(
         client.clone(),
         walk.cursor.clone(),
@@ -627,7 +630,7 @@ pub async fn run(
     let fetched =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     let steps = fetched
-        .ready_chunks(PAGES_PER_TRANSACTION)
+        .ready_chunks(pages_per_transaction)
         .flat_map(|chunk| futures_util::stream::iter(merge_pages(chunk)))
         .map(|fetched| async move {
             match fetched {

@@ -43,6 +43,18 @@ pub struct Pg {
     pub(super) committers: usize,
     /// The committers, started on first use (see `super::group`).
     pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
+    /// Most deliveries one batch transaction takes: lowered when the server's lock table
+    /// could not hold a batch's address locks (see [`Pg::apply_batch`]).
+    batch_cap: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The smallest batch split further when the server's lock table is full.
+const SMALLEST_SPLIT: usize = 64;
+
+/// A batch's address locks did not fit the server's shared lock table
+/// (`max_locks_per_transaction` × connections; the transaction rolled back).
+fn out_of_lock_space(error: &DbError) -> bool {
+    matches!(error, DbError::Internal(text) if text.contains("out of shared memory"))
 }
 
 #[derive(QueryableByName)]
@@ -120,6 +132,7 @@ impl Pg {
             setup,
             committers: options.committers.min(options.max_connections),
             group: Default::default(),
+            batch_cap: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
         })
     }
 
@@ -181,13 +194,44 @@ impl Pg {
         outcome(&raw)
     }
 
+    /// Applies `batch` in order, in one transaction — or, when the server's lock table
+    /// cannot hold the advisory locks of that many addresses at once (each address of a
+    /// batch holds one until commit; PostgreSQL's default table holds 64 per connection),
+    /// in consecutive transactions of half the size, down to [`SMALLEST_SPLIT`]; the size
+    /// that fits is kept for later batches. A failed transaction rolled back whole, so
+    /// splitting changes no outcome.
     pub(super) async fn apply_batch(
         &self,
         batch: &[(MessageId, Event)],
         options: SyncOptions,
     ) -> Result<Vec<Outcome>, DbError> {
-        let mut conn = self.pool.get().await?;
-        super::pg_batch::apply(&mut conn, batch, options).await
+        use std::sync::atomic::Ordering;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let cap = std::sync::atomic::AtomicUsize::load(&self.batch_cap, Ordering::Relaxed);
+            let (chunk, after) = rest.split_at(cap.min(rest.len()));
+            let mut conn = self.pool.get().await?;
+            match super::pg_batch::apply(&mut conn, chunk, options).await {
+                Ok(decided) => {
+                    outcomes.extend(decided);
+                    rest = after;
+                }
+                Err(e) if out_of_lock_space(&e) && chunk.len() > SMALLEST_SPLIT => {
+                    let smaller = (chunk.len() / 2).max(SMALLEST_SPLIT);
+                    self.batch_cap.fetch_min(smaller, Ordering::Relaxed);
+                    tracing::warn!(
+                        deliveries = chunk.len(),
+                        now = smaller,
+                        "the server's lock table cannot hold the address locks of this many \
+                         deliveries in one transaction: splitting batches (raising \
+                         max_locks_per_transaction allows larger ones)"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Applies a few concurrent deliveries (group commit) in one transaction of ONE statement:

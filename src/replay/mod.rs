@@ -321,12 +321,19 @@ async fn flush(
         .map(|p| (p.location, (p.id, p.event)))
         .unzip();
     let pairs: Arc<[(MessageId, Event)]> = pairs.into();
-    if let Ok(outcomes) = db.apply_batch(Arc::clone(&pairs), sync).await {
-        for outcome in outcomes {
-            summary.count(outcome);
-            reporter.advance();
+    match db.apply_batch(Arc::clone(&pairs), sync).await {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                summary.count(outcome);
+                reporter.advance();
+            }
+            return summary;
         }
-        return summary;
+        Err(e) => tracing::warn!(
+            error = %e,
+            deliveries = pairs.len(),
+            "a batch failed as a whole: applying its deliveries one by one"
+        ),
     }
     // Something in the batch failed: one by one, so that only the culprit fails.
     for (location, (id, event)) in locations.iter().zip(pairs.iter()) {
