@@ -89,11 +89,24 @@ struct Shape {
 
 /// Classifies one JSON text, keeping a bare body's exact bytes.
 fn classify_raw(raw: &[u8]) -> Item {
-    // The common case, a bare body, costs no parse here: only a recorded delivery has a
-    // "headers" key. A body that then fails to parse is diagnosed by [`diagnose`].
     if memchr::memmem::find(raw, b"\"headers\"").is_none() {
         return Item::Body(raw.to_vec());
     }
+    classify_parsed(raw)
+}
+
+/// [`classify_raw`] for a text of its own: a bare body keeps its buffer.
+fn classify_owned(raw: Vec<u8>) -> Item {
+    if memchr::memmem::find(&raw, b"\"headers\"").is_none() {
+        return Item::Body(raw);
+    }
+    classify_parsed(&raw)
+}
+
+/// A text that may be a recorded delivery. (The common case, a bare body, costs no parse:
+/// only a recorded delivery has a "headers" key. A body that then fails to parse is
+/// diagnosed by [`diagnose`].)
+fn classify_parsed(raw: &[u8]) -> Item {
     match serde_json::from_slice::<Shape>(raw) {
         Ok(Shape {
             event_type: None,
@@ -198,7 +211,8 @@ fn lines(
         if done {
             return None;
         }
-        let mut line = Vec::new();
+        // Room for a typical Clerk body, so that reading one rarely grows the buffer.
+        let mut line = Vec::with_capacity(4_096);
         number += 1;
         match reader.read_until(b'\n', &mut line) {
             Ok(0) => return None,
@@ -211,7 +225,7 @@ fn lines(
                 }
                 return Some(Located {
                     location: format!("{location}:{number}"),
-                    item: classify_raw(&line),
+                    item: classify_owned(line),
                 });
             }
             Err(e) => {
