@@ -192,7 +192,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
             options.batch_size = args
                 .batch_size
                 .and_then(|n| usize::try_from(n).ok())
-                .unwrap_or_else(|| db.preferred_batch());
+                .unwrap_or(db.preferred_batch().await);
             replay::into_database(&db, items, verifier, options, &progress).await
         }
     };

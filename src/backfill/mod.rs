@@ -616,7 +616,7 @@ pub async fn run(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
     let pages_per_transaction =
-        (db.preferred_batch() / options.page_size.max(1) as usize).clamp(1, PAGES_AHEAD);
+        (db.preferred_batch().await / options.page_size.max(1) as usize).clamp(1, PAGES_AHEAD);
     let producer = tokio::spawn(fetch_pages(
         client.clone(),
         walk.cursor.clone(),

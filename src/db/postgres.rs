@@ -46,6 +46,14 @@ pub struct Pg {
     /// Most deliveries one batch transaction takes: lowered when the server's lock table
     /// could not hold a batch's address locks (see [`Pg::apply_batch`]).
     batch_cap: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// [`Pg::preferred_batch`], once read from the server.
+    preferred: std::sync::Arc<tokio::sync::OnceCell<usize>>,
+}
+
+#[derive(QueryableByName)]
+struct LockTable {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    slots: i64,
 }
 
 /// The smallest batch split further when the server's lock table is full.
@@ -133,6 +141,7 @@ impl Pg {
             committers: options.committers.min(options.max_connections),
             group: Default::default(),
             batch_cap: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+            preferred: Default::default(),
         })
     }
 
@@ -192,6 +201,34 @@ impl Pg {
         .get_result(&mut conn)
         .await?;
         outcome(&raw)
+    }
+
+    /// Deliveries per bulk transaction: a third of the server's shared lock table, 500 to
+    /// 10,000 (2,000 when it cannot be read).
+    pub(super) async fn preferred_batch(&self) -> usize {
+        *self
+            .preferred
+            .get_or_init(|| async {
+                let slots = async {
+                    let mut conn = self.pool.get().await?;
+                    let table: LockTable = diesel::sql_query(
+                        "SELECT current_setting('max_locks_per_transaction')::bigint
+                                * (current_setting('max_connections')::bigint
+                                   + current_setting('max_prepared_transactions')::bigint) AS slots",
+                    )
+                    .get_result(&mut conn)
+                    .await?;
+                    Ok::<i64, DbError>(table.slots)
+                };
+                match slots.await {
+                    Ok(slots) => usize::try_from(slots / 3).unwrap_or(0).clamp(500, 10_000),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the server's lock table size: 2,000 deliveries per bulk transaction");
+                        2_000
+                    }
+                }
+            })
+            .await
     }
 
     /// Applies `batch` in order, in one transaction — or, when the server's lock table
