@@ -208,9 +208,6 @@ async fn apply_in_transaction(
         .collect()
 }
 
-/// Writes the bookkeeping rows of the users decided together, each locked for the
-/// snapshot. (Defensively: a row the snapshot did not see is never overwritten; the batch
-/// fails as transient instead.)
 /// A new user's likely bookkeeping after the batch: its newest version's (version, digest,
 /// claimed address, whether it names a role), as the plan writes it for a new user decided
 /// in memory. A user with a delete gets the placeholder a single delivery makes.
@@ -306,6 +303,9 @@ fn corrections(
     rows
 }
 
+/// Writes the bookkeeping rows of the users decided together, each locked for the
+/// snapshot. (Defensively: a row the snapshot did not see is never overwritten; the batch
+/// fails as transient instead.)
 async fn write_bookkeeping(
     conn: &mut AsyncPgConnection,
     rows: &[batch::Bookkeeping],
