@@ -310,6 +310,21 @@ impl Cluster {
     fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// The cluster's database, holding Prisma's tables.
+    async fn with_prisma_tables(&self) -> TestDb {
+        let db = TestDb {
+            backend: Backend::Postgres,
+            url: self.url(),
+            _dir: None,
+        };
+        let ddl = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/prisma/ddl-postgresql.sql"),
+        )
+        .expect("prisma DDL");
+        db.exec(&ddl).await;
+        db
+    }
 }
 
 impl Drop for Cluster {
@@ -334,16 +349,7 @@ async fn postgres_stopped_mid_stream_is_a_quick_503_and_every_retried_delivery_l
     let cluster = tokio::task::spawn_blocking(Cluster::init)
         .await
         .expect("cluster");
-    let db = TestDb {
-        backend: Backend::Postgres,
-        url: cluster.url(),
-        _dir: None,
-    };
-    let ddl = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/prisma/ddl-postgresql.sql"),
-    )
-    .expect("prisma DDL");
-    db.exec(&ddl).await;
+    let db = cluster.with_prisma_tables().await;
     let secret = new_secret();
     let options = AppOptions {
         secrets: vec![secret.clone()],
@@ -591,16 +597,7 @@ async fn a_batch_too_large_for_the_servers_lock_table_is_split() {
     })
     .await
     .expect("cluster");
-    let db = TestDb {
-        backend: Backend::Postgres,
-        url: cluster.url(),
-        _dir: None,
-    };
-    let ddl = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/prisma/ddl-postgresql.sql"),
-    )
-    .expect("prisma DDL");
-    db.exec(&ddl).await;
+    let db = cluster.with_prisma_tables().await;
     let options = PoolOptions {
         max_connections: 4,
         ..PoolOptions::default()

@@ -61,22 +61,32 @@ async fn table(db: &TestDb) -> Value {
     Value::Array(rows)
 }
 
-async fn every_scenario_produces_its_expected_table_and_replays_idempotently(backend: Backend) {
+/// The scenario files, in order.
+fn scenarios() -> Vec<PathBuf> {
     let mut scenarios: Vec<PathBuf> = std::fs::read_dir(fixtures().join("scenarios"))
         .expect("scenarios")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     scenarios.sort();
+    scenarios
+}
+
+/// The table a scenario states it must produce.
+fn expected_table(scenario: &std::path::Path) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(scenario.with_extension("expected.json")).expect("expected table"),
+    )
+    .expect("expected json")
+}
+
+async fn every_scenario_produces_its_expected_table_and_replays_idempotently(backend: Backend) {
+    let scenarios = scenarios();
     assert!(scenarios.len() >= 6);
     for scenario in scenarios {
         let db = TestDb::with_prisma_tables(backend).await;
         let path = scenario.to_string_lossy().into_owned();
-        let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(scenario.with_extension("expected.json"))
-                .expect("expected table"),
-        )
-        .expect("expected json");
+        let expected = expected_table(&scenario);
 
         let first = run(&db, &["replay", &path]);
         assert!(first.status.success(), "{path}: {}", text(&first));
@@ -94,22 +104,13 @@ async fn every_scenario_produces_its_expected_table_and_replays_idempotently(bac
 /// scenario, one delivery per transaction and four at once, gives exactly the outcomes of
 /// one at a time, and the expected table.
 async fn transactions_in_flight_keep_each_users_order(backend: Backend) {
-    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(fixtures().join("scenarios"))
-        .expect("scenarios")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    scenarios.sort();
+    let scenarios = scenarios();
     let outcomes = |output: &Output| {
         ["applied", "duplicate", "stale", "ignored", "deferred"].map(|o| count(output, o))
     };
     for scenario in scenarios {
         let path = scenario.to_string_lossy().into_owned();
-        let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(scenario.with_extension("expected.json"))
-                .expect("expected table"),
-        )
-        .expect("expected json");
+        let expected = expected_table(&scenario);
         let serial_db = TestDb::with_prisma_tables(backend).await;
         let serial = run(
             &serial_db,
