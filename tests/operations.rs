@@ -306,6 +306,80 @@ async fn postgres_committers_commit_what_waits_together() {
     assert_eq!(test_db.users().await.len(), 9);
 }
 
+/// PostgreSQL group commit: a delivery stuck behind a lock fails its group's transaction
+/// (the statement timeout), and its neighbours are then applied each on its own, while the
+/// lock is still held: one stuck delivery never fails or holds up the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_stuck_delivery_never_fails_its_group() {
+    use clerk_sync::db::{Database, DatabaseUrl, PoolOptions};
+    use clerk_sync::domain::{Event, MessageId};
+    use clerk_sync::sync::{Outcome, SyncOptions};
+
+    let test_db = TestDb::with_prisma_tables(Backend::Postgres).await;
+    let options = PoolOptions {
+        committers: 1,
+        statement_timeout: Duration::from_secs(1),
+        ..PoolOptions::default()
+    };
+    let db =
+        Database::open(&DatabaseUrl::parse(&test_db.url).expect("url"), options).expect("open");
+    db.migrate().await.expect("migrate");
+    let apply = |id: String, body: String| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let id = MessageId::parse(&id).expect("id");
+            let event = Event::parse(body.as_bytes()).expect("event");
+            db.apply(&id, &event, SyncOptions::default()).await
+        })
+    };
+    let locked = ClerkUser::new("user_stuck", 1_000, "stuck@example.com");
+    let first = apply("s0".into(), locked.created()).await.expect("task");
+    assert_eq!(first.expect("apply"), Outcome::Applied);
+
+    let held = test_db
+        .hold("BEGIN; SELECT 1 FROM clerk_sync.users WHERE user_id = 'user_stuck' FOR UPDATE")
+        .await;
+    // The committer takes the first update alone and waits on the held row; the second, and
+    // eight deliveries for other users, queue behind it and then go together.
+    let mut newer = locked.clone();
+    newer.updated_at += 1_000;
+    let alone = apply("s1".into(), newer.updated());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    newer.updated_at += 1_000;
+    let stuck = apply("s2".into(), newer.updated());
+    let neighbours: Vec<_> = (0..8)
+        .map(|i| {
+            let user = ClerkUser::new(&format!("user_n{i}"), 1_000, &format!("n{i}@example.com"));
+            apply(format!("n{i}"), user.created())
+        })
+        .collect();
+    for task in neighbours {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("a neighbour was held up by the stuck delivery")
+            .expect("task");
+        assert_eq!(outcome.expect("a neighbour failed"), Outcome::Applied);
+    }
+    assert!(
+        !stuck.is_finished(),
+        "the stuck delivery cannot have finished while its row is held"
+    );
+    assert!(
+        test_db.users().await.len() >= 9,
+        "the neighbours' rows are written while the lock is still held"
+    );
+    held.rollback().await;
+
+    // Behind the lock, each timed out (a 503 for Svix to retry) or, released, was applied.
+    for task in [alone, stuck] {
+        match task.await.expect("task") {
+            Ok(outcome) => assert_eq!(outcome, Outcome::Applied),
+            Err(clerk_sync::db::DbError::Unavailable(_)) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+}
+
 on_both_backends!(
     metrics_move_with_real_deliveries,
     a_body_over_the_limit_is_counted,
