@@ -325,8 +325,8 @@ async fn apply_page(
     };
     let applied = batch
         .await
-        .unwrap_or_else(|e| Err(DbError::Internal(format!("database task failed: {e}"))));
-    match applied {
+        .unwrap_or_else(|e| Err(DbError::Internal(format!("database task failed: {e}")).into()));
+    let decided = match applied {
         Ok(outcomes) => {
             for outcome in outcomes {
                 summary.count(outcome);
@@ -334,11 +334,15 @@ async fn apply_page(
             progress.advance(n);
             return Ok(());
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "a page failed as a whole: applying its users one by one")
+        Err(failure) => {
+            tracing::warn!(error = %failure.error, committed = failure.decided.len(), "pages failed as a whole: applying the rest of their users one by one");
+            for &outcome in &failure.decided {
+                summary.count(outcome);
+            }
+            failure.decided.len()
         }
-    }
-    for (id, event) in items.iter() {
+    };
+    for (id, event) in items.iter().skip(decided) {
         match apply_one(db, id, event, sync).await {
             Ok(outcome) => summary.count(outcome),
             Err(DbError::Unavailable(reason)) => return Err(DbError::Unavailable(reason)),
@@ -731,9 +735,9 @@ async fn prune(
     for chunk in deletes.chunks(options.page_size.max(1) as usize) {
         let outcomes = match db.apply_batch(chunk.into(), options.sync).await {
             Ok(outcomes) => outcomes,
-            Err(_) => {
-                let mut outcomes = Vec::with_capacity(chunk.len());
-                for (id, event) in chunk {
+            Err(failure) => {
+                let mut outcomes = failure.decided;
+                for (id, event) in chunk.iter().skip(outcomes.len()) {
                     match apply_one(db, id, event, options.sync).await {
                         Ok(outcome) => outcomes.push(outcome),
                         Err(e) => {

@@ -150,7 +150,9 @@ async fn commit(db: &Database, mut jobs: Vec<Job>, options: SyncOptions, shared:
         return;
     }
     // Each again on a task of its own, so that a delivery stuck behind a lock (until the
-    // statement timeout) holds up neither its neighbours nor this committer.
+    // statement timeout) holds up neither its neighbours nor this committer; those whose
+    // caller stopped waiting meanwhile are not (their sender retries them).
+    jobs.retain(|job| !job.reply.is_closed());
     for job in jobs {
         let db = db.clone();
         tokio::spawn(async move {

@@ -29,6 +29,25 @@ use crate::sync::{Outcome, SyncOptions};
 pub use backfill::{KnownUser, LastWalk, Walk, WalkCounts};
 pub use url::{DatabaseUrl, UrlError, DEFAULT_SQLITE_FILE};
 
+/// A batch that failed after its first `decided.len()` deliveries were committed (none, unless
+/// PostgreSQL had to split it); the rest were rolled back.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// The outcomes of the deliveries committed before the failure, in order.
+    pub decided: Vec<Outcome>,
+    /// Why the rest failed.
+    pub error: DbError,
+}
+
+impl From<DbError> for BatchFailure {
+    fn from(error: DbError) -> Self {
+        Self {
+            decided: Vec::new(),
+            error,
+        }
+    }
+}
+
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -287,16 +306,22 @@ impl Database {
         .map_err(|e| DbError::Internal(format!("database task failed: {e}")))?
     }
 
-    /// Applies deliveries in order in ONE transaction, each by the same rules as [`Self::apply`].
-    /// Any failure rolls the whole batch back; the caller then applies them one by one.
+    /// Applies deliveries in order in ONE transaction, each by the same rules as [`Self::apply`]
+    /// — on PostgreSQL, a batch whose address locks the server's lock table cannot hold in
+    /// consecutive transactions, in order. On failure, the deliveries before
+    /// [`BatchFailure::decided`]'s end were committed, with those outcomes, and the rest rolled
+    /// back: the caller applies the rest one by one.
     pub async fn apply_batch(
         &self,
         batch: Arc<[(MessageId, Event)]>,
         options: SyncOptions,
-    ) -> Result<Vec<Outcome>, DbError> {
+    ) -> Result<Vec<Outcome>, BatchFailure> {
         match self {
             Database::Postgres(db) => db.apply_batch(&batch, options).await,
-            Database::Sqlite(db) => db.apply_batch(batch, options).await,
+            Database::Sqlite(db) => db
+                .apply_batch(batch, options)
+                .await
+                .map_err(BatchFailure::from),
         }
     }
 
@@ -323,6 +348,7 @@ impl Database {
         match self {
             Database::Postgres(db) => db.apply_group(&group, options).await,
             // One writer: the batch planner's set-wide statements beat a statement each.
+            // In one transaction: a failure leaves nothing committed.
             Database::Sqlite(db) => db.apply_batch(group.into(), options).await,
         }
     }

@@ -6,7 +6,11 @@
 //! Lock order, as in `clerk_sync.apply_delivery`: bookkeeping rows (sorted by user id),
 //! then address advisory locks (sorted, byte order). A single delivery takes one user's
 //! row and then its addresses, so it never holds an address while waiting for a row the
-//! batch holds: no cycle.
+//! batch holds: no cycle. A group of the daemon's group commit (several single deliveries
+//! in one transaction, by user id) can: it holds a user's addresses while it waits for the
+//! next user's row. PostgreSQL then detects the deadlock (after `deadlock_timeout`) and
+//! fails one of the two transactions whole, which is applied again: a group one delivery at
+//! a time, a batch one by one. Rare (the two must share an address and a user), never wrong.
 
 use std::collections::{HashMap, HashSet};
 
@@ -226,6 +230,20 @@ impl Guess<'_> {
         role_from_webhook: false,
     };
 
+    fn is_new(&self) -> bool {
+        (
+            self.version,
+            self.digest,
+            self.email,
+            self.role_from_webhook,
+        ) == (
+            Self::NEW.version,
+            Self::NEW.digest,
+            Self::NEW.email,
+            Self::NEW.role_from_webhook,
+        )
+    }
+
     fn is(&self, row: &batch::Bookkeeping) -> bool {
         (
             self.version,
@@ -290,7 +308,7 @@ fn corrections(
         .collect();
     let planned_users: HashSet<&str> = planned.iter().map(|row| row.user_id.as_str()).collect();
     for (user, guess) in made {
-        if !planned_users.contains(user) && guess.version != -1 {
+        if !planned_users.contains(user) && !guess.is_new() {
             rows.push(batch::Bookkeeping {
                 user_id: (*user).to_owned(),
                 version: -1,

@@ -241,15 +241,18 @@ impl Pg {
         &self,
         batch: &[(MessageId, Event)],
         options: SyncOptions,
-    ) -> Result<Vec<Outcome>, DbError> {
+    ) -> Result<Vec<Outcome>, super::BatchFailure> {
         use std::sync::atomic::Ordering;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut rest = batch;
         while !rest.is_empty() {
             let cap = std::sync::atomic::AtomicUsize::load(&self.batch_cap, Ordering::Relaxed);
             let (chunk, after) = rest.split_at(cap.min(rest.len()));
-            let mut conn = self.pool.get().await?;
-            match super::pg_batch::apply(&mut conn, chunk, options).await {
+            let applied = match self.pool.get().await {
+                Ok(mut conn) => super::pg_batch::apply(&mut conn, chunk, options).await,
+                Err(e) => Err(e.into()),
+            };
+            match applied {
                 Ok(decided) => {
                     outcomes.extend(decided);
                     rest = after;
@@ -265,7 +268,12 @@ impl Pg {
                          max_locks_per_transaction allows larger ones)"
                     );
                 }
-                Err(e) => return Err(e),
+                Err(error) => {
+                    return Err(super::BatchFailure {
+                        decided: outcomes,
+                        error,
+                    })
+                }
             }
         }
         Ok(outcomes)

@@ -275,7 +275,20 @@ pub async fn into_database(
     let mut messages = produce(items, verifier, options, parts, false);
     let mut busy = vec![false; parts];
     let mut in_flight = FuturesUnordered::new();
-    while let Some(message) = messages.recv().await {
+    loop {
+        // The batches in flight move only while polled: wait for the next message and for
+        // them at once, never for the message alone.
+        let message = tokio::select! {
+            message = messages.recv() => message,
+            Some((done_part, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                busy[done_part] = false;
+                summary.absorb(done);
+                continue;
+            }
+        };
+        let Some(message) = message else {
+            break;
+        };
         match message {
             Message::Batch(part, batch) => {
                 while busy[part] {
@@ -321,7 +334,7 @@ async fn flush(
         .map(|p| (p.location, (p.id, p.event)))
         .unzip();
     let pairs: Arc<[(MessageId, Event)]> = pairs.into();
-    match db.apply_batch(Arc::clone(&pairs), sync).await {
+    let decided = match db.apply_batch(Arc::clone(&pairs), sync).await {
         Ok(outcomes) => {
             for outcome in outcomes {
                 summary.count(outcome);
@@ -329,14 +342,22 @@ async fn flush(
             }
             return summary;
         }
-        Err(e) => tracing::warn!(
-            error = %e,
-            deliveries = pairs.len(),
-            "a batch failed as a whole: applying its deliveries one by one"
-        ),
-    }
-    // Something in the batch failed: one by one, so that only the culprit fails.
-    for (location, (id, event)) in locations.iter().zip(pairs.iter()) {
+        Err(failure) => {
+            tracing::warn!(
+                error = %failure.error,
+                deliveries = pairs.len(),
+                committed = failure.decided.len(),
+                "a batch failed as a whole: applying the rest of its deliveries one by one"
+            );
+            for &outcome in &failure.decided {
+                summary.count(outcome);
+                reporter.advance();
+            }
+            failure.decided.len()
+        }
+    };
+    // Something in the batch failed: the rest one by one, so that only the culprit fails.
+    for (location, (id, event)) in locations.iter().zip(pairs.iter()).skip(decided) {
         match apply_with_retries(db, id, event, sync).await {
             Ok(outcome) => summary.count(outcome),
             Err(e) => {
