@@ -7,16 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, new_secret, now, Backend, ClerkUser, TestDb};
+use common::{eventually, free_port, new_secret, now, Backend, ClerkUser, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clerk-sync");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// A `clerk-sync` command with a clean environment (none of the developer's settings).
 fn clerk_sync(dir: &Path) -> Command {

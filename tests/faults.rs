@@ -14,18 +14,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{
-    deleted, eventually, new_secret, now, spawn_app_with, AppOptions, Backend, ClerkUser, TestDb,
+    deleted, eventually, free_port, new_secret, now, spawn_app_with, AppOptions, Backend,
+    ClerkUser, TestDb,
 };
 use futures_util::StreamExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clerk-sync");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// Deliveries as (svix-id, body).
 type Deliveries = Vec<(String, String)>;

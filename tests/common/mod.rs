@@ -347,6 +347,14 @@ pub struct TestApp {
     pub secret: String,
 }
 
+/// A loopback port nothing listens on (at the moment of asking).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Starts the app on a database holding Prisma's tables.
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(
