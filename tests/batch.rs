@@ -262,3 +262,96 @@ fn a_batch_decides_exactly_as_one_by_one_on_sqlite() {
 fn a_batch_decides_exactly_as_one_by_one_on_postgres() {
     run(Backend::Postgres);
 }
+
+/// Batches racing single deliveries and each other to make the same new users, on
+/// PostgreSQL (where they run at once; SQLite has one writer): every delivery ends applied
+/// or stale, recorded once, and every user at its newest version. A batch that loses a
+/// race is applied one by one after what it committed, as replay and backfill do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_deliveries_racing_to_make_the_same_users_converge() {
+    const USERS: usize = 40;
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 3;
+    let db = TestDb::with_prisma_tables(Backend::Postgres).await;
+    let url = DatabaseUrl::parse(&db.url).expect("url");
+    let database = Database::open(&url, PoolOptions::default()).expect("open");
+    database.migrate().await.expect("migrate");
+    let options = SyncOptions::default();
+
+    for round in 0..ROUNDS {
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..WRITERS {
+            // Each writer has a version of every user; the newest of each user is a
+            // different writer's.
+            let deliveries: Vec<(MessageId, Event)> = (0..USERS)
+                .map(|u| {
+                    let version = 1_000 * (1 + (u + writer) % WRITERS) as i64;
+                    let user = ClerkUser::new(
+                        &format!("user_race{round}_{u}"),
+                        version,
+                        &format!("race{round}_{u}@example.com"),
+                    );
+                    let id = MessageId::parse(&format!("race{round}_{writer}_{u}")).expect("id");
+                    (id, Event::parse(user.updated().as_bytes()).expect("event"))
+                })
+                .collect();
+            let database = database.clone();
+            writers.spawn(async move {
+                let mut outcomes = Vec::new();
+                if writer % 2 == 0 {
+                    match database
+                        .apply_batch(deliveries.clone().into(), options)
+                        .await
+                    {
+                        Ok(all) => return all,
+                        Err(failure) => outcomes = failure.decided,
+                    }
+                }
+                for (id, event) in &deliveries[outcomes.len()..] {
+                    let mut tries = 0;
+                    let outcome = loop {
+                        match database.apply(id, event, options).await {
+                            Ok(outcome) => break outcome,
+                            Err(e) if tries < 5 => {
+                                tries += 1;
+                                eprintln!("retrying {id:?}: {e}");
+                            }
+                            Err(e) => panic!("{id:?}: {e}"),
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+                outcomes
+            });
+        }
+        while let Some(outcomes) = writers.join_next().await {
+            let outcomes = outcomes.expect("writer");
+            assert_eq!(outcomes.len(), USERS);
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, Outcome::Applied | Outcome::Stale)),
+                "{outcomes:?}"
+            );
+        }
+    }
+
+    let newest = "2024-05-01T12:00:04";
+    let rows = db.users().await;
+    assert_eq!(rows.len(), USERS * ROUNDS);
+    let behind: Vec<_> = rows.iter().filter(|r| r.updated_at != newest).collect();
+    assert!(
+        behind.is_empty(),
+        "rows not at their newest version: {behind:?}"
+    );
+    let table = db.own_table("users");
+    let newest_version = common::T0 + 1_000 * WRITERS as i64;
+    let sql = format!("SELECT count(*) AS n FROM {table} WHERE version = {newest_version}");
+    assert_eq!(db.number(&sql).await, (USERS * ROUNDS) as i64);
+    let counts = recorded(&db).await;
+    assert_eq!(
+        counts.iter().sum::<i64>(),
+        (USERS * WRITERS * ROUNDS) as i64
+    );
+    assert_eq!(counts[4], 0, "a delivery was left pending: {counts:?}");
+}
