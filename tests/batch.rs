@@ -263,12 +263,13 @@ fn a_batch_decides_exactly_as_one_by_one_on_postgres() {
     run(Backend::Postgres);
 }
 
-/// Batches racing single deliveries and each other to make the same new users, on
-/// PostgreSQL (where they run at once; SQLite has one writer): every delivery ends applied
-/// or stale, recorded once, and every user at its newest version. A batch that loses a
-/// race is applied one by one after what it committed, as replay and backfill do.
+/// Batches racing each other and the daemon's group commit over the same users, half of
+/// them new, on PostgreSQL (where they run at once; SQLite has one writer). Every batch
+/// takes its users' rows in the one global order before anything else, so none may fail
+/// (a deadlock would fail it); every delivery ends applied or stale, recorded once; each
+/// user's newest version is applied and is what its row holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_and_deliveries_racing_to_make_the_same_users_converge() {
+async fn batches_and_deliveries_racing_over_the_same_users_converge() {
     const USERS: usize = 40;
     const WRITERS: usize = 4;
     const ROUNDS: usize = 3;
@@ -277,8 +278,18 @@ async fn batches_and_deliveries_racing_to_make_the_same_users_converge() {
     let database = Database::open(&url, PoolOptions::default()).expect("open");
     database.migrate().await.expect("migrate");
     let options = SyncOptions::default();
+    let id = |round: usize, u: usize| format!("user_race{round}_{u:02}");
 
     for round in 0..ROUNDS {
+        // Every other user exists already, so that each batch both locks and makes rows,
+        // their ids interleaved.
+        for u in (0..USERS).step_by(2) {
+            let user = ClerkUser::new(&id(round, u), 0, &format!("race{round}_{u}@example.com"));
+            let event = Event::parse(user.created().as_bytes()).expect("event");
+            let mid = MessageId::parse(&format!("race{round}_seed_{u}")).expect("id");
+            database.apply(&mid, &event, options).await.expect("seed");
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
         let mut writers = tokio::task::JoinSet::new();
         for writer in 0..WRITERS {
             // Each writer has a version of every user; the newest of each user is a
@@ -287,52 +298,45 @@ async fn batches_and_deliveries_racing_to_make_the_same_users_converge() {
                 .map(|u| {
                     let version = 1_000 * (1 + (u + writer) % WRITERS) as i64;
                     let user = ClerkUser::new(
-                        &format!("user_race{round}_{u}"),
+                        &id(round, u),
                         version,
                         &format!("race{round}_{u}@example.com"),
                     );
-                    let id = MessageId::parse(&format!("race{round}_{writer}_{u}")).expect("id");
-                    (id, Event::parse(user.updated().as_bytes()).expect("event"))
+                    let mid = MessageId::parse(&format!("race{round}_{writer}_{u}")).expect("id");
+                    (mid, Event::parse(user.updated().as_bytes()).expect("event"))
                 })
                 .collect();
-            let database = database.clone();
+            let (database, start) = (database.clone(), start.clone());
             writers.spawn(async move {
-                let mut outcomes = Vec::new();
-                if writer % 2 == 0 {
-                    match database
-                        .apply_batch(deliveries.clone().into(), options)
-                        .await
-                    {
-                        Ok(all) => return all,
-                        Err(failure) => outcomes = failure.decided,
+                start.wait().await;
+                let outcomes = if writer % 2 == 0 {
+                    // One transaction for the whole batch.
+                    match database.apply_batch(deliveries.into(), options).await {
+                        Ok(all) => all,
+                        Err(failure) => panic!("batch of writer {writer}: {}", failure.error),
                     }
-                }
-                for (id, event) in &deliveries[outcomes.len()..] {
-                    let mut tries = 0;
-                    let outcome = loop {
-                        match database.apply(id, event, options).await {
-                            Ok(outcome) => break outcome,
-                            Err(e) if tries < 5 => {
-                                tries += 1;
-                                eprintln!("retrying {id:?}: {e}");
-                            }
-                            Err(e) => panic!("{id:?}: {e}"),
-                        }
-                    };
-                    outcomes.push(outcome);
-                }
-                outcomes
+                } else {
+                    // The daemon's path: waiting deliveries are committed together.
+                    let mut outcomes = Vec::new();
+                    for (mid, event) in &deliveries {
+                        outcomes.push(database.apply(mid, event, options).await.expect("apply"));
+                    }
+                    outcomes
+                };
+                (writer, outcomes)
             });
         }
-        while let Some(outcomes) = writers.join_next().await {
-            let outcomes = outcomes.expect("writer");
+        while let Some(done) = writers.join_next().await {
+            let (writer, outcomes) = done.expect("writer");
             assert_eq!(outcomes.len(), USERS);
-            assert!(
-                outcomes
-                    .iter()
-                    .all(|o| matches!(o, Outcome::Applied | Outcome::Stale)),
-                "{outcomes:?}"
-            );
+            for (u, outcome) in outcomes.iter().enumerate() {
+                let newest = (u + writer) % WRITERS == WRITERS - 1;
+                match outcome {
+                    Outcome::Applied => {}
+                    Outcome::Stale if !newest => {}
+                    other => panic!("writer {writer}, user {u} (newest: {newest}): {other:?}"),
+                }
+            }
         }
     }
 
@@ -349,9 +353,94 @@ async fn batches_and_deliveries_racing_to_make_the_same_users_converge() {
     let sql = format!("SELECT count(*) AS n FROM {table} WHERE version = {newest_version}");
     assert_eq!(db.number(&sql).await, (USERS * ROUNDS) as i64);
     let counts = recorded(&db).await;
+    let seeded = (USERS / 2 * ROUNDS) as i64;
     assert_eq!(
         counts.iter().sum::<i64>(),
-        (USERS * WRITERS * ROUNDS) as i64
+        (USERS * WRITERS * ROUNDS) as i64 + seeded
     );
     assert_eq!(counts[4], 0, "a delivery was left pending: {counts:?}");
+}
+
+/// Another transaction takes a row of user 1 (`first`) and then wants one of user 2
+/// (`then`), as a single delivery or a group does, while a batch of users 1 and 2 runs
+/// (`existing` has a row before). The batch must wait for user 1 holding nothing, then
+/// apply both.
+async fn a_batch_waits_for_its_first_user_holding_nothing(existing: u8, first: &str, then: &str) {
+    let db = TestDb::with_prisma_tables(Backend::Postgres).await;
+    let url = DatabaseUrl::parse(&db.url).expect("url");
+    let database = Database::open(&url, PoolOptions::default()).expect("open");
+    database.migrate().await.expect("migrate");
+    let options = SyncOptions::default();
+    let delivery = |n: u8, version: i64| {
+        let user = ClerkUser::new(
+            &format!("user_order{n}"),
+            version,
+            &format!("order{n}@example.com"),
+        );
+        let id = MessageId::parse(&format!("order{n}_{version}")).expect("id");
+        (id, Event::parse(user.updated().as_bytes()).expect("event"))
+    };
+    let (id, event) = delivery(existing, 0);
+    database
+        .apply(&id, &event, options)
+        .await
+        .expect("the existing user");
+
+    let table = db.own_table("users");
+    let mut other = db
+        .hold(&format!("BEGIN; {}", first.replace("{table}", &table)))
+        .await;
+    let batch: Vec<(MessageId, Event)> = vec![delivery(1, 1_000), delivery(2, 1_000)];
+    let running = {
+        let database = database.clone();
+        tokio::spawn(async move { database.apply_batch(batch.into(), options).await })
+    };
+    // Until the batch waits for the other transaction.
+    let mut waited = 0;
+    while db
+        .number("SELECT count(*) AS n FROM pg_locks WHERE NOT granted")
+        .await
+        == 0
+    {
+        assert!(waited < 1_000, "the batch never waited");
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    other
+        .run(&format!(
+            "SET lock_timeout = '10s'; {}; COMMIT",
+            then.replace("{table}", &table)
+        ))
+        .await
+        .expect("the other transaction gets user 2's row and commits");
+    let outcomes = running
+        .await
+        .expect("task")
+        .unwrap_or_else(|failure| panic!("the batch failed: {}", failure.error));
+    assert_eq!(outcomes, vec![Outcome::Applied, Outcome::Applied]);
+    let rows = db.users().await;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(|r| r.updated_at == "2024-05-01T12:00:01"),
+        "{rows:?}"
+    );
+}
+
+const MAKE_USER_1: &str =
+    "INSERT INTO {table} (user_id, version, digest) VALUES ('user_order1', -1, '')";
+const MAKE_USER_2: &str =
+    "INSERT INTO {table} (user_id, version, digest) VALUES ('user_order2', -1, '')";
+const LOCK_USER_1: &str = "SELECT 1 FROM {table} WHERE user_id = 'user_order1' FOR UPDATE";
+const LOCK_USER_2: &str = "SELECT 1 FROM {table} WHERE user_id = 'user_order2' FOR UPDATE";
+
+/// Deadlocked a batch that locked the rows that exist before making the missing ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_a_new_users_row_holds_nothing_yet() {
+    a_batch_waits_for_its_first_user_holding_nothing(2, MAKE_USER_1, LOCK_USER_2).await;
+}
+
+/// Deadlocked a batch that made the missing rows before locking the ones that exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_an_existing_users_row_holds_nothing_yet() {
+    a_batch_waits_for_its_first_user_holding_nothing(1, LOCK_USER_1, MAKE_USER_2).await;
 }

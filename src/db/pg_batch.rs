@@ -3,9 +3,8 @@
 //! [`crate::sync::batch`]; its writes as a few set-wide statements; and the rest through
 //! `clerk_sync.apply_batch`, one delivery after another — all in one transaction.
 //!
-//! Lock order, as in `clerk_sync.apply_delivery`: bookkeeping rows (those that exist, sorted
-//! by user id, then the missing ones made, sorted), then address advisory locks (sorted,
-//! byte order). A single delivery takes one user's
+//! Lock order, as in `clerk_sync.apply_delivery`: bookkeeping rows (sorted by user id),
+//! then address advisory locks (sorted, byte order). A single delivery takes one user's
 //! row and then its addresses, so it never holds an address while waiting for a row the
 //! batch holds: no cycle. A group of the daemon's group commit (several single deliveries
 //! in one transaction, by user id) can: it holds a user's addresses while it waits for the
@@ -85,51 +84,68 @@ async fn apply_in_transaction(
     let lookups = batch::lookups(batch);
     let mut snapshot = Snapshot::default();
 
-    // The users' locks: their bookkeeping rows. Those that exist are locked in id order
-    // first; the missing ones are then made (in id order), as a single delivery makes its
-    // one, and so are held by the batch too. Until the addresses below, the batch holds
-    // nothing else, so a single delivery it waits for (one making a new user's row) never
-    // waits for the batch: no deadlock.
+    // The users' locks: their bookkeeping rows, each locked where it exists and made where
+    // it does not, one after another in id order, in one statement: as a single delivery
+    // locks or makes its one. (`DO UPDATE … WHERE false` locks a row that exists without
+    // writing it; `RETURNING` then names only the rows made.) Until every row is held the
+    // batch holds nothing else, and it takes them in the one global order: a single
+    // delivery or a group it waits for never waits for it in turn.
     // A row made here already holds what the user most likely ends the batch with (see
     // `guesses`), so that a new user's row is written once; to the plan, it is new.
-    let mut stored = lock_users(conn, &lookups.users).await?;
     let guessed = guesses(batch, &lookups.users);
-    let missing: Vec<(&str, &Guess)> = {
-        let found: HashSet<&str> = stored.iter().map(|r| r.user_id.as_str()).collect();
+    let made: Vec<Single> = diesel::sql_query(
+        "INSERT INTO clerk_sync.users AS s (user_id, version, digest, email, role_from_webhook)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[])
+         ON CONFLICT (user_id) DO UPDATE SET version = s.version WHERE false
+         RETURNING user_id AS a",
+    )
+    .bind::<Array<Text>, _>(&lookups.users)
+    .bind::<Array<BigInt>, _>(guessed.iter().map(|g| g.version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(guessed.iter().map(|g| g.digest).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(guessed.iter().map(|g| g.email).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(
+        guessed
+            .iter()
+            .map(|g| g.role_from_webhook)
+            .collect::<Vec<_>>(),
+    )
+    .load(conn)
+    .await?;
+    let made: HashMap<&str, &Guess> = {
+        let made: HashSet<String> = made.into_iter().map(|m| m.a).collect();
         lookups
             .users
             .iter()
-            .map(String::as_str)
             .zip(&guessed)
-            .filter(|(user, _)| !found.contains(user))
+            .filter(|(user, _)| made.contains(user.as_str()))
+            .map(|(user, guess)| (user.as_str(), guess))
             .collect()
     };
-    let made = make_users(conn, &missing).await?;
-    // Rows another transaction made meanwhile (committed: the insert waited for it).
-    let raced: Vec<String> = missing
-        .iter()
-        .filter(|(user, _)| !made.contains_key(user))
-        .map(|(user, _)| (*user).to_owned())
-        .collect();
-    if !raced.is_empty() {
-        stored.extend(lock_users(conn, &raced).await?);
-    }
+    // Every row is held already: this reads them, and waits for nothing.
+    let stored: Vec<StoredRow> = diesel::sql_query(
+        "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
+           FROM clerk_sync.users WHERE user_id = ANY($1)
+          ORDER BY user_id COLLATE \"C\" FOR UPDATE",
+    )
+    .bind::<Array<Text>, _>(&lookups.users)
+    .load(conn)
+    .await?;
     snapshot.users = stored
         .into_iter()
         .map(|r| {
-            let stored = Stored {
-                version: r.version,
-                digest: r.digest,
-                email: r.email,
-                deleted: r.deleted,
-                role_from_webhook: r.role_from_webhook,
+            let stored = if made.contains_key(r.user_id.as_str()) {
+                Stored::new_user()
+            } else {
+                Stored {
+                    version: r.version,
+                    digest: r.digest,
+                    email: r.email,
+                    deleted: r.deleted,
+                    role_from_webhook: r.role_from_webhook,
+                }
             };
             (r.user_id, stored)
         })
-        .chain(
-            made.keys()
-                .map(|user| ((*user).to_owned(), Stored::new_user())),
-        )
         .collect();
     const ROWS: &str = "SELECT id AS a, mail_address AS b FROM \"User\" WHERE id = ANY($1)";
     snapshot.rows = pairs(conn, ROWS, &lookups.users)
@@ -199,56 +215,6 @@ async fn apply_in_transaction(
             o.ok_or_else(|| DbError::Internal("a delivery of the batch was not decided".into()))
         })
         .collect()
-}
-
-/// Locks the bookkeeping rows of `users` that exist, in id order, and reads them.
-async fn lock_users(
-    conn: &mut AsyncPgConnection,
-    users: &[String],
-) -> Result<Vec<StoredRow>, DbError> {
-    Ok(diesel::sql_query(
-        "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
-           FROM clerk_sync.users WHERE user_id = ANY($1)
-          ORDER BY user_id COLLATE \"C\" FOR UPDATE",
-    )
-    .bind::<Array<Text>, _>(users)
-    .load(conn)
-    .await?)
-}
-
-/// Makes the bookkeeping rows of `missing` (in id order) with their guesses; the users
-/// whose row this made, with the guess it holds. A row another transaction makes first is
-/// left alone (the insert waits for that transaction and skips the row).
-async fn make_users<'g, 'a>(
-    conn: &mut AsyncPgConnection,
-    missing: &[(&'g str, &'g Guess<'a>)],
-) -> Result<HashMap<&'g str, &'g Guess<'a>>, DbError> {
-    if missing.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let made: Vec<Single> = diesel::sql_query(
-        "INSERT INTO clerk_sync.users (user_id, version, digest, email, role_from_webhook)
-         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[])
-         ON CONFLICT (user_id) DO NOTHING RETURNING user_id AS a",
-    )
-    .bind::<Array<Text>, _>(missing.iter().map(|(u, _)| *u).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(missing.iter().map(|(_, g)| g.version).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(missing.iter().map(|(_, g)| g.digest).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(missing.iter().map(|(_, g)| g.email).collect::<Vec<_>>())
-    .bind::<Array<Bool>, _>(
-        missing
-            .iter()
-            .map(|(_, g)| g.role_from_webhook)
-            .collect::<Vec<_>>(),
-    )
-    .load(conn)
-    .await?;
-    let made: HashSet<String> = made.into_iter().map(|m| m.a).collect();
-    Ok(missing
-        .iter()
-        .filter(|(user, _)| made.contains(*user))
-        .copied()
-        .collect())
 }
 
 /// A new user's likely bookkeeping after the batch: its newest version's (version, digest,

@@ -95,6 +95,15 @@ struct Number {
 pub struct Held(Conn);
 
 impl Held {
+    /// Runs more SQL in the held transaction; the error, if any, as text.
+    pub async fn run(&mut self, sql: &str) -> Result<(), String> {
+        match &mut self.0 {
+            Conn::Pg(c) => c.batch_execute(sql).await,
+            Conn::Lite(c) => c.batch_execute(sql).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+
     /// Ends the held transaction.
     pub async fn rollback(mut self) {
         match &mut self.0 {
