@@ -395,13 +395,11 @@ async fn a_batch_waits_for_its_first_user_holding_nothing(existing: u8, first: &
         let database = database.clone();
         tokio::spawn(async move { database.apply_batch(batch.into(), options).await })
     };
-    // Until the batch waits for the other transaction.
+    // Until the batch waits for a lock (in this test's database: tests run side by side).
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
     let mut waited = 0;
-    while db
-        .number("SELECT count(*) AS n FROM pg_locks WHERE NOT granted")
-        .await
-        == 0
-    {
+    while db.number(waiting).await == 0 {
         assert!(waited < 1_000, "the batch never waited");
         waited += 1;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -87,7 +87,7 @@ async fn apply_in_transaction(
     // The users' locks: their bookkeeping rows, each locked where it exists and made where
     // it does not, one after another in id order, in one statement: as a single delivery
     // locks or makes its one. (`DO UPDATE … WHERE false` locks a row that exists without
-    // writing it; `RETURNING` then names only the rows made.) Until every row is held the
+    // writing it, FOR NO KEY UPDATE; `RETURNING` then names only the rows made.) Until every row is held the
     // batch holds nothing else, and it takes them in the one global order: a single
     // delivery or a group it waits for never waits for it in turn.
     // A row made here already holds what the user most likely ends the batch with (see
@@ -96,6 +96,8 @@ async fn apply_in_transaction(
     let made: Vec<Single> = diesel::sql_query(
         "INSERT INTO clerk_sync.users AS s (user_id, version, digest, email, role_from_webhook)
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[])
+                 AS n(user_id, version, digest, email, role_from_webhook)
+          ORDER BY user_id COLLATE \"C\"
          ON CONFLICT (user_id) DO UPDATE SET version = s.version WHERE false
          RETURNING user_id AS a",
     )
@@ -121,7 +123,8 @@ async fn apply_in_transaction(
             .map(|(user, guess)| (user.as_str(), guess))
             .collect()
     };
-    // Every row is held already: this reads them, and waits for nothing.
+    // Every row is held already: this reads them and makes the locks FOR UPDATE, as a single
+    // delivery's, waiting for nothing (no key-share locks are ever taken on these rows).
     let stored: Vec<StoredRow> = diesel::sql_query(
         "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
            FROM clerk_sync.users WHERE user_id = ANY($1)
