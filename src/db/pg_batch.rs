@@ -11,6 +11,9 @@
 //! next user's row. PostgreSQL then detects the deadlock (after `deadlock_timeout`) and
 //! fails one of the two transactions whole, which is applied again: a group one delivery at
 //! a time, a batch one by one. Rare (the two must share an address and a user), never wrong.
+//! The same goes for a delivery that arrives live while a batch carries it too (one
+//! `svix-id`): it holds its dedup record while it waits for the user's row, and the batch,
+//! holding the row, then wants to record the same id.
 
 use std::collections::{HashMap, HashSet};
 
