@@ -90,9 +90,9 @@ async fn apply_in_transaction(
     // The users' locks: their bookkeeping rows, each locked where it exists and made where
     // it does not, one after another in id order, in one statement: as a single delivery
     // locks or makes its one. (`DO UPDATE … WHERE false` locks a row that exists without
-    // writing it, FOR NO KEY UPDATE; `RETURNING` then names only the rows made.) Until every row is held the
-    // batch holds nothing else, and it takes them in the one global order: a single
-    // delivery or a group it waits for never waits for it in turn.
+    // writing it, FOR NO KEY UPDATE; `RETURNING` then names only the rows made.) Until
+    // every row is held the batch holds nothing else, and it takes them in the one global
+    // order: a single delivery or a group it waits for never waits for it in turn.
     // A row made here already holds what the user most likely ends the batch with (see
     // `guesses`), so that a new user's row is written once; to the plan, it is new.
     let guessed = guesses(batch, &lookups.users);
