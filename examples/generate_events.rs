@@ -1,10 +1,12 @@
 //! Writes a JSON-lines file of realistic Clerk `user.*` webhook bodies, for benchmarks.
 //!
-//! `cargo run --release --example generate_events -- EVENTS USERS OUT.jsonl`
+//! `cargo run --release --example generate_events -- EVENTS USERS OUT.jsonl [ADDRESS_EVERY]`
 //!
 //! Each body is shaped like Clerk's (2–3 KB: addresses, external accounts, metadata); every
 //! user is created once, then updated with increasing `updated_at`, and about 1 in 50 users is
-//! deleted at the end of its history. Deterministic: the same arguments give the same file.
+//! deleted at the end of its history. A user's primary address changes every ADDRESS_EVERY
+//! versions (default 1: every version claims another address, the hardest case for the
+//! address rules and for the indexes). Deterministic: the same arguments give the same file.
 
 use std::io::{BufWriter, Write};
 
@@ -28,9 +30,18 @@ impl Rng {
 
 const T0: i64 = 1_714_564_800_000;
 
-fn body(event_type: &str, user: u64, version: u64, rng: &mut Rng) -> serde_json::Value {
+fn body(
+    event_type: &str,
+    user: u64,
+    version: u64,
+    address_every: u64,
+    rng: &mut Rng,
+) -> serde_json::Value {
     let id = format!("user_bench{user:08}");
-    let email = format!("person{user}.v{}@example.com", version % 3);
+    let email = format!(
+        "person{user}.v{}@example.com",
+        (version / address_every) % 3
+    );
     let updated = T0 + (version as i64) * 1_000 + (user as i64 % 997);
     let accounts: Vec<_> = (0..2)
         .map(|i| {
@@ -99,8 +110,16 @@ fn main() -> std::io::Result<()> {
         args.get(1).and_then(|a| a.parse::<u64>().ok()),
         args.get(2),
     ) else {
-        eprintln!("usage: generate_events EVENTS USERS OUT.jsonl");
+        eprintln!("usage: generate_events EVENTS USERS OUT.jsonl [ADDRESS_EVERY]");
         std::process::exit(2);
+    };
+    let address_every = match args.get(3).map(|a| a.parse::<u64>()) {
+        None => 1,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("ADDRESS_EVERY must be a positive whole number");
+            std::process::exit(2);
+        }
     };
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut file = BufWriter::new(std::fs::File::create(out)?);
@@ -109,12 +128,12 @@ fn main() -> std::io::Result<()> {
         let user = if n < users { n } else { rng.below(users) };
         let slot = &mut versions[usize::try_from(user).unwrap_or(0)];
         let event = if *slot == 0 {
-            body("user.created", user, 0, &mut rng)
+            body("user.created", user, 0, address_every, &mut rng)
         } else if n + users / 50 >= events && user % 50 == 0 {
             json!({"type": "user.deleted", "object": "event", "timestamp": T0, "instance_id": "ins_2bench",
                    "data": {"object": "user", "id": format!("user_bench{user:08}"), "deleted": true}})
         } else {
-            body("user.updated", user, *slot, &mut rng)
+            body("user.updated", user, *slot, address_every, &mut rng)
         };
         *slot += 1;
         serde_json::to_writer(&mut file, &event)?;
