@@ -1,0 +1,57 @@
+-- The database alone, doing only the writes every event needs: what `scripts/bench-replay`
+-- and `scripts/bench-backfill` compare clerk-sync's bulk paths with (the bulk counterpart of
+-- `pgbench-apply-delivery.sql`). No client work, no reads, no locks, no rules: the events
+-- are parsed into a table first (not timed), then `CALL clerk_sync_ceiling(k, n)` in n
+-- sessions applies batches k, k + n, … of 2,000 events (the default PostgreSQL batch), each
+-- its own transaction: the newest version of each user upserted into "User" and into the
+-- bookkeeping, and every event recorded as a delivery (a delete only as a delivery).
+-- Run by psql with the events' JSON lines already in the table `ceiling_raw (line text)`.
+CREATE TABLE ceiling_events AS
+SELECT row_number() OVER () - 1 AS n,
+       j->>'type' AS event_type,
+       j->'data'->>'id' AS user_id,
+       (j->'data'->>'updated_at')::bigint AS version,
+       encode(sha256(convert_to(line, 'UTF8')), 'hex') AS digest,
+       nullif(concat_ws(' ', j->'data'->>'first_name', j->'data'->>'last_name'), '') AS name,
+       j->'data'->'email_addresses'->0->>'email_address' AS address,
+       to_timestamp((j->'data'->>'created_at')::bigint / 1000.0) AT TIME ZONE 'UTC' AS created,
+       to_timestamp((j->'data'->>'updated_at')::bigint / 1000.0) AT TIME ZONE 'UTC' AS updated,
+       'replay_' || left(md5(line), 32) AS svix_id
+  FROM (SELECT line, line::jsonb AS j FROM ceiling_raw) r;
+CREATE INDEX ON ceiling_events (n);
+DROP TABLE ceiling_raw;
+ANALYZE ceiling_events;
+
+CREATE PROCEDURE clerk_sync_ceiling(first_batch int, step int) LANGUAGE plpgsql AS $$
+DECLARE
+    b int := first_batch;
+    total bigint := (SELECT count(*) FROM ceiling_events);
+BEGIN
+    WHILE b::bigint * 2000 < total LOOP
+        INSERT INTO "User" (id, name, mail_address, "createdAt", "updatedAt")
+        SELECT DISTINCT ON (user_id) user_id, name, address, created, updated
+          FROM ceiling_events
+         WHERE n >= b * 2000 AND n < (b + 1) * 2000 AND event_type <> 'user.deleted'
+         ORDER BY user_id, version DESC
+        ON CONFLICT (id) DO UPDATE
+           SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address,
+               "createdAt" = EXCLUDED."createdAt", "updatedAt" = EXCLUDED."updatedAt";
+        INSERT INTO clerk_sync.users (user_id, version, digest, email)
+        SELECT DISTINCT ON (user_id) user_id, version, digest, address
+          FROM ceiling_events
+         WHERE n >= b * 2000 AND n < (b + 1) * 2000 AND event_type <> 'user.deleted'
+         ORDER BY user_id, version DESC
+        ON CONFLICT (user_id) DO UPDATE
+           SET version = EXCLUDED.version, digest = EXCLUDED.digest, email = EXCLUDED.email;
+        INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome)
+        SELECT svix_id, event_type, user_id, 'applied'
+          FROM ceiling_events
+         WHERE n >= b * 2000 AND n < (b + 1) * 2000
+        ON CONFLICT (svix_id) DO NOTHING;
+        COMMIT;
+        b := b + step;
+    END LOOP;
+END $$;
+
+-- The staging table's pages are written out now, not during the timed run.
+CHECKPOINT;
