@@ -41,6 +41,8 @@ struct StoredRow {
     deleted: bool,
     #[diesel(sql_type = Bool)]
     role_from_webhook: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    holds: Option<String>,
 }
 
 #[derive(QueryableByName)]
@@ -126,38 +128,43 @@ async fn apply_in_transaction(
             .map(|(user, guess)| (user.as_str(), guess))
             .collect()
     };
-    // Every row is held already: this reads them and makes the locks FOR UPDATE, as a single
-    // delivery's, waiting for nothing (no key-share locks are ever taken on these rows).
+    // Every row is held already (FOR NO KEY UPDATE, which excludes every other writer: no
+    // foreign key points at the bookkeeping, so nobody takes the one lock it lets through).
+    // Read in a snapshot taken after they were all held, the rows are their newest
+    // versions; locking them again would only write each one more time. The same read
+    // gives the address each user's "User" row holds.
     let stored: Vec<StoredRow> = diesel::sql_query(
-        "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
-           FROM clerk_sync.users WHERE user_id = ANY($1)
-          ORDER BY user_id COLLATE \"C\" FOR UPDATE",
+        "SELECT s.user_id, s.version, s.digest, s.email, s.deleted_at IS NOT NULL AS deleted,
+                s.role_from_webhook, u.mail_address AS holds
+           FROM clerk_sync.users s LEFT JOIN \"User\" u ON u.id = s.user_id
+          WHERE s.user_id = ANY($1)",
     )
     .bind::<Array<Text>, _>(&lookups.users)
     .load(conn)
     .await?;
-    snapshot.users = stored
-        .into_iter()
-        .map(|r| {
-            let stored = if made.contains_key(r.user_id.as_str()) {
-                Stored::new_user()
-            } else {
-                Stored {
-                    version: r.version,
-                    digest: r.digest,
-                    email: r.email,
-                    deleted: r.deleted,
-                    role_from_webhook: r.role_from_webhook,
-                }
-            };
-            (r.user_id, stored)
-        })
-        .collect();
+    if stored.len() != lookups.users.len() {
+        return Err(DbError::Internal(
+            "a locked bookkeeping row of the batch was not read".into(),
+        ));
+    }
+    for r in stored {
+        if let Some(holds) = r.holds {
+            snapshot.rows.insert(r.user_id.clone(), holds);
+        }
+        let stored = if made.contains_key(r.user_id.as_str()) {
+            Stored::new_user()
+        } else {
+            Stored {
+                version: r.version,
+                digest: r.digest,
+                email: r.email,
+                deleted: r.deleted,
+                role_from_webhook: r.role_from_webhook,
+            }
+        };
+        snapshot.users.insert(r.user_id, stored);
+    }
     const ROWS: &str = "SELECT id AS a, mail_address AS b FROM \"User\" WHERE id = ANY($1)";
-    snapshot.rows = pairs(conn, ROWS, &lookups.users)
-        .await?
-        .into_iter()
-        .collect();
 
     // The addresses' locks, in the global order; then the rows again, since a row can only
     // have moved under the lock of the address it left.
@@ -188,17 +195,18 @@ async fn apply_in_transaction(
     {
         snapshot.add_holder(address, holder);
     }
-    for (address, claimant) in pairs(
-        conn,
-        "SELECT email AS a, user_id AS b FROM clerk_sync.users WHERE email = ANY($1)",
-        &addresses,
+    // A row made by this batch claims nothing yet.
+    let made_ids: Vec<&str> = made.keys().copied().collect();
+    let claimants: Vec<Pair> = diesel::sql_query(
+        "SELECT email AS a, user_id AS b FROM clerk_sync.users
+          WHERE email = ANY($1) AND user_id <> ALL($2)",
     )
-    .await?
-    {
-        // A row made by this batch claims nothing yet.
-        if !made.contains_key(claimant.as_str()) {
-            snapshot.add_claimant(address, claimant);
-        }
+    .bind::<Array<Text>, _>(&addresses)
+    .bind::<Array<Text>, _>(made_ids)
+    .load(conn)
+    .await?;
+    for claimant in claimants {
+        snapshot.add_claimant(claimant.a, claimant.b);
     }
 
     let plan = batch::plan(batch, &snapshot, options);
