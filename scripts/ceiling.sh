@@ -1,9 +1,10 @@
 # The database's own ceiling for bulk writes (scripts/write-ceiling.sql). Sourced, not run;
 # needs scripts/pg.sh's PG_BIN and PG_URL.
-#   pg_write_ceiling FILE.jsonl SESSIONS   prints the seconds the writes took
+#   pg_write_ceiling FILE.jsonl SESSIONS   prints the seconds the writes took, then the
+#                                          seconds the reads and writes took
 
 pg_write_ceiling() {
-  local file=$1 sessions=$2 url started ended s pids=()
+  local file=$1 sessions=$2 url started ended s reads pids=()
   "$PG_BIN/psql" -q "$PG_URL" -c "CREATE DATABASE ceiling" >/dev/null
   url="${PG_URL%/postgres}/ceiling"
   RUST_LOG=warn target/release/clerk-sync migrate --database-url "$url" >/dev/null
@@ -11,13 +12,18 @@ pg_write_ceiling() {
     -c "CREATE UNLOGGED TABLE ceiling_raw (line text)" \
     -c "\\copy ceiling_raw FROM pstdin WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')" <"$file" >/dev/null
   "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -f scripts/write-ceiling.sql >/dev/null
-  started=$(date +%s.%N)
-  for s in $(seq 0 $((sessions - 1))); do
-    "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -c "CALL clerk_sync_ceiling($s, $sessions)" &
-    pids+=($!)
+  for reads in false true; do
+    started=$(date +%s.%N)
+    pids=()
+    for s in $(seq 0 $((sessions - 1))); do
+      "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -c "CALL clerk_sync_ceiling($s, $sessions, $reads)" &
+      pids+=($!)
+    done
+    for s in "${pids[@]}"; do wait "$s"; done
+    ended=$(date +%s.%N)
+    awk -v s="$started" -v e="$ended" 'BEGIN { printf "%.2f\n", e - s }'
+    "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" \
+      -c 'TRUNCATE "User", clerk_sync.users, clerk_sync.deliveries CASCADE' -c 'CHECKPOINT' >/dev/null 2>&1
   done
-  for s in "${pids[@]}"; do wait "$s"; done
-  ended=$(date +%s.%N)
   "$PG_BIN/psql" -q "$PG_URL" -c "DROP DATABASE ceiling" >/dev/null
-  awk -v s="$started" -v e="$ended" 'BEGIN { printf "%.2f\n", e - s }'
 }
