@@ -41,8 +41,6 @@ struct StoredRow {
     deleted: bool,
     #[diesel(sql_type = Bool)]
     role_from_webhook: bool,
-    #[diesel(sql_type = Nullable<Text>)]
-    holds: Option<String>,
 }
 
 #[derive(QueryableByName)]
@@ -131,13 +129,10 @@ async fn apply_in_transaction(
     // Every row is held already (FOR NO KEY UPDATE, which excludes every other writer: no
     // foreign key points at the bookkeeping, so nobody takes the one lock it lets through).
     // Read in a snapshot taken after they were all held, the rows are their newest
-    // versions; locking them again would only write each one more time. The same read
-    // gives the address each user's "User" row holds.
+    // versions; locking them again would only write each one more time.
     let stored: Vec<StoredRow> = diesel::sql_query(
-        "SELECT s.user_id, s.version, s.digest, s.email, s.deleted_at IS NOT NULL AS deleted,
-                s.role_from_webhook, u.mail_address AS holds
-           FROM clerk_sync.users s LEFT JOIN \"User\" u ON u.id = s.user_id
-          WHERE s.user_id = ANY($1)",
+        "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
+           FROM clerk_sync.users WHERE user_id = ANY($1)",
     )
     .bind::<Array<Text>, _>(&lookups.users)
     .load(conn)
@@ -147,24 +142,28 @@ async fn apply_in_transaction(
             "a locked bookkeeping row of the batch was not read".into(),
         ));
     }
-    for r in stored {
-        if let Some(holds) = r.holds {
-            snapshot.rows.insert(r.user_id.clone(), holds);
-        }
-        let stored = if made.contains_key(r.user_id.as_str()) {
-            Stored::new_user()
-        } else {
-            Stored {
-                version: r.version,
-                digest: r.digest,
-                email: r.email,
-                deleted: r.deleted,
-                role_from_webhook: r.role_from_webhook,
-            }
-        };
-        snapshot.users.insert(r.user_id, stored);
-    }
+    snapshot.users = stored
+        .into_iter()
+        .map(|r| {
+            let stored = if made.contains_key(r.user_id.as_str()) {
+                Stored::new_user()
+            } else {
+                Stored {
+                    version: r.version,
+                    digest: r.digest,
+                    email: r.email,
+                    deleted: r.deleted,
+                    role_from_webhook: r.role_from_webhook,
+                }
+            };
+            (r.user_id, stored)
+        })
+        .collect();
     const ROWS: &str = "SELECT id AS a, mail_address AS b FROM \"User\" WHERE id = ANY($1)";
+    snapshot.rows = pairs(conn, ROWS, &lookups.users)
+        .await?
+        .into_iter()
+        .collect();
 
     // The addresses' locks, in the global order; then the rows again, since a row can only
     // have moved under the lock of the address it left.
