@@ -278,16 +278,39 @@ fn digest(
         hasher.update(part.as_bytes());
     }
     hasher.update(created_ms.to_le_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    // Lowercase hex, two digits a byte (stored digests compare with it: never change it).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for b in hasher.finalize() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    hex
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_stable() -> Result<(), EventError> {
+        // Stored digests settle ties against new ones: the function must never change.
+        let email = EmailAddress::parse("ada@example.com")?;
+        assert_eq!(
+            digest(
+                &Some("Ada Lovelace".to_owned()),
+                Some(&email),
+                Some(Role::Admin),
+                1_700_000_000_000
+            ),
+            "fe9bfcbfb62826a9aa4dddbd9a3fae01d3809ef59db3f6e77301dc000bee87c6"
+        );
+        assert_eq!(
+            digest(&None, None, None, 0),
+            "425091532f062652fe60c574a2843efefbb67fcd945ce7be615fa4891c19ab56"
+        );
+        Ok(())
+    }
 
     #[test]
     fn name_prefers_first_and_last_then_username() {
