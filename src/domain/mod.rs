@@ -12,6 +12,18 @@ mod user;
 pub use event::{Event, EventError};
 pub use user::{ClerkUserId, EmailAddress, Role, UserChange};
 
+/// Lowercase hex, two digits a byte: how digests and derived ids are written (stored
+/// values compare with it, so it never changes).
+pub fn lower_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    hex
+}
+
 /// The Svix message id of a delivery (`svix-id`), the key deliveries are deduplicated by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageId(String);

@@ -278,14 +278,7 @@ fn digest(
         hasher.update(part.as_bytes());
     }
     hasher.update(created_ms.to_le_bytes());
-    // Lowercase hex, two digits a byte (stored digests compare with it: never change it).
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for b in hasher.finalize() {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    hex
+    super::lower_hex(&hasher.finalize())
 }
 
 #[cfg(test)]
