@@ -5,13 +5,14 @@
 
 pg_write_ceiling() {
   local file=$1 sessions=$2 url started ended s reads pids=()
-  "$PG_BIN/psql" -q "$PG_URL" -c "CREATE DATABASE ceiling" >/dev/null
+  "$PG_BIN/psql" -q "$PG_URL" -c "CREATE DATABASE ceiling" >/dev/null || return 1
   url="${PG_URL%/postgres}/ceiling"
-  RUST_LOG=warn target/release/clerk-sync migrate --database-url "$url" >/dev/null
+  RUST_LOG=warn target/release/clerk-sync migrate --database-url "$url" >/dev/null || return 1
   "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" \
     -c "CREATE UNLOGGED TABLE ceiling_raw (line text)" \
-    -c "\\copy ceiling_raw FROM pstdin WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')" <"$file" >/dev/null
-  "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -f scripts/write-ceiling.sql >/dev/null
+    -c "\\copy ceiling_raw FROM pstdin WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')" <"$file" >/dev/null \
+    || return 1
+  "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -f scripts/write-ceiling.sql >/dev/null || return 1
   for reads in false true; do
     started=$(date +%s.%N)
     pids=()
@@ -19,11 +20,15 @@ pg_write_ceiling() {
       "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -c "CALL clerk_sync_ceiling($s, $sessions, $reads)" &
       pids+=($!)
     done
-    for s in "${pids[@]}"; do wait "$s"; done
+    for s in "${pids[@]}"; do
+      wait "$s" || { echo "the ceiling's run failed (reads: $reads)" >&2; return 1; }
+    done
     ended=$(date +%s.%N)
     awk -v s="$started" -v e="$ended" 'BEGIN { printf "%.2f\n", e - s }'
-    "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" \
-      -c 'TRUNCATE "User", clerk_sync.users, clerk_sync.deliveries CASCADE' -c 'CHECKPOINT' >/dev/null 2>&1
+    # Empty tables again for the next run (the cascade reaches the application's other tables).
+    "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -c 'SET client_min_messages = warning' \
+      -c 'TRUNCATE "User", clerk_sync.users, clerk_sync.deliveries CASCADE' -c 'CHECKPOINT' >/dev/null \
+      || { echo "the ceiling's tables could not be emptied" >&2; return 1; }
   done
   "$PG_BIN/psql" -q "$PG_URL" -c "DROP DATABASE ceiling" >/dev/null
 }
