@@ -67,6 +67,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         verifier,
         sync: SyncOptions {
             skip_users_without_email: args.skip_users_without_email,
+            ..SyncOptions::default()
         },
         deadline: Duration::from_secs(args.request_deadline),
         metrics: crate::metrics::Metrics::new(),
@@ -172,6 +173,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
         concurrency: usize::try_from(args.concurrency).unwrap_or(16),
         sync: SyncOptions {
             skip_users_without_email: args.skip_users_without_email,
+            ..SyncOptions::default()
         },
     };
     let progress = Progress::new();
@@ -423,6 +425,7 @@ pub async fn backfill(args: BackfillArgs) -> anyhow::Result<bool> {
         restart: args.restart,
         sync: SyncOptions {
             skip_users_without_email: args.skip_users_without_email,
+            ..SyncOptions::default()
         },
     };
     let progress = BackfillProgress::new();

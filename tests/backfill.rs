@@ -184,13 +184,26 @@ async fn newer_webhook_rows_stay_and_tombstones_hold(backend: Backend) {
         deliver(&database, "msg_older", &older.created()).await,
         "applied"
     );
+    // user 40: a webhook brought the very version the API lists: nothing to do.
+    let same = format!(
+        r#"{{"type":"user.updated","object":"event","timestamp":1,"data":{}}}"#,
+        all[40].json
+    );
+    assert_eq!(deliver(&database, "msg_same", &same).await, "applied");
     let api = StandIn::start(all, KEY, 0).expect("stand-in");
+    let deliveries = db.snapshot().await.1;
 
     let output = run(backfill(&db, &api, &["--page-size", "20"])).await;
 
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(count(&output, "stale"), 2, "{}", text(&output));
-    assert_eq!(count(&output, "applied"), 48);
+    assert_eq!(count(&output, "unchanged"), 1, "{}", text(&output));
+    assert_eq!(count(&output, "applied"), 47);
+    assert_eq!(
+        db.snapshot().await.1,
+        deliveries,
+        "users read from the API are versions, not deliveries: none is recorded"
+    );
     let kept = db.user(&user_id(10)).await.expect("row");
     assert_eq!(kept.mail_address, "newer@example.com");
     assert!(kept

@@ -199,6 +199,7 @@ async fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
     let batch = deliveries(&case);
     let options = SyncOptions {
         skip_users_without_email: case.skip_users_without_email,
+        ..SyncOptions::default()
     };
 
     let (one_db, one) = fresh(backend, &case).await;

@@ -166,6 +166,7 @@ async fn users_without_email_can_be_skipped_instead(backend: Backend) {
     let options = AppOptions {
         sync: clerk_sync::sync::SyncOptions {
             skip_users_without_email: true,
+            ..Default::default()
         },
         ..AppOptions::default()
     };

@@ -5,9 +5,12 @@
 //! walked too, and users deleted meanwhile shift nothing. Each user object becomes the
 //! `user.updated` that would carry it and is applied with [`Database::apply_batch`]: the
 //! pages fetched while the database was busy go together into one transaction (up to
-//! [`Database::preferred_batch`] users), and up to `concurrency` transactions run at once: last write wins on Clerk's `updated_at`, tombstones hold, and the email
-//! and role rules are those of a webhook. Its delivery id, `backfill:<user>:<updated_at>:
-//! <digest>`, names the version, so applying the same version again is `unchanged`.
+//! [`Database::preferred_batch`] users), and up to `concurrency` transactions run at once:
+//! last write wins on Clerk's `updated_at`, tombstones hold, and the email and role rules
+//! are those of a webhook. A user object is a version, not a message: it is told by its
+//! content ([`Dedup::ByVersion`]), so the version the table already holds is `unchanged`,
+//! whichever path applied it, and nothing is recorded in `deliveries`. (Should a user go the
+//! one-by-one path, its delivery id `backfill:<user>:<updated_at>:<digest>` is recorded.)
 //!
 //! With each transaction's pages the cursor, their user ids and their outcomes are
 //! checkpointed in clerk-sync's tables; an interrupted walk resumes after the last applied page. Should
@@ -33,7 +36,7 @@ use serde::Deserialize;
 
 use crate::db::{Database, DbError, Walk, WalkCounts};
 use crate::domain::{ClerkUserId, Event, MessageId};
-use crate::sync::{Outcome, SyncOptions};
+use crate::sync::{Dedup, Outcome, SyncOptions};
 use client::{ApiError, Client};
 
 /// How far before the walk's start a user's Clerk times must lie for `--prune` to delete it.
@@ -572,6 +575,14 @@ pub async fn run(
     options: &Options,
     progress: &dyn Progress,
 ) -> anyhow::Result<Summary> {
+    // Users read from the API are versions, not messages: told apart by their content.
+    let options = &Options {
+        sync: SyncOptions {
+            dedup: Dedup::ByVersion,
+            ..options.sync
+        },
+        ..options.clone()
+    };
     let mut summary = Summary::default();
     // First, so that a refused key stops the run before anything is written.
     match client.count_users().await {

@@ -25,7 +25,7 @@ use super::postgres::one_after_another;
 use super::DbError;
 use crate::domain::{Event, MessageId};
 use crate::sync::batch::{self, Snapshot, Stored};
-use crate::sync::{Outcome, SyncOptions};
+use crate::sync::{Dedup, Outcome, SyncOptions};
 
 #[derive(QueryableByName)]
 struct StoredRow {
@@ -185,12 +185,15 @@ async fn apply_in_transaction(
         .into_iter()
         .collect();
 
-    let recorded: Vec<Single> =
-        diesel::sql_query("SELECT svix_id AS a FROM clerk_sync.deliveries WHERE svix_id = ANY($1)")
-            .bind::<Array<Text>, _>(&lookups.ids)
-            .load(conn)
-            .await?;
-    snapshot.recorded = recorded.into_iter().map(|r| r.a).collect();
+    if options.dedup == Dedup::ById {
+        let recorded: Vec<Single> = diesel::sql_query(
+            "SELECT svix_id AS a FROM clerk_sync.deliveries WHERE svix_id = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(&lookups.ids)
+        .load(conn)
+        .await?;
+        snapshot.recorded = recorded.into_iter().map(|r| r.a).collect();
+    }
     for (address, holder) in pairs(
         conn,
         "SELECT mail_address AS a, id AS b FROM \"User\" WHERE mail_address = ANY($1)",

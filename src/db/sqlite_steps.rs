@@ -439,7 +439,11 @@ pub fn apply_batch(
             .load::<(String, String)>(conn)?;
         snapshot.rows.extend(rows);
     }
-    for ids in lookups.ids.chunks(CHUNK) {
+    let recorded_ids = match options.dedup {
+        crate::sync::Dedup::ById => lookups.ids.as_slice(),
+        crate::sync::Dedup::ByVersion => &[],
+    };
+    for ids in recorded_ids.chunks(CHUNK) {
         let recorded = d::table
             .filter(d::svix_id.eq_any(ids))
             .select(d::svix_id)

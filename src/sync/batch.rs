@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::{Event, MessageId, Role, UserChange};
-use crate::sync::{Outcome, SyncOptions};
+use crate::sync::{Dedup, Outcome, SyncOptions};
 
 /// What the database holds for one user when the batch starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,19 +184,23 @@ pub fn plan<'a>(
     };
     // Dedup first, in batch order: a repeat of an id earlier in the batch is a duplicate
     // whichever path records the first.
+    // (By version, repeats are told in each user's walk below instead.)
+    let by_id = options.dedup == Dedup::ById;
     let mut first_seen = HashSet::new();
     let mut by_user: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut user_order: Vec<&str> = Vec::new();
     // Who claims each address anywhere in the batch.
     let mut batch_claims: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (i, (id, event)) in batch.iter().enumerate() {
-        if snapshot.recorded.contains(id.as_str()) || !first_seen.insert(id.as_str()) {
+        if by_id && (snapshot.recorded.contains(id.as_str()) || !first_seen.insert(id.as_str())) {
             plan.outcomes[i] = Some(Outcome::Duplicate);
             continue;
         }
         let Some(user) = event.user_id() else {
             plan.outcomes[i] = Some(Outcome::Ignored);
-            plan.record.push(i);
+            if by_id {
+                plan.record.push(i);
+            }
             continue;
         };
         if let Some(email) = change_of(event).and_then(|c| c.email.as_ref()) {
@@ -220,7 +224,9 @@ pub fn plan<'a>(
             Some(decided) => {
                 for (i, outcome) in decided.outcomes {
                     plan.outcomes[i] = Some(outcome);
-                    plan.record.push(i);
+                    if by_id {
+                        plan.record.push(i);
+                    }
                 }
                 if let Some((bookkeeping, row)) = decided.write {
                     plan.bookkeeping.push(bookkeeping);
@@ -277,8 +283,17 @@ fn decide_user<'a>(
     let mut touched: Vec<String> = Vec::new();
     let mut outcomes = Vec::with_capacity(indices.len());
     for &(i, change) in &changes {
-        if (change.version, change.digest.as_str()) <= newest {
-            outcomes.push((i, Outcome::Stale));
+        let version = (change.version, change.digest.as_str());
+        if version <= newest {
+            let repeat = options.dedup == Dedup::ByVersion && version == newest;
+            outcomes.push((
+                i,
+                if repeat {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Stale
+                },
+            ));
             continue;
         }
         newest = (change.version, change.digest.as_str());
@@ -403,6 +418,51 @@ mod tests {
     }
 
     #[test]
+    fn by_version_the_applied_version_is_the_duplicate_and_nothing_is_recorded() {
+        let same = upsert("m1", "user_a", 20, Some("a@x.io"), None);
+        let digest = match &same.1 {
+            Event::Upsert { change, .. } => change.digest.clone(),
+            _ => unreachable!("an upsert"),
+        };
+        let batch = vec![
+            same,
+            upsert("m2", "user_b", 10, Some("b@x.io"), None),
+            upsert("m3", "user_c", 31, Some("c@x.io"), None),
+            upsert("m3", "user_c", 31, Some("c@x.io"), None),
+        ];
+        let mut snapshot = Snapshot::default();
+        snapshot.users.insert(
+            "user_a".into(),
+            Stored {
+                digest,
+                ..stored(20, Some("a@x.io"))
+            },
+        );
+        snapshot
+            .users
+            .insert("user_b".into(), stored(20, Some("b@x.io")));
+        // A recorded id means nothing by version.
+        snapshot.recorded.insert("m3".into());
+        let options = SyncOptions {
+            dedup: Dedup::ByVersion,
+            ..SyncOptions::default()
+        };
+        let plan = plan(&batch, &snapshot, options);
+        assert_eq!(
+            plan.outcomes,
+            vec![
+                Some(Outcome::Duplicate),
+                Some(Outcome::Stale),
+                Some(Outcome::Applied),
+                Some(Outcome::Duplicate)
+            ]
+        );
+        assert!(plan.record.is_empty());
+        assert_eq!(plan.bookkeeping.len(), 1);
+        assert_eq!(plan.bookkeeping[0].user_id, "user_c");
+    }
+
+    #[test]
     fn recorded_ids_are_duplicates_and_older_versions_stale() {
         let batch = vec![
             upsert("m1", "user_a", 20, Some("a@x.io"), None),
@@ -516,6 +576,7 @@ mod tests {
         );
         let options = SyncOptions {
             skip_users_without_email: true,
+            ..SyncOptions::default()
         };
         let plan = plan(&batch, &snapshot, options);
         assert_eq!(plan.outcomes[0], Some(Outcome::Stale));

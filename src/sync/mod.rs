@@ -75,6 +75,22 @@ impl Outcome {
 pub struct SyncOptions {
     /// Skip users who have no email address instead of writing a placeholder.
     pub skip_users_without_email: bool,
+    /// How a repeat is told.
+    pub dedup: Dedup,
+}
+
+/// How a delivery that was applied before is told (and answered `duplicate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dedup {
+    /// By its `svix-id`: every delivery is recorded in `deliveries` (webhooks, replay).
+    #[default]
+    ById,
+    /// By its content, for batches of users read from Clerk's API (backfill), which are
+    /// versions of a user rather than messages: one equal to the newest applied version
+    /// (same `updated_at`, same digest) is the duplicate, and the batch records nothing in
+    /// `deliveries`. Deliveries the batch leaves to the one-by-one path are recorded there
+    /// as usual; recorded or not, a version applied before is a duplicate the next time.
+    ByVersion,
 }
 
 /// Applies one verified delivery; see the module documentation for the rules.
