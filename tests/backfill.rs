@@ -267,6 +267,9 @@ async fn an_interrupted_walk_resumes_after_its_last_applied_page(backend: Backen
     assert_eq!(count(&restarted, "unchanged"), 700);
 
     api.set_faults(Faults::default());
+    // The user the walk would resume after is deleted meanwhile: the resumed walk steps
+    // back to the one before it, read from the checkpoint.
+    api.delete(&user_id(699));
     api.clear_log();
     let resumed = run(backfill(&db, &api, &["--page-size", "100"])).await;
 
@@ -282,12 +285,18 @@ async fn an_interrupted_walk_resumes_after_its_last_applied_page(backend: Backen
         Some(&user_id(699)),
         "the walk continues after the last applied page"
     );
+    assert_eq!(
+        lists[1].query.get("starting_after"),
+        Some(&user_id(698)),
+        "the walk steps back past the deleted user"
+    );
     assert!(
         lists.iter().all(|r| r.query.contains_key("starting_after")),
         "no page walked again from the start"
     );
     assert_eq!(count(&resumed, "applied"), 1_300);
     assert_eq!(count(&resumed, "unchanged"), 0);
+    // User 699 was applied before Clerk deleted it (no webhook told this table).
     assert_eq!(user_count(&db).await, 2_000);
     let walk = &status(&db).await["backfill"];
     assert_eq!(walk["state"], "completed", "{walk}");

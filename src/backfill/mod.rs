@@ -478,11 +478,30 @@ async fn handle_page(
     }
 }
 
+/// The user ids a walk has seen, to count each once (as 64-bit hashes: a few MB for a
+/// million users; two ids sharing one would count as one, about once in 10^7 walks of a
+/// million). A forward walk meets each user once; only a step-back walks ids again, and
+/// never further back than the newest [`STEP_BACK`] ids, which a resumed walk loads.
+#[derive(Default)]
+struct SeenIds(HashSet<u64>);
+
+impl SeenIds {
+    /// Adds `ids`; returns how many were new.
+    fn add<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) -> i64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hasher = BuildHasherDefault::<DefaultHasher>::default();
+        ids.into_iter()
+            .map(|id| i64::from(self.0.insert(hasher.hash_one(id))))
+            .sum()
+    }
+}
+
 /// Records applied pages (retried while the database is briefly unavailable).
 async fn checkpoint(
     db: &Database,
     walk: &mut Walk,
     handled: Handled,
+    new: i64,
     counts: WalkCounts,
 ) -> Result<(), DbError> {
     let Handled {
@@ -492,8 +511,6 @@ async fn checkpoint(
         ..
     } = handled;
     let last_id = last_id.as_str();
-    // Positions order the ids (for stepping back): 1,000 per page, pages hold at most 500.
-    let first = (walk.pages + 1).saturating_mul(1_000);
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0;
     loop {
@@ -502,21 +519,21 @@ async fn checkpoint(
             .backfill_checkpoint(
                 &walk.walk_id,
                 walk.pages..walk.pages + pages,
-                first,
                 ids.clone(),
+                new,
                 last_id,
                 counts,
             )
             .await
         {
-            Ok(None) => {
+            Ok(false) => {
                 return Err(DbError::Internal(
                     "another `clerk-sync backfill` moved or abandoned this walk meanwhile: run one backfill at a time".into(),
                 ))
             }
-            Ok(Some(added)) => {
+            Ok(true) => {
                 walk.pages += pages;
-                walk.seen += added;
+                walk.seen += new;
                 walk.cursor = Some(last_id.to_owned());
                 return Ok(());
             }
@@ -624,11 +641,12 @@ pub async fn run(
     }
 
     let back = if resumed {
-        db.backfill_recent_seen(&walk.walk_id, STEP_BACK as i64)
-            .await?
+        db.backfill_recent_seen(&walk.walk_id, STEP_BACK).await?
     } else {
         Vec::new()
     };
+    let mut seen = SeenIds::default();
+    seen.add(&back);
     let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
     let pages_per_transaction =
         (db.preferred_batch().await / options.page_size.max(1) as usize).clamp(1, PAGES_AHEAD);
@@ -681,7 +699,8 @@ pub async fn run(
             continue;
         }
         let counts = counts_of(&handled.delta);
-        if let Err(e) = checkpoint(db, &mut walk, handled, counts).await {
+        let new = seen.add(&handled.ids);
+        if let Err(e) = checkpoint(db, &mut walk, handled, new, counts).await {
             summary.stopped = Some(format!("recording the checkpoint: {e}"));
             break;
         }

@@ -133,6 +133,15 @@ struct KnownRow {
 }
 
 #[derive(QueryableByName)]
+struct SeenRow {
+    #[diesel(sql_type = BigInt)]
+    page: i64,
+    /// A JSON array.
+    #[diesel(sql_type = Text)]
+    user_ids: String,
+}
+
+#[derive(QueryableByName)]
 struct IdRow {
     #[diesel(sql_type = Text)]
     user_id: String,
@@ -279,20 +288,19 @@ impl Database {
     }
 
     /// Records applied pages in one transaction, taking the walk from `pages.start` pages to
-    /// `pages.end`: their user ids (positions from `first_position`, in walk order), the new
-    /// cursor and the pages' outcomes — provided the walk still exists and has `pages.start`
-    /// pages, i.e. no other backfill moved it
-    /// meanwhile. Returns how many of the ids were new to the walk, or `None` (nothing
-    /// recorded) when another backfill moved or abandoned the walk.
+    /// `pages.end`: their user ids (in walk order, one row), how many of those the walk had
+    /// not seen before (`new`), the new cursor and the pages' outcomes — provided the walk
+    /// still exists and has `pages.start` pages, i.e. no other backfill moved it meanwhile.
+    /// Returns false (nothing recorded) when another backfill moved or abandoned the walk.
     pub async fn backfill_checkpoint(
         &self,
         walk_id: &str,
         pages: std::ops::Range<i64>,
-        first_position: i64,
         seen: Vec<String>,
+        new: i64,
         cursor: &str,
         counts: WalkCounts,
-    ) -> Result<Option<i64>, DbError> {
+    ) -> Result<bool, DbError> {
         let (id, cursor) = (walk_id.to_owned(), cursor.to_owned());
         let (pages_before, pages) = (pages.start, pages.end - pages.start);
         match self {
@@ -304,21 +312,18 @@ impl Database {
                              SELECT walk_id FROM clerk_sync.backfill_walks
                               WHERE walk_id = $1 AND pages = $10 FOR UPDATE),
                          added AS (
-                             INSERT INTO clerk_sync.backfill_seen (walk_id, user_id, position)
-                             SELECT w.walk_id, t.id, $2 + t.ord - 1
-                               FROM walk w, unnest($3::text[]) WITH ORDINALITY AS t(id, ord)
-                             ON CONFLICT DO NOTHING RETURNING 1),
-                         n AS (SELECT count(*) AS n FROM added)
+                             INSERT INTO clerk_sync.backfill_seen (walk_id, page, user_ids)
+                             SELECT walk_id, $10, $3 FROM walk)
                          UPDATE clerk_sync.backfill_walks
-                            SET cursor = $4, pages = pages + $11, seen = seen + (SELECT n FROM n),
+                            SET cursor = $4, pages = pages + $11, seen = seen + $2,
                                 applied = applied + $5, stale = stale + $6, unchanged = unchanged + $7,
                                 ignored = ignored + $8, errors = errors + $9,
                                 checkpoint_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
                           WHERE walk_id IN (SELECT walk_id FROM walk)
-                         RETURNING (SELECT n FROM n) AS n",
+                         RETURNING pages AS n",
                     )
                     .bind::<Text, _>(id)
-                    .bind::<BigInt, _>(first_position)
+                    .bind::<BigInt, _>(new)
                     .bind::<diesel::sql_types::Array<Text>, _>(seen)
                     .bind::<Text, _>(cursor)
                     .bind::<BigInt, _>(counts.applied)
@@ -330,7 +335,7 @@ impl Database {
                     .bind::<BigInt, _>(pages),
                 )
                 .await?;
-                Ok(rows.first().map(|r| r.n))
+                Ok(!rows.is_empty())
             }
             Database::Sqlite(db) => {
                 let list = json_list(&seen)?;
@@ -338,15 +343,6 @@ impl Database {
                 db.run(move |conn| {
                     use diesel::RunQueryDsl;
                     let recorded = conn.immediate_transaction(|c| {
-                        let added = diesel::sql_query(
-                            "INSERT OR IGNORE INTO clerk_sync_backfill_seen (walk_id, user_id, position)
-                             SELECT ?, value, ? + key FROM json_each(?)",
-                        )
-                        .bind::<Text, _>(&id)
-                        .bind::<BigInt, _>(first_position)
-                        .bind::<Text, _>(&list)
-                        .execute(c)?;
-                        let added = i64::try_from(added).unwrap_or(i64::MAX);
                         let updated = diesel::sql_query(
                             "UPDATE clerk_sync_backfill_walks
                                 SET cursor = ?, pages = pages + ?, seen = seen + ?,
@@ -356,7 +352,7 @@ impl Database {
                         )
                         .bind::<Text, _>(&cursor)
                         .bind::<BigInt, _>(pages)
-                        .bind::<BigInt, _>(added)
+                        .bind::<BigInt, _>(new)
                         .bind::<BigInt, _>(counts.applied)
                         .bind::<BigInt, _>(counts.stale)
                         .bind::<BigInt, _>(counts.unchanged)
@@ -370,11 +366,18 @@ impl Database {
                             // Another backfill moved or abandoned the walk: record nothing.
                             return Err(diesel::result::Error::RollbackTransaction);
                         }
-                        Ok(added)
+                        diesel::sql_query(
+                            "INSERT INTO clerk_sync_backfill_seen (walk_id, page, user_ids)
+                             VALUES (?, ?, ?)",
+                        )
+                        .bind::<Text, _>(&id)
+                        .bind::<BigInt, _>(pages_before)
+                        .bind::<Text, _>(&list)
+                        .execute(c)
                     });
                     match recorded {
-                        Ok(added) => Ok(Some(added)),
-                        Err(diesel::result::Error::RollbackTransaction) => Ok(None),
+                        Ok(_) => Ok(true),
+                        Err(diesel::result::Error::RollbackTransaction) => Ok(false),
                         Err(e) => Err(e.into()),
                     }
                 })
@@ -387,37 +390,52 @@ impl Database {
     pub async fn backfill_recent_seen(
         &self,
         walk_id: &str,
-        limit: i64,
+        limit: usize,
     ) -> Result<Vec<String>, DbError> {
-        let id = walk_id.to_owned();
-        let rows: Vec<IdRow> = match self {
-            Database::Postgres(_) => {
-                pg::load(
-                    self,
-                    diesel::sql_query(
-                        "SELECT user_id FROM clerk_sync.backfill_seen WHERE walk_id = $1
-                          ORDER BY position DESC LIMIT $2",
+        let mut recent = Vec::new();
+        // Checkpoints newest first, until they hold `limit` ids (usually the newest does).
+        let mut before = i64::MAX;
+        while recent.len() < limit {
+            let id = walk_id.to_owned();
+            let rows: Vec<SeenRow> = match self {
+                Database::Postgres(_) => {
+                    pg::load(
+                        self,
+                        diesel::sql_query(
+                            "SELECT page, array_to_json(user_ids)::text AS user_ids
+                               FROM clerk_sync.backfill_seen
+                              WHERE walk_id = $1 AND page < $2 ORDER BY page DESC LIMIT 1",
+                        )
+                        .bind::<Text, _>(id)
+                        .bind::<BigInt, _>(before),
                     )
-                    .bind::<Text, _>(id)
-                    .bind::<BigInt, _>(limit),
-                )
-                .await?
-            }
-            Database::Sqlite(db) => {
-                db.run(move |conn| {
-                    use diesel::RunQueryDsl;
-                    Ok(diesel::sql_query(
-                        "SELECT user_id FROM clerk_sync_backfill_seen WHERE walk_id = ?
-                          ORDER BY position DESC LIMIT ?",
-                    )
-                    .bind::<Text, _>(id)
-                    .bind::<BigInt, _>(limit)
-                    .load(conn)?)
-                })
-                .await?
-            }
-        };
-        Ok(rows.into_iter().map(|r| r.user_id).collect())
+                    .await?
+                }
+                Database::Sqlite(db) => {
+                    db.run(move |conn| {
+                        use diesel::RunQueryDsl;
+                        Ok(diesel::sql_query(
+                            "SELECT page, user_ids FROM clerk_sync_backfill_seen
+                              WHERE walk_id = ? AND page < ? ORDER BY page DESC LIMIT 1",
+                        )
+                        .bind::<Text, _>(id)
+                        .bind::<BigInt, _>(before)
+                        .load(conn)?)
+                    })
+                    .await?
+                }
+            };
+            let Some(row) = rows.into_iter().next() else {
+                break;
+            };
+            let ids: Vec<String> = serde_json::from_str(&row.user_ids).map_err(|e| {
+                DbError::Internal(format!("a checkpoint's seen ids are unreadable: {e}"))
+            })?;
+            recent.extend(ids.into_iter().rev());
+            before = row.page;
+        }
+        recent.truncate(limit);
+        Ok(recent)
     }
 
     /// Marks the walk complete: the next run begins a new one.
@@ -481,9 +499,11 @@ impl Database {
                            LEFT JOIN clerk_sync.users s ON s.user_id = c.id
                            LEFT JOIN "User" u ON u.id = c.id
                           WHERE s.deleted_at IS NULL
-                            AND ($1::text IS NULL OR NOT EXISTS (
-                                    SELECT 1 FROM clerk_sync.backfill_seen b
-                                     WHERE b.walk_id = $1 AND b.user_id = c.id))
+                            AND NOT EXISTS (
+                                    SELECT 1 FROM (
+                                        SELECT unnest(b.user_ids) AS id FROM clerk_sync.backfill_seen b
+                                         WHERE b.walk_id = $1) seen
+                                     WHERE seen.id = c.id)
                             AND (u.id IS NULL OR (
                                     (extract(epoch FROM u."createdAt") * 1000)::bigint < $2
                                 AND (extract(epoch FROM u."updatedAt") * 1000)::bigint < $2))
@@ -520,9 +540,9 @@ impl Database {
                            LEFT JOIN clerk_sync_users s ON s.user_id = c.id
                            LEFT JOIN "User" u ON u.id = c.id
                           WHERE s.deleted_at IS NULL
-                            AND (? IS NULL OR NOT EXISTS (
-                                    SELECT 1 FROM clerk_sync_backfill_seen b
-                                     WHERE b.walk_id = ? AND b.user_id = c.id))
+                            AND c.id NOT IN (
+                                    SELECT j.value FROM clerk_sync_backfill_seen b, json_each(b.user_ids) j
+                                     WHERE b.walk_id = ?)
                             AND (u.id IS NULL OR ({created} < ? AND {updated} < ?))
                             AND (s.version IS NULL OR s.version < ?)
                             AND c.id NOT IN (
@@ -533,7 +553,6 @@ impl Database {
                         updated = ms("u.\"updatedAt\""),
                     );
                     Ok(diesel::sql_query(sql)
-                        .bind::<Nullable<Text>, _>(walk.clone())
                         .bind::<Nullable<Text>, _>(walk)
                         .bind::<BigInt, _>(cutoff_ms)
                         .bind::<BigInt, _>(cutoff_ms)
