@@ -187,18 +187,32 @@ fn prepare(users: Vec<Box<serde_json::value::RawValue>>) -> Result<Page, String>
         errors: Vec::new(),
     };
     for (index, raw) in users.iter().enumerate() {
-        let id = serde_json::from_str::<IdOnly>(raw.get())
-            .ok()
-            .and_then(|o| o.id)
-            .filter(|id| ClerkUserId::parse(id).is_ok());
-        let Some(id) = id else {
-            page.errors
-                .push(format!("user #{index} of a page has no valid id: skipped"));
-            continue;
+        // Parsed once; a user that cannot be applied is parsed again for its id alone,
+        // which `--prune` must still count as seen.
+        let (id, parsed) = match Event::from_api_user(raw.get()) {
+            Ok(event) => match event.user_id() {
+                Some(id) => (id.as_str().to_owned(), Ok(event)),
+                None => {
+                    page.errors
+                        .push(format!("user #{index} of a page is not a user: skipped"));
+                    continue;
+                }
+            },
+            Err(e) => {
+                let id = serde_json::from_str::<IdOnly>(raw.get())
+                    .ok()
+                    .and_then(|o| o.id)
+                    .filter(|id| ClerkUserId::parse(id).is_ok());
+                let Some(id) = id else {
+                    page.errors
+                        .push(format!("user #{index} of a page has no valid id: skipped"));
+                    continue;
+                };
+                (id, Err(e))
+            }
         };
         page.ids.push(id.clone());
-        page.last_id = id.clone();
-        match Event::from_api_user(raw.get()) {
+        match parsed {
             Ok(event) => {
                 let Event::Upsert { change, .. } = &event else {
                     continue;
@@ -210,6 +224,7 @@ fn prepare(users: Vec<Box<serde_json::value::RawValue>>) -> Result<Page, String>
             }
             Err(e) => page.errors.push(format!("{id}: {e}")),
         }
+        page.last_id = id;
     }
     if page.last_id.is_empty() {
         // A page none of whose users has an id cannot move the cursor: stop, never loop.

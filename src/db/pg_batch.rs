@@ -15,7 +15,7 @@
 //! `svix-id`): it holds its dedup record while it waits for the user's row, and the batch,
 //! holding the row, then wants to record the same id.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 use diesel::QueryableByName;

@@ -18,7 +18,7 @@
 //! one-by-one path, and the final row is the newest applied version's, with the role rule
 //! seen through every applied version in order.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::domain::{Event, MessageId, Role, UserChange};
 use crate::sync::{Dedup, Outcome, SyncOptions};
