@@ -135,15 +135,26 @@ async fn apply_in_transaction(
     // Every row is held already (FOR NO KEY UPDATE, which excludes every other writer: no
     // foreign key points at the bookkeeping, so nobody takes the one lock it lets through).
     // Read in a snapshot taken after they were all held, the rows are their newest
-    // versions; locking them again would only write each one more time.
-    let stored: Vec<StoredRow> = diesel::sql_query(
-        "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
-           FROM clerk_sync.users WHERE user_id = ANY($1)",
-    )
-    .bind::<Array<Text>, _>(&lookups.users)
-    .load(conn)
-    .await?;
-    if stored.len() != lookups.users.len() {
+    // versions; locking them again would only write each one more time. The rows made
+    // just now are new users', known already.
+    let existing: Vec<&str> = lookups
+        .users
+        .iter()
+        .map(String::as_str)
+        .filter(|user| !made.contains_key(user))
+        .collect();
+    let stored: Vec<StoredRow> = if existing.is_empty() {
+        Vec::new()
+    } else {
+        diesel::sql_query(
+            "SELECT user_id, version, digest, email, deleted_at IS NOT NULL AS deleted, role_from_webhook
+               FROM clerk_sync.users WHERE user_id = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(&existing)
+        .load(conn)
+        .await?
+    };
+    if stored.len() != existing.len() {
         return Err(DbError::Internal(
             "a locked bookkeeping row of the batch was not read".into(),
         ));
@@ -151,19 +162,19 @@ async fn apply_in_transaction(
     snapshot.users = stored
         .into_iter()
         .map(|r| {
-            let stored = if made.contains_key(r.user_id.as_str()) {
-                Stored::new_user()
-            } else {
-                Stored {
-                    version: r.version,
-                    digest: r.digest,
-                    email: r.email,
-                    deleted: r.deleted,
-                    role_from_webhook: r.role_from_webhook,
-                }
+            let stored = Stored {
+                version: r.version,
+                digest: r.digest,
+                email: r.email,
+                deleted: r.deleted,
+                role_from_webhook: r.role_from_webhook,
             };
             (r.user_id, stored)
         })
+        .chain(
+            made.keys()
+                .map(|user| ((*user).to_owned(), Stored::new_user())),
+        )
         .collect();
     const ROWS: &str = "SELECT id AS a, mail_address AS b FROM \"User\" WHERE id = ANY($1)";
     snapshot.rows = pairs(conn, ROWS, &lookups.users)
@@ -180,10 +191,14 @@ async fn apply_in_transaction(
     .bind::<Array<Text>, _>(&addresses)
     .execute(conn)
     .await?;
-    snapshot.rows = pairs(conn, ROWS, &lookups.users)
-        .await?
-        .into_iter()
-        .collect();
+    // Only rows that exist can have moved: a user's row is made (or deleted) only under
+    // that user's lock, which the batch holds.
+    if !snapshot.rows.is_empty() {
+        let with_rows: Vec<String> = snapshot.rows.keys().cloned().collect();
+        let moved: HashMap<String, String> =
+            pairs(conn, ROWS, &with_rows).await?.into_iter().collect();
+        snapshot.rows = moved;
+    }
 
     if options.dedup == Dedup::ById {
         let recorded: Vec<Single> = diesel::sql_query(
