@@ -19,16 +19,22 @@ fn main() -> ExitCode {
         };
     }
     clerk_sync::telemetry::init(cli.log_format == "json");
-    let result = actix_web::rt::System::new().block_on(async move {
-        match cli.command {
-            Command::Serve(args) => commands::serve(args).await.map(|()| true),
-            Command::Migrate(args) => commands::migrate(args).await.map(|()| true),
-            Command::Replay(args) => commands::replay(args).await,
-            Command::Status(args) => commands::status(args).await.map(|()| true),
-            Command::Backfill(args) => commands::backfill(args).await,
-            Command::Check(_) => Ok(false),
+    let result = match cli.command {
+        // The bulk commands parse, plan and write at once: a thread per core, so that
+        // parsing the next pages never holds up a transaction that waits for its plan.
+        Command::Replay(args) => bulk_runtime().and_then(|rt| rt.block_on(commands::replay(args))),
+        Command::Backfill(args) => {
+            bulk_runtime().and_then(|rt| rt.block_on(commands::backfill(args)))
         }
-    });
+        command => actix_web::rt::System::new().block_on(async move {
+            match command {
+                Command::Serve(args) => commands::serve(args).await.map(|()| true),
+                Command::Migrate(args) => commands::migrate(args).await.map(|()| true),
+                Command::Status(args) => commands::status(args).await.map(|()| true),
+                Command::Replay(_) | Command::Backfill(_) | Command::Check(_) => Ok(false),
+            }
+        }),
+    };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -38,4 +44,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn bulk_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
