@@ -1,10 +1,11 @@
 # The database's own ceiling for bulk writes (scripts/write-ceiling.sql). Sourced, not run;
 # needs scripts/pg.sh's PG_BIN and PG_URL.
-#   pg_write_ceiling FILE.jsonl SESSIONS   prints the seconds the writes took, then the
-#                                          seconds the reads and writes took
+#   pg_write_ceiling FILE.jsonl SESSIONS [DELIVERIES]
+#     prints the seconds the writes took, then the seconds the reads and writes took;
+#     DELIVERIES=false leaves out the delivery records and their reads (backfill makes none)
 
 pg_write_ceiling() {
-  local file=$1 sessions=$2 url started ended s reads pids=()
+  local file=$1 sessions=$2 deliveries=${3:-true} url started ended s reads pids=()
   "$PG_BIN/psql" -q "$PG_URL" -c "CREATE DATABASE ceiling" >/dev/null || return 1
   url="${PG_URL%/postgres}/ceiling"
   RUST_LOG=warn target/release/clerk-sync migrate --database-url "$url" >/dev/null || return 1
@@ -17,7 +18,7 @@ pg_write_ceiling() {
     started=$(date +%s.%N)
     pids=()
     for s in $(seq 0 $((sessions - 1))); do
-      "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -c "CALL clerk_sync_ceiling($s, $sessions, $reads)" &
+      "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$url" -c "CALL clerk_sync_ceiling($s, $sessions, $reads, $deliveries)" &
       pids+=($!)
     done
     for s in "${pids[@]}"; do

@@ -1,10 +1,11 @@
 -- The database alone, doing only the writes every event needs: what `scripts/bench-replay`
 -- and `scripts/bench-backfill` compare clerk-sync's bulk paths with (the bulk counterpart of
 -- `pgbench-apply-delivery.sql`). No client work, no rules: the events are parsed into a
--- table first (not timed), then `CALL clerk_sync_ceiling(k, n, reads)` in n sessions
--- applies batches k, k + n, … of 2,000 events (the default PostgreSQL batch), each its own
--- transaction: the newest version of each user upserted into "User" and into the
--- bookkeeping, and every event recorded as a delivery (a delete only as a delivery).
+-- table first (not timed), then `CALL clerk_sync_ceiling(k, n, reads, deliveries)` in n
+-- sessions applies batches k, k + n, … of 2,000 events (the default PostgreSQL batch), each
+-- its own transaction: the newest version of each user upserted into "User" and into the
+-- bookkeeping, and (with `deliveries`, as replay does; backfill records none) every event
+-- recorded as a delivery (a delete only as a delivery).
 -- With `reads`, each batch first reads what the rules look at, as clerk-sync's batches
 -- read it (set-wide, by id and by address) and takes the addresses' advisory locks; the
 -- results are not used.
@@ -25,7 +26,8 @@ CREATE INDEX ON ceiling_events (n);
 DROP TABLE ceiling_raw;
 ANALYZE ceiling_events;
 
-CREATE PROCEDURE clerk_sync_ceiling(first_batch int, step int, reads boolean) LANGUAGE plpgsql AS $$
+CREATE PROCEDURE clerk_sync_ceiling(first_batch int, step int, reads boolean, deliveries boolean)
+LANGUAGE plpgsql AS $$
 DECLARE
     b int := first_batch;
     total bigint := (SELECT count(*) FROM ceiling_events);
@@ -43,7 +45,9 @@ BEGIN
               WHERE s.user_id = ANY(users);
             PERFORM count(pg_advisory_xact_lock(hashtextextended(a, 7))) FROM unnest(addresses) AS a;
             PERFORM count(*) FROM "User" WHERE id = ANY(users);
-            PERFORM count(*) FROM clerk_sync.deliveries WHERE svix_id = ANY(ids);
+            IF deliveries THEN
+                PERFORM count(*) FROM clerk_sync.deliveries WHERE svix_id = ANY(ids);
+            END IF;
             PERFORM count(*) FROM "User" WHERE mail_address = ANY(addresses);
             PERFORM count(*) FROM clerk_sync.users WHERE email = ANY(addresses);
         END IF;
@@ -62,11 +66,13 @@ BEGIN
          ORDER BY user_id, version DESC
         ON CONFLICT (user_id) DO UPDATE
            SET version = EXCLUDED.version, digest = EXCLUDED.digest, email = EXCLUDED.email;
-        INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome)
-        SELECT svix_id, event_type, user_id, 'applied'
-          FROM ceiling_events
-         WHERE n >= b * 2000 AND n < (b + 1) * 2000
-        ON CONFLICT (svix_id) DO NOTHING;
+        IF deliveries THEN
+            INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome)
+            SELECT svix_id, event_type, user_id, 'applied'
+              FROM ceiling_events
+             WHERE n >= b * 2000 AND n < (b + 1) * 2000
+            ON CONFLICT (svix_id) DO NOTHING;
+        END IF;
         COMMIT;
         b := b + step;
     END LOOP;
