@@ -235,7 +235,7 @@ async fn apply_in_transaction(
     let plan = batch::plan(batch, &snapshot, options);
     let known: Vec<&str> = snapshot.users.keys().map(String::as_str).collect();
     write_bookkeeping(conn, &corrections(&plan.bookkeeping, &made), &known).await?;
-    write_rows(conn, &plan.rows).await?;
+    write_rows(conn, &plan.rows, &snapshot.rows).await?;
     record(conn, batch, &plan.record, &plan.outcomes).await?;
 
     let mut outcomes = plan.outcomes;
@@ -412,36 +412,57 @@ async fn write_bookkeeping(
     Ok(())
 }
 
-async fn write_rows(conn: &mut AsyncPgConnection, rows: &[batch::Row<'_>]) -> Result<(), DbError> {
-    // Rows whose role is written, and rows whose role is left alone (new ones get USER).
-    for set_role in [true, false] {
-        let part: Vec<&batch::Row> = rows
-            .iter()
-            .filter(|r| r.role.is_some() == set_role)
-            .collect();
+/// Upserts the application's rows. A user without a row when its lock was taken has none
+/// now (rows are made only under their user's lock), so its row is a plain insert: no
+/// speculative insertion, no conflict check on `id`.
+async fn write_rows(
+    conn: &mut AsyncPgConnection,
+    rows: &[batch::Row<'_>],
+    existing: &HashMap<String, String>,
+) -> Result<(), DbError> {
+    const NEW: &str = "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")
+         SELECT id, name, address, role::\"Role\", created, updated
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[], $6::timestamp[])
+                AS n(id, name, address, role, created, updated)";
+    // Existing rows whose role is written, and those whose role is left alone.
+    const SET_ROLE: &str = "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")
+         SELECT id, name, address, role::\"Role\", created, updated
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[], $6::timestamp[])
+                AS n(id, name, address, role, created, updated)
+         ON CONFLICT (id) DO UPDATE
+            SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address, role = EXCLUDED.role,
+                \"createdAt\" = EXCLUDED.\"createdAt\", \"updatedAt\" = EXCLUDED.\"updatedAt\"";
+    const KEEP_ROLE: &str = "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")
+         SELECT id, name, address, role::\"Role\", created, updated
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[], $6::timestamp[])
+                AS n(id, name, address, role, created, updated)
+         ON CONFLICT (id) DO UPDATE
+            SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address,
+                \"createdAt\" = EXCLUDED.\"createdAt\", \"updatedAt\" = EXCLUDED.\"updatedAt\"";
+    let is_new = |r: &batch::Row| !existing.contains_key(r.change.id.as_str());
+    let parts: [(&str, Vec<&batch::Row>); 3] = [
+        (NEW, rows.iter().filter(|r| is_new(r)).collect()),
+        (
+            SET_ROLE,
+            rows.iter()
+                .filter(|r| !is_new(r) && r.role.is_some())
+                .collect(),
+        ),
+        (
+            KEEP_ROLE,
+            rows.iter()
+                .filter(|r| !is_new(r) && r.role.is_none())
+                .collect(),
+        ),
+    ];
+    for (sql, part) in parts {
         if part.is_empty() {
             continue;
         }
-        let sql = if set_role {
-            "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")
-             SELECT id, name, address, role::\"Role\", created, updated
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[], $6::timestamp[])
-                    AS n(id, name, address, role, created, updated)
-             ON CONFLICT (id) DO UPDATE
-                SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address, role = EXCLUDED.role,
-                    \"createdAt\" = EXCLUDED.\"createdAt\", \"updatedAt\" = EXCLUDED.\"updatedAt\""
-        } else {
-            "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")
-             SELECT id, name, address, role::\"Role\", created, updated
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[], $6::timestamp[])
-                    AS n(id, name, address, role, created, updated)
-             ON CONFLICT (id) DO UPDATE
-                SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address,
-                    \"createdAt\" = EXCLUDED.\"createdAt\", \"updatedAt\" = EXCLUDED.\"updatedAt\""
-        };
         let id: Vec<&str> = part.iter().map(|r| r.change.id.as_str()).collect();
         let name: Vec<Option<&str>> = part.iter().map(|r| r.change.name.as_deref()).collect();
         let address: Vec<&str> = part.iter().map(|r| r.address.as_str()).collect();
+        // A new row without a role named gets USER; an existing one keeps its own.
         let role: Vec<&str> = part
             .iter()
             .map(|r| r.role.unwrap_or(crate::domain::Role::User).as_db())
