@@ -413,8 +413,10 @@ async fn write_bookkeeping(
 }
 
 /// Upserts the application's rows. A user without a row when its lock was taken has none
-/// now (rows are made only under their user's lock), so its row is a plain insert: no
-/// speculative insertion, no conflict check on `id`.
+/// now (clerk-sync makes rows only under their user's lock), so its row is a plain insert:
+/// no speculative insertion, no conflict check on `id`. Should the application itself
+/// insert that row meanwhile, the insert fails on the unique id (a transient error): the
+/// batch rolls back and its deliveries are applied one by one.
 async fn write_rows(
     conn: &mut AsyncPgConnection,
     rows: &[batch::Row<'_>],

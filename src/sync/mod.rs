@@ -88,8 +88,10 @@ pub enum Dedup {
     /// By its content, for batches of users read from Clerk's API (backfill), which are
     /// versions of a user rather than messages: one equal to the newest applied version
     /// (same `updated_at`, same digest) is the duplicate, and the batch records nothing in
-    /// `deliveries`. Deliveries the batch leaves to the one-by-one path are recorded there
-    /// as usual; recorded or not, a version applied before is a duplicate the next time.
+    /// `deliveries`. A version the batch decides is compared with the newest applied one,
+    /// whichever path applied it. Deliveries it leaves to the one-by-one path (a change to
+    /// a contested address, a user skipped for want of an email, a delete) go the
+    /// single-delivery way: recorded by id, an equal version there is `stale`.
     ByVersion,
 }
 

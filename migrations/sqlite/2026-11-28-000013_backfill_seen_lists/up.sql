@@ -7,8 +7,8 @@ CREATE TABLE clerk_sync_backfill_seen_lists (
     PRIMARY KEY (walk_id, page)
 );
 INSERT INTO clerk_sync_backfill_seen_lists (walk_id, page, user_ids)
-SELECT walk_id, position / 1000 - 1, json_group_array(user_id)
-  FROM (SELECT walk_id, user_id, position FROM clerk_sync_backfill_seen ORDER BY walk_id, position)
+SELECT walk_id, position / 1000 - 1, json_group_array(user_id ORDER BY position)
+  FROM clerk_sync_backfill_seen
  GROUP BY walk_id, position / 1000;
 DROP TABLE clerk_sync_backfill_seen;
 ALTER TABLE clerk_sync_backfill_seen_lists RENAME TO clerk_sync_backfill_seen;
