@@ -297,10 +297,12 @@ fn decide_user<'a>(
             continue;
         }
         newest = (change.version, change.digest.as_str());
+        // What this version writes; a version that leaves the role alone keeps what an
+        // earlier version of the batch wrote.
         role = match change.role {
             Some(named) => Some(named),
             None if role_from_webhook => Some(Role::User),
-            None => None,
+            None => role,
         };
         role_from_webhook = change.role.is_some();
         winner = Some(change);
@@ -558,6 +560,27 @@ mod tests {
         assert!(!plan.bookkeeping[0].role_from_webhook);
         // user_b: no role named, none set by a webhook: the application's role stays.
         assert_eq!(plan.rows[1].role, None);
+    }
+
+    #[test]
+    fn a_role_reset_earlier_in_the_batch_is_kept_by_a_later_version_naming_none() {
+        // ADMIN set by a webhook before the batch; one by one, the first version resets
+        // the row to USER and the second leaves it alone: USER, not the stored ADMIN.
+        let mut snapshot = Snapshot::default();
+        snapshot.users.insert(
+            "user_a".into(),
+            Stored {
+                role_from_webhook: true,
+                ..stored(1, Some("a@x.io"))
+            },
+        );
+        let batch = vec![
+            upsert("m1", "user_a", 4, Some("a@x.io"), None),
+            upsert("m2", "user_a", 5, Some("a@x.io"), None),
+        ];
+        let plan = plan(&batch, &snapshot, SyncOptions::default());
+        assert_eq!(plan.rows[0].role, Some(Role::User));
+        assert!(!plan.bookkeeping[0].role_from_webhook);
     }
 
     #[test]
