@@ -842,6 +842,16 @@ mod tests {
     }
 
     #[test]
+    fn seen_ids_count_each_id_once_across_checkpoints() {
+        let mut seen = SeenIds::default();
+        let ids = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(seen.add(&ids(&["user_1", "user_2", "user_2"])), 2);
+        // A step-back walks user_2 again; only user_3 is new.
+        assert_eq!(seen.add(&ids(&["user_2", "user_3"])), 1);
+        assert_eq!(seen.add(&ids(&[])), 0);
+    }
+
+    #[test]
     fn a_page_without_any_id_stops_the_walk_instead_of_looping() {
         assert!(prepare(vec![raw(r#"{"object":"user"}"#)]).is_err());
     }
