@@ -134,15 +134,29 @@ pub struct StatusArgs {
 /// Where the database is.
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// postgres://… or postgresql://… for PostgreSQL; sqlite://PATH, sqlite:PATH or a file path for SQLite.
+    /// The application's own URL, as Prisma reads it. PostgreSQL: postgres://… or
+    /// postgresql://… with libpq's and Prisma's parameters: sslmode (disable, allow, prefer —
+    /// the default —, require, verify-ca, verify-full), sslrootcert (PATH or system), sslcert +
+    /// sslkey, sslidentity + sslpassword, sslaccept (strict, accept_invalid_certs),
+    /// channel_binding, schema, connection_limit, pool_timeout, connect_timeout,
+    /// socket_timeout, pgbouncer, statement_cache_size, application_name, options, host (a
+    /// Unix-socket directory); other parameters are named in a warning and left out. Relative
+    /// certificate paths are relative to prisma/ when prisma/schema.prisma is here, else to the
+    /// working directory. SQLite: sqlite://PATH, sqlite:PATH or a file path.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SQLITE_FILE, hide_env_values = true)]
     pub database_url: String,
-    /// Most database connections open at once (PostgreSQL; SQLite uses one).
-    #[arg(long, env = "CLERK_SYNC_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub pool_size: u16,
+    /// Prisma's directUrl: a direct (unpooled) PostgreSQL URL for migrations and their lock,
+    /// when DATABASE_URL goes through a pooler.
+    #[arg(long, env = "DIRECT_URL", hide_env_values = true)]
+    pub direct_url: Option<String>,
+    /// Most database connections open at once (PostgreSQL; SQLite uses one). Default: the
+    /// URL's connection_limit, else 16.
+    #[arg(long, env = "CLERK_SYNC_POOL_SIZE", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub pool_size: Option<u16>,
     /// Seconds to wait for a database connection, a lock or a statement before answering 503.
-    #[arg(long, env = "CLERK_SYNC_DB_TIMEOUT", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
-    pub db_timeout: u64,
+    /// Default 3; the URL's pool_timeout and socket_timeout apply where this is not given.
+    #[arg(long, env = "CLERK_SYNC_DB_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub db_timeout: Option<u64>,
     /// Group commit on PostgreSQL: N committers apply the deliveries waiting for them together,
     /// one transaction each (0: off, every delivery in its own transaction). SQLite always
     /// commits what waits for its one writer together.
@@ -150,18 +164,37 @@ pub struct DatabaseArgs {
     pub committers: u16,
 }
 
+/// The timeout when neither `--db-timeout` nor the URL gives one, in seconds.
+const DEFAULT_DB_TIMEOUT: u64 = 3;
+
 impl DatabaseArgs {
-    /// The parsed URL.
+    /// The parsed URL, with `DIRECT_URL` attached.
     pub fn url(&self) -> Result<DatabaseUrl, crate::db::UrlError> {
-        DatabaseUrl::parse(&self.database_url)
+        let url = DatabaseUrl::parse(&self.database_url)?;
+        match self.direct_url.as_deref().filter(|d| !d.trim().is_empty()) {
+            Some(direct) => url.with_direct(DatabaseUrl::parse(direct)?),
+            None => Ok(url),
+        }
     }
 
-    /// Pool settings from the flags.
-    pub fn pool(&self) -> PoolOptions {
+    /// Pool settings from the flags, and where they are not given, from the URL (Prisma's
+    /// `connection_limit`, `pool_timeout`, `socket_timeout`).
+    pub fn pool(&self, url: &DatabaseUrl) -> PoolOptions {
+        let pg = url.postgres();
+        let flag_timeout = self.db_timeout.map(Duration::from_secs);
+        let default_timeout = Duration::from_secs(DEFAULT_DB_TIMEOUT);
         PoolOptions {
-            max_connections: usize::from(self.pool_size),
-            acquire_timeout: Duration::from_secs(self.db_timeout),
-            statement_timeout: Duration::from_secs(self.db_timeout),
+            max_connections: self
+                .pool_size
+                .map(usize::from)
+                .or_else(|| pg.and_then(|p| p.connection_limit))
+                .unwrap_or(16),
+            acquire_timeout: flag_timeout
+                .or_else(|| pg.and_then(|p| p.pool_timeout))
+                .unwrap_or(default_timeout),
+            statement_timeout: flag_timeout
+                .or_else(|| pg.and_then(|p| p.socket_timeout))
+                .unwrap_or(default_timeout),
             committers: usize::from(self.committers),
             bulk: false,
         }

@@ -19,19 +19,49 @@ use crate::verify::Verifier;
 
 async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
     let url = args.url()?;
-    tracing::info!(database = %url, "opening database");
-    Ok(Database::open(&url, args.pool())?)
+    let options = args.pool(&url);
+    open_with(&url, options)
 }
 
 /// For bulk writes (replay, backfill): a larger SQLite page cache.
 async fn open_bulk(args: &DatabaseArgs) -> anyhow::Result<Database> {
     let url = args.url()?;
-    tracing::info!(database = %url, "opening database");
     let options = PoolOptions {
         bulk: true,
-        ..args.pool()
+        ..args.pool(&url)
     };
-    Ok(Database::open(&url, options)?)
+    open_with(&url, options)
+}
+
+fn open_with(url: &crate::db::DatabaseUrl, options: PoolOptions) -> anyhow::Result<Database> {
+    if let Some(pg) = url.postgres() {
+        // Prisma drops parameters it does not know; so does clerk-sync, but it says so.
+        for name in &pg.ignored {
+            tracing::warn!(parameter = %name, "DATABASE_URL parameter not used by clerk-sync: ignored");
+        }
+        if let Some(direct) = &pg.direct {
+            for name in &direct.ignored {
+                tracing::warn!(parameter = %name, "DIRECT_URL parameter not used by clerk-sync: ignored");
+            }
+        }
+        tracing::info!(
+            database = %url,
+            sslmode = pg.tls.mode.as_str(),
+            pooler_safe = pg.pooler.reason(),
+            direct_url = pg.direct.as_ref().map(|d| d.redacted()),
+            pool_size = options.max_connections,
+            "opening database"
+        );
+    } else {
+        tracing::info!(database = %url, "opening database");
+    }
+    Ok(Database::open(url, options)?)
+}
+
+/// Logs how the database was reached, once a connection was made.
+fn log_connection(db: &Database) {
+    let info = db.connection();
+    tracing::info!(backend = db.backend(), tls = %info.tls, pooler_safe = %info.pooler, "database connected");
 }
 
 async fn run_migrations(db: &Database) -> anyhow::Result<()> {
@@ -49,6 +79,7 @@ async fn run_migrations(db: &Database) -> anyhow::Result<()> {
 pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
     let db = open(&args).await?;
     run_migrations(&db).await?;
+    log_connection(&db);
     println!("clerk-sync: {} database migrated", db.backend());
     Ok(())
 }
@@ -59,6 +90,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db = open(&args.database).await?;
     if !args.no_migrate {
         run_migrations(&db).await?;
+    }
+    if db.check_ready().await.is_ok() {
+        log_connection(&db);
     }
     let listener =
         TcpListener::bind(&args.bind).with_context(|| format!("binding {}", args.bind))?;
@@ -234,10 +268,15 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         let mut json = serde_json::to_value(&status)?;
         json["window_hours"] = serde_json::json!(hours);
         json["backend"] = serde_json::json!(db.backend());
+        json["connection"] = serde_json::to_value(db.connection())?;
         json["backfill"] = walk.as_ref().map_or(serde_json::Value::Null, walk_json);
         println!("{json}");
         return Ok(());
     }
+    let connection = db.connection();
+    println!("backend:          {}", db.backend());
+    println!("encryption:       {}", connection.tls);
+    println!("pooler-safe mode: {}", connection.pooler);
     println!("deliveries in the last {hours} h:");
     if status.deliveries_by_outcome.is_empty() {
         println!("  none");

@@ -627,8 +627,8 @@ mod pg {
         let Database::Postgres(pg) = db else {
             return Err(DbError::Internal("not a PostgreSQL database".into()));
         };
-        let mut conn = pg.pool.get().await?;
-        Ok(query.load(&mut conn).await?)
+        pg.with_conn(async move |conn| Ok(query.load(conn).await?))
+            .await
     }
 
     /// The one row `query` returns.

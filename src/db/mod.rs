@@ -16,6 +16,7 @@ mod pg_batch;
 mod postgres;
 mod sqlite;
 mod sqlite_steps;
+mod tls;
 mod url;
 
 use std::sync::Arc;
@@ -27,7 +28,11 @@ use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
 
 pub use backfill::{KnownUser, LastWalk, Walk, WalkCounts};
-pub use url::{DatabaseUrl, UrlError, DEFAULT_SQLITE_FILE};
+pub use tls::TlsError;
+pub use url::{
+    ChannelBinding, DatabaseUrl, Identity, PgHost, PgUrl, Pooler, Roots, SslMode, TlsSettings,
+    UrlError, DEFAULT_SQLITE_FILE,
+};
 
 /// A batch that failed after its first `decided.len()` deliveries were committed (none, unless
 /// PostgreSQL had to split it); the rest were rolled back.
@@ -57,6 +62,9 @@ pub enum DbError {
     /// The application's `User` table exists but clerk-sync cannot write it safely.
     #[error("the application's \"User\" table is incompatible: {0}")]
     Incompatible(String),
+    /// The connection settings cannot be used (a certificate file that cannot be read, …).
+    #[error("database connection settings: {0}")]
+    Config(String),
     /// The database is reachable but clerk-sync's migrations have not been applied.
     #[error("database not migrated: {0} pending migration(s); run `clerk-sync migrate`")]
     NotMigrated(usize),
@@ -156,6 +164,15 @@ pub struct MigrationReport {
     pub created_user_table: bool,
 }
 
+/// How the daemon reaches its database, for `/readyz`, `status` and the start-up log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionInfo {
+    /// `TLSv1.3`, `TLSv1.2`, `none`, or `not connected yet`.
+    pub tls: String,
+    /// `off`, or `on (…why)`.
+    pub pooler: String,
+}
+
 /// Deferred deletes retried in the background.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PendingDeletes {
@@ -224,6 +241,24 @@ impl Database {
             DatabaseUrl::Postgres { .. } => Database::Postgres(postgres::Pg::open(url, options)?),
             DatabaseUrl::Sqlite { path } => Database::Sqlite(sqlite::Lite::open(path, options)?),
         })
+    }
+
+    /// Whether the connection is encrypted and whether the pooler-safe mode is on.
+    pub fn connection(&self) -> ConnectionInfo {
+        match self {
+            Database::Postgres(db) => ConnectionInfo {
+                tls: match db.negotiated() {
+                    None => "not connected yet".into(),
+                    Some(None) => "none".into(),
+                    Some(Some(version)) => version.into(),
+                },
+                pooler: db.pooler().reason().into(),
+            },
+            Database::Sqlite(_) => ConnectionInfo {
+                tls: "none (a local file)".into(),
+                pooler: "off".into(),
+            },
+        }
     }
 
     /// `postgres` or `sqlite`.

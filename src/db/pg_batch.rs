@@ -19,7 +19,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::postgres::one_after_another;
 use super::DbError;
@@ -69,17 +69,9 @@ async fn pairs(
     Ok(rows.into_iter().map(|p| (p.a, p.b)).collect())
 }
 
-/// Applies `batch` in one transaction; the i-th outcome answers the i-th delivery.
-pub(super) async fn apply(
-    conn: &mut AsyncPgConnection,
-    batch: &[(MessageId, Event)],
-    options: SyncOptions,
-) -> Result<Vec<Outcome>, DbError> {
-    conn.transaction(async |conn| apply_in_transaction(conn, batch, options).await)
-        .await
-}
-
-async fn apply_in_transaction(
+/// Applies `batch` in the connection's transaction (which the caller began); the i-th
+/// outcome answers the i-th delivery.
+pub(super) async fn apply_in_transaction(
     conn: &mut AsyncPgConnection,
     batch: &[(MessageId, Event)],
     options: SyncOptions,

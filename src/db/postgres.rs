@@ -14,12 +14,15 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 
 use super::app_table::{self, Column};
 use super::migrations::{self, History};
+use super::tls;
+use super::url::{ChannelBinding, PgHost, PgUrl, Pooler, SslMode};
 use super::{
     outcome, DatabaseUrl, DbError, GaugeRow, Gauges, MigrationReport, OutcomeCount, PendingDeletes,
     PoolOptions, Status, Totals,
 };
 use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
+use tokio_postgres::config::SslMode as PgSslMode;
 
 const HISTORY: History = History {
     create: "CREATE SCHEMA IF NOT EXISTS clerk_sync;
@@ -30,15 +33,25 @@ const HISTORY: History = History {
     table: "clerk_sync.schema_migrations",
 };
 
-/// Session advisory lock held while migrating, so that instances starting together take turns.
+/// Transaction-level advisory lock held while migrating, so that instances starting together
+/// take turns (never a session lock: through a transaction pooler it would outlive the
+/// transaction on a server connection another client gets next).
 const MIGRATION_LOCK: i64 = 0x636c_6572_6b5f_7379;
 
 /// A PostgreSQL pool.
 #[derive(Clone)]
 pub struct Pg {
     pub(super) pool: Pool<AsyncPgConnection>,
-    url: String,
-    setup: String,
+    /// How a transaction begins: `BEGIN`, and through a pooler the `SET LOCAL`s.
+    begin: String,
+    /// How the migration's one transaction begins (longer timeouts).
+    migration_begin: String,
+    /// Whether the pooler-safe mode is on.
+    pooler: Pooler,
+    /// The server of `DATABASE_URL`.
+    endpoint: std::sync::Arc<Endpoint>,
+    /// Where migrations go: `DIRECT_URL`'s server, else `DATABASE_URL`'s.
+    direct: std::sync::Arc<Endpoint>,
     /// How many committers apply deliveries together (0: none, each on its own).
     pub(super) committers: usize,
     /// The committers, started on first use (see `super::group`).
@@ -85,59 +98,253 @@ struct CatalogColumn {
     has_default: bool,
 }
 
-async fn connect(
-    url: String,
-    setup: String,
-    timeout: Duration,
-) -> diesel::ConnectionResult<AsyncPgConnection> {
-    let attempt = async {
-        let mut conn = AsyncPgConnection::establish(&url).await?;
-        conn.batch_execute(&setup)
-            .await
-            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-        Ok(conn)
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| {
-            Err(diesel::ConnectionError::BadConnection(
-                "connect timed out".into(),
-            ))
-        })
+/// How to reach the server and what every connection is set up with.
+pub(super) struct Endpoint {
+    /// Host, port, role, password, database, timeouts: what the driver understands.
+    config: tokio_postgres::Config,
+    /// TLS by `sslmode`.
+    mode: SslMode,
+    /// The TLS client, unless `sslmode=disable`.
+    connector: Option<tls::Connector>,
+    /// Pooler-safe: no statement outlives its transaction, no session state.
+    pooled: bool,
+    /// Statements a direct connection runs once, at connect (session settings).
+    session_setup: String,
+    /// What the newest connection negotiated: `Some(version)` over TLS, `None` in plaintext;
+    /// unset before the first.
+    negotiated: std::sync::Mutex<Option<Option<&'static str>>>,
+    /// Longest a new connection may take.
+    connect_timeout: Duration,
 }
+
+impl Endpoint {
+    /// Reads the URL's TLS files now, so that one that cannot be read stops the start.
+    pub(super) fn new(
+        url: &PgUrl,
+        statement_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, DbError> {
+        let connector = match url.tls.mode {
+            SslMode::Disable => None,
+            _ => Some(tls::Connector::new(&url.tls).map_err(|e| DbError::Config(e.to_string()))?),
+        };
+        Ok(Self {
+            config: driver_config(url, connect_timeout),
+            mode: url.tls.mode,
+            connector,
+            pooled: url.pooler.safe(),
+            session_setup: settings_sql(url.schema.as_deref(), statement_timeout, false),
+            negotiated: std::sync::Mutex::new(None),
+            connect_timeout,
+        })
+    }
+
+    /// Opens one connection, by `sslmode`.
+    pub(super) async fn connect(&self) -> diesel::ConnectionResult<AsyncPgConnection> {
+        let attempt = async {
+            let mut conn = match (self.mode, &self.connector) {
+                (SslMode::Disable, _) | (_, None) => self.plain().await?,
+                // libpq's `allow`: plaintext first, TLS when the server refuses it.
+                (SslMode::Allow, Some(connector)) => match self.plain().await {
+                    Ok(conn) => conn,
+                    Err(_) => self.encrypted(connector, PgSslMode::Require).await?,
+                },
+                (SslMode::Prefer, Some(connector)) => {
+                    self.encrypted(connector, PgSslMode::Prefer).await?
+                }
+                (_, Some(connector)) => self.encrypted(connector, PgSslMode::Require).await?,
+            };
+            if self.pooled {
+                // No statement may outlive its transaction: another transaction may run on
+                // another server connection, where it was never prepared.
+                conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+            } else {
+                conn.batch_execute(&self.session_setup)
+                    .await
+                    .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+            }
+            Ok(conn)
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(diesel::ConnectionError::BadConnection(format!(
+                    "connecting took longer than {} s",
+                    self.connect_timeout.as_secs()
+                )))
+            })
+    }
+
+    async fn plain(&self) -> diesel::ConnectionResult<AsyncPgConnection> {
+        let mut config = self.config.clone();
+        config.ssl_mode(PgSslMode::Disable);
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| connect_error(&e, self.mode))?;
+        self.record(None);
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+
+    async fn encrypted(
+        &self,
+        connector: &tls::Connector,
+        mode: PgSslMode,
+    ) -> diesel::ConnectionResult<AsyncPgConnection> {
+        let mut config = self.config.clone();
+        config.ssl_mode(mode);
+        let (connector, negotiated) = connector.for_connection();
+        let (client, connection) = config
+            .connect(connector)
+            .await
+            .map_err(|e| connect_error(&e, self.mode))?;
+        let version = negotiated.lock().ok().and_then(|v| *v);
+        self.record(version);
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+
+    fn record(&self, version: Option<&'static str>) {
+        if let Ok(mut slot) = self.negotiated.lock() {
+            *slot = Some(version);
+        }
+    }
+
+    /// The TLS version of the newest connection (`None`: plaintext), once one was made.
+    pub(super) fn negotiated(&self) -> Option<Option<&'static str>> {
+        self.negotiated.lock().ok().and_then(|v| *v)
+    }
+}
+
+/// The driver's configuration: only what tokio-postgres understands.
+fn driver_config(url: &PgUrl, connect_timeout: Duration) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    for host in &url.hosts {
+        match host {
+            PgHost::Tcp { host, port } => {
+                config.host(host).port(*port);
+            }
+            PgHost::Socket { dir, port } => {
+                config.host_path(dir).port(*port);
+            }
+        }
+    }
+    match &url.user {
+        Some(user) => config.user(user),
+        // libpq's default role: the operating system's user.
+        None => config.user(std::env::var("USER").unwrap_or_else(|_| "postgres".into())),
+    };
+    if let Some(password) = &url.password {
+        config.password(password.expose());
+    }
+    if let Some(dbname) = &url.dbname {
+        config.dbname(dbname);
+    }
+    config.application_name(url.application_name.as_deref().unwrap_or("clerk-sync"));
+    if let Some(options) = &url.options {
+        config.options(options);
+    }
+    config.channel_binding(match url.channel_binding {
+        ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+        ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+        ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+    });
+    config.connect_timeout(connect_timeout);
+    config.keepalives(true);
+    config
+}
+
+/// The settings every transaction needs: `SET` once per session on a direct connection,
+/// `SET LOCAL` in every transaction through a pooler. Only clerk-sync's own numbers and the
+/// schema (a plain identifier, checked when the URL was parsed) reach this text.
+fn settings_sql(schema: Option<&str>, statement_timeout: Duration, local: bool) -> String {
+    let set = if local { "SET LOCAL" } else { "SET" };
+    let ms = statement_timeout.as_millis();
+    let mut sql = format!("{set} statement_timeout = {ms}; {set} lock_timeout = {ms};");
+    if let Some(schema) = schema {
+        sql.push_str(&format!(" {set} search_path TO \"{schema}\";"));
+    }
+    sql
+}
+
+/// A connection failure as a sentence: the driver's error with its causes, which name what
+/// failed (a refused certificate, a server without TLS, a refused password); never the
+/// password itself, which the driver does not print.
+fn connect_error(error: &tokio_postgres::Error, mode: SslMode) -> diesel::ConnectionError {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if text.contains("server does not support TLS") {
+        text = format!(
+            "the server refuses TLS, and sslmode={} asks for it (sslmode=prefer falls back to plaintext; use it only on a trusted network)",
+            mode.as_str()
+        );
+    }
+    diesel::ConnectionError::BadConnection(text)
+}
+
+/// Longest a migration statement may run or wait for a lock (another instance migrating).
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Pg {
     pub(super) fn open(url: &DatabaseUrl, options: PoolOptions) -> Result<Self, DbError> {
-        let DatabaseUrl::Postgres { url, schema } = url else {
+        let Some(pg) = url.postgres() else {
             return Err(DbError::Internal("not a PostgreSQL URL".into()));
         };
-        let ms = options.statement_timeout.as_millis();
-        let mut setup = format!("SET statement_timeout = {ms}; SET lock_timeout = {ms};");
-        if let Some(schema) = schema {
-            // Validated as a plain identifier by DatabaseUrl::parse.
-            setup.push_str(&format!("SET search_path TO \"{schema}\";"));
-        }
+        let connect_timeout = pg.connect_timeout.unwrap_or(options.acquire_timeout);
+        let endpoint = std::sync::Arc::new(Endpoint::new(
+            pg,
+            options.statement_timeout,
+            connect_timeout,
+        )?);
+        let direct = match pg.direct.as_deref() {
+            Some(direct) => std::sync::Arc::new(Endpoint::new(
+                direct,
+                options.statement_timeout,
+                direct.connect_timeout.unwrap_or(options.acquire_timeout),
+            )?),
+            None => endpoint.clone(),
+        };
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         // No test query on every checkout (it would double the round trips of a delivery): a
         // connection the server closed is seen as closed and replaced, and a failure on one
         // that died silently is a 503 that Svix retries.
         config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
-        let (setup_url, setup_sql, timeout) = (url.clone(), setup.clone(), options.acquire_timeout);
-        config.custom_setup =
-            Box::new(move |_| Box::pin(connect(setup_url.clone(), setup_sql.clone(), timeout)));
-        let manager = AsyncDieselConnectionManager::new_with_config(url.clone(), config);
+        let setup = endpoint.clone();
+        config.custom_setup = Box::new(move |_| {
+            let setup = setup.clone();
+            Box::pin(async move { setup.connect().await })
+        });
+        // The manager's own URL is never used: every connection is made by `custom_setup`.
+        let manager = AsyncDieselConnectionManager::new_with_config("postgres://", config);
         let pool = Pool::builder(manager)
             .max_size(options.max_connections)
             .wait_timeout(Some(options.acquire_timeout))
-            .create_timeout(Some(options.acquire_timeout))
+            .create_timeout(Some(connect_timeout))
             .recycle_timeout(Some(options.acquire_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| DbError::Internal(e.to_string()))?;
         Ok(Self {
             pool,
-            url: url.clone(),
-            setup,
+            begin: if pg.pooler.safe() {
+                format!(
+                    "BEGIN; {}",
+                    settings_sql(pg.schema.as_deref(), options.statement_timeout, true)
+                )
+            } else {
+                "BEGIN".into()
+            },
+            migration_begin: format!(
+                "BEGIN; {}",
+                settings_sql(pg.schema.as_deref(), MIGRATION_TIMEOUT, true)
+            ),
+            pooler: pg.pooler,
+            endpoint,
+            direct,
             committers: options.committers.min(options.max_connections),
             group: Default::default(),
             batch_cap: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
@@ -145,31 +352,91 @@ impl Pg {
         })
     }
 
+    /// Whether the pooler-safe mode is on, and why.
+    pub(super) fn pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// The TLS version of the newest pool connection (`None`: plaintext), once one was made.
+    pub(super) fn negotiated(&self) -> Option<Option<&'static str>> {
+        self.endpoint.negotiated()
+    }
+
+    /// Runs `work` on a pool connection: as it is on a direct connection; through a pooler,
+    /// in a transaction of its own, so that each statement's preparation and execution reach
+    /// the same server connection.
+    pub(super) async fn with_conn<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: for<'c> AsyncFnOnce(&'c mut AsyncPgConnection) -> Result<T, DbError>,
+    {
+        let mut conn = self.pool.get().await?;
+        if self.pooler.safe() {
+            self.transaction_on(&mut conn, work).await
+        } else {
+            work(&mut conn).await
+        }
+    }
+
+    /// Runs `work` in one transaction on `conn`; through a pooler, the transaction begins
+    /// with the settings a direct connection has for its whole session (`SET LOCAL`), in
+    /// the same round trip as `BEGIN`.
+    pub(super) async fn transaction_on<T, F>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        work: F,
+    ) -> Result<T, DbError>
+    where
+        F: for<'c> AsyncFnOnce(&'c mut AsyncPgConnection) -> Result<T, DbError>,
+    {
+        use diesel_async::{AnsiTransactionManager, TransactionManager};
+        AnsiTransactionManager::begin_transaction_sql(&mut *conn, &self.begin).await?;
+        match work(&mut *conn).await {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(&mut *conn).await?;
+                Ok(value)
+            }
+            Err(error) => {
+                // The work's error is the one to report; a rollback that fails too leaves the
+                // connection broken, and the pool discards it.
+                if let Err(rollback) =
+                    AnsiTransactionManager::rollback_transaction(&mut *conn).await
+                {
+                    tracing::debug!(error = %rollback, "rollback failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
     pub(super) async fn migrate(&self) -> Result<MigrationReport, DbError> {
-        let (url, setup) = (self.url.clone(), self.setup.clone());
+        // On DIRECT_URL's server when it is set (Prisma's `directUrl`), else DATABASE_URL's.
+        let conn = self.direct.connect().await?;
+        let begin = self.migration_begin.clone();
         // diesel's migrations run on a blocking connection: the async one, wrapped, on a
         // blocking thread.
-        tokio::task::spawn_blocking(move || blocking::migrate(&url, &setup))
+        tokio::task::spawn_blocking(move || blocking::migrate(conn, &begin))
             .await
             .map_err(|e| DbError::Internal(format!("migration task failed: {e}")))?
     }
 
     pub(super) async fn check_ready(&self) -> Result<(), DbError> {
-        let mut conn = self.pool.get().await?;
-        let present: Exists = diesel::sql_query(
-            "SELECT to_regclass('clerk_sync.schema_migrations') IS NOT NULL AS present",
-        )
-        .get_result(&mut conn)
-        .await?;
-        let applied = if present.present {
-            let rows: Vec<Version> =
-                diesel::sql_query("SELECT version FROM clerk_sync.schema_migrations")
-                    .load(&mut conn)
-                    .await?;
-            rows.into_iter().map(|r| r.version).collect()
-        } else {
-            Vec::new()
-        };
+        let applied = self
+            .with_conn(async |conn| {
+                let present: Exists = diesel::sql_query(
+                    "SELECT to_regclass('clerk_sync.schema_migrations') IS NOT NULL AS present",
+                )
+                .get_result(conn)
+                .await?;
+                if !present.present {
+                    return Ok(Vec::new());
+                }
+                let rows: Vec<Version> =
+                    diesel::sql_query("SELECT version FROM clerk_sync.schema_migrations")
+                        .load(conn)
+                        .await?;
+                Ok(rows.into_iter().map(|r| r.version).collect::<Vec<_>>())
+            })
+            .await?;
         migrations::require_current::<diesel::pg::Pg, _>(&migrations::POSTGRES, &applied)
     }
 
@@ -181,25 +448,29 @@ impl Pg {
     ) -> Result<Outcome, DbError> {
         let mut c = BatchColumns::default();
         c.push(id, event);
-        let mut conn = self.pool.get().await?;
         // A typed, statically known statement: diesel-async prepares it once per connection,
-        // after which every delivery is one round trip (bind + execute).
-        let raw: String = diesel::select(functions::apply_delivery(
-            c.svix_id.pop().unwrap_or_default(),
-            c.event_type.pop().unwrap_or_default(),
-            c.kind.pop().unwrap_or_default(),
-            c.user_id.pop().flatten(),
-            c.version.pop().flatten(),
-            c.digest.pop().flatten(),
-            c.name.pop().flatten(),
-            c.email.pop().flatten(),
-            c.role.pop().flatten(),
-            c.created_at.pop().flatten(),
-            c.updated_at.pop().flatten(),
-            options.skip_users_without_email,
-        ))
-        .get_result(&mut conn)
-        .await?;
+        // after which every delivery is one round trip (bind + execute); through a pooler it
+        // is prepared in the delivery's transaction and closed before its commit.
+        let raw: String = self
+            .with_conn(async move |conn| {
+                Ok(diesel::select(functions::apply_delivery(
+                    c.svix_id.pop().unwrap_or_default(),
+                    c.event_type.pop().unwrap_or_default(),
+                    c.kind.pop().unwrap_or_default(),
+                    c.user_id.pop().flatten(),
+                    c.version.pop().flatten(),
+                    c.digest.pop().flatten(),
+                    c.name.pop().flatten(),
+                    c.email.pop().flatten(),
+                    c.role.pop().flatten(),
+                    c.created_at.pop().flatten(),
+                    c.updated_at.pop().flatten(),
+                    options.skip_users_without_email,
+                ))
+                .get_result(conn)
+                .await?)
+            })
+            .await?;
         outcome(&raw)
     }
 
@@ -210,14 +481,17 @@ impl Pg {
             .preferred
             .get_or_init(|| async {
                 let slots = async {
-                    let mut conn = self.pool.get().await?;
-                    let table: LockTable = diesel::sql_query(
-                        "SELECT current_setting('max_locks_per_transaction')::bigint
+                    let table: LockTable = self
+                        .with_conn(async |conn| {
+                            Ok(diesel::sql_query(
+                                "SELECT current_setting('max_locks_per_transaction')::bigint
                                 * (current_setting('max_connections')::bigint
                                    + current_setting('max_prepared_transactions')::bigint) AS slots",
-                    )
-                    .get_result(&mut conn)
-                    .await?;
+                            )
+                            .get_result(conn)
+                            .await?)
+                        })
+                        .await?;
                     Ok::<i64, DbError>(table.slots)
                 };
                 match slots.await {
@@ -249,7 +523,12 @@ impl Pg {
             let cap = std::sync::atomic::AtomicUsize::load(&self.batch_cap, Ordering::Relaxed);
             let (chunk, after) = rest.split_at(cap.min(rest.len()));
             let applied = match self.pool.get().await {
-                Ok(mut conn) => super::pg_batch::apply(&mut conn, chunk, options).await,
+                Ok(mut conn) => {
+                    self.transaction_on(&mut conn, async |conn| {
+                        super::pg_batch::apply_in_transaction(conn, chunk, options).await
+                    })
+                    .await
+                }
                 Err(e) => Err(e.into()),
             };
             match applied {
@@ -297,9 +576,11 @@ impl Pg {
             let user = |i: usize| group[i].1.user_id().map(|u| u.as_str());
             user(a).cmp(&user(b))
         });
-        let mut conn = self.pool.get().await?;
-        let decided =
-            one_after_another(&mut conn, order.iter().map(|&i| &group[i]), options).await?;
+        let decided = self
+            .with_conn(async |conn| {
+                one_after_another(conn, order.iter().map(|&i| &group[i]), options).await
+            })
+            .await?;
         let mut outcomes = vec![Outcome::Ignored; group.len()];
         for (&i, decided) in order.iter().zip(decided) {
             outcomes[i] = decided;
@@ -311,12 +592,12 @@ impl Pg {
         &self,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Status, DbError> {
-        let mut conn = self.pool.get().await?;
+        self.with_conn(async move |conn| {
         let by_outcome: Vec<OutcomeCount> = diesel::sql_query(
             "SELECT outcome, count(*) AS n FROM clerk_sync.deliveries WHERE received_at >= $1 GROUP BY outcome",
         )
         .bind::<Timestamptz, _>(since)
-        .load(&mut conn)
+        .load(conn)
         .await?;
         let totals: Totals = diesel::sql_query(
             "SELECT (SELECT to_char(max(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
@@ -325,9 +606,11 @@ impl Pg {
                     (SELECT count(*) FROM clerk_sync.users WHERE deleted_at IS NOT NULL) AS tombstones,
                     (SELECT count(*) FROM clerk_sync.users WHERE version >= 0 OR deleted_at IS NOT NULL) AS known_users",
         )
-        .get_result(&mut conn)
+        .get_result(conn)
         .await?;
         Ok(totals.into_status(by_outcome))
+        })
+        .await
     }
 
     pub(super) fn pool_status(&self) -> deadpool::Status {
@@ -335,31 +618,41 @@ impl Pg {
     }
 
     pub(super) async fn gauges(&self) -> Result<Gauges, DbError> {
-        let mut conn = self.pool.get().await?;
-        let row: GaugeRow = diesel::sql_query(
+        let row: GaugeRow = self
+            .with_conn(async |conn| {
+                Ok(diesel::sql_query(
             "SELECT (SELECT count(*) FROM clerk_sync.users WHERE delete_pending) AS pending_deletes,
                     (SELECT extract(epoch FROM now() - max(received_at))::float8 FROM clerk_sync.deliveries)
                         AS last_delivery_age_seconds",
         )
-        .get_result(&mut conn)
-        .await?;
+        .get_result(conn)
+        .await?)
+            })
+            .await?;
         Ok(row.into())
     }
 
     pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
-        let mut conn = self.pool.get().await?;
         // The longest-waiting first, so that deletes refused for good never starve the rest;
         // each retry in its own transaction.
-        let pending: Vec<UserIdRow> = diesel::sql_query(
-            "SELECT user_id FROM clerk_sync.users WHERE delete_pending
-              ORDER BY delete_attempted_at NULLS FIRST, user_id LIMIT 100",
-        )
-        .load(&mut conn)
-        .await?;
+        let pending: Vec<UserIdRow> = self
+            .with_conn(async |conn| {
+                Ok(diesel::sql_query(
+                    "SELECT user_id FROM clerk_sync.users WHERE delete_pending
+                      ORDER BY delete_attempted_at NULLS FIRST, user_id LIMIT 100",
+                )
+                .load(conn)
+                .await?)
+            })
+            .await?;
         let mut report = PendingDeletes::default();
         for row in pending {
-            let done: Option<bool> = diesel::select(functions::retry_delete(row.user_id))
-                .get_result(&mut conn)
+            let done: Option<bool> = self
+                .with_conn(async move |conn| {
+                    Ok(diesel::select(functions::retry_delete(row.user_id))
+                        .get_result(conn)
+                        .await?)
+                })
                 .await?;
             match done {
                 Some(true) => report.completed += 1,
@@ -535,17 +828,21 @@ mod blocking {
 
     type Wrapped = AsyncConnectionWrapper<AsyncPgConnection>;
 
-    pub(super) fn migrate(url: &str, setup: &str) -> Result<MigrationReport, DbError> {
-        let mut conn = <Wrapped as Connection>::establish(url)?;
-        conn.batch_execute(setup)?;
-        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
-            .execute(&mut conn)?;
-        let result = migrate_locked(&mut conn);
-        let unlocked = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
-            .execute(&mut conn);
-        let report = result?;
-        unlocked?;
-        Ok(report)
+    /// Everything in ONE transaction that holds a transaction-level advisory lock, so that
+    /// instances starting together take turns, and so that nothing of it is session state: it
+    /// works the same through a transaction pooler, and a migration that fails leaves nothing
+    /// half-applied.
+    pub(super) fn migrate(
+        conn: AsyncPgConnection,
+        begin: &str,
+    ) -> Result<MigrationReport, DbError> {
+        let mut conn = Wrapped::from(conn);
+        let mut begin_sql = begin.strip_prefix("BEGIN;").unwrap_or(begin).to_owned();
+        begin_sql.push_str(&format!(" SELECT pg_advisory_xact_lock({MIGRATION_LOCK});"));
+        conn.transaction(|conn| {
+            conn.batch_execute(&begin_sql)?;
+            migrate_locked(conn)
+        })
     }
 
     fn migrate_locked(conn: &mut Wrapped) -> Result<MigrationReport, DbError> {

@@ -14,7 +14,13 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.db.check_ready().await {
         Ok(()) => {
-            HttpResponse::Ok().json(json!({"status": "ready", "backend": state.db.backend()}))
+            let connection = state.db.connection();
+            HttpResponse::Ok().json(json!({
+                "status": "ready",
+                "backend": state.db.backend(),
+                "tls": connection.tls,
+                "pooler_safe": connection.pooler,
+            }))
         }
         Err(error) => {
             tracing::warn!(%error, "not ready");

@@ -56,9 +56,9 @@ impl ResponseError for WebhookError {
         let status = self.status_code();
         let mut response = HttpResponse::build(status);
         let message = match self {
-            WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_)) => {
-                "internal error".to_owned()
-            }
+            WebhookError::Database(
+                DbError::Internal(_) | DbError::Incompatible(_) | DbError::Config(_),
+            ) => "internal error".to_owned(),
             WebhookError::Database(_) => "database unavailable, retry later".to_owned(),
             other => other.to_string(),
         };
@@ -154,7 +154,11 @@ pub async fn receive(
             outcome = outcome.as_str(),
             "delivery handled"
         ),
-        Err(error @ WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_))) => {
+        Err(
+            error @ WebhookError::Database(
+                DbError::Internal(_) | DbError::Incompatible(_) | DbError::Config(_),
+            ),
+        ) => {
             tracing::error!(svix_id = message_id.as_deref().unwrap_or(""), error = %error, "delivery failed")
         }
         Err(error) => tracing::warn!(
