@@ -33,6 +33,7 @@ fn backfill(db: &TestDb, api: &StandIn, extra: &[&str]) -> Command {
         .args(["--api-url", &api.url, "--max-requests-per-10s", "0"])
         .args(extra)
         .env("DATABASE_URL", &db.url)
+        .env("DIRECT_URL", db.direct.as_deref().unwrap_or(""))
         .env("CLERK_SECRET_KEY", KEY)
         .env_remove("CLERK_API_URL")
         .env("RUST_LOG", "info");
@@ -52,6 +53,7 @@ async fn status(db: &TestDb) -> serde_json::Value {
     command
         .args(["status", "--json"])
         .env("DATABASE_URL", &db.url)
+        .env("DIRECT_URL", db.direct.as_deref().unwrap_or(""))
         .env("RUST_LOG", "warn");
     let output = run(command).await;
     assert!(output.status.success(), "{}", text(&output));
@@ -395,7 +397,7 @@ async fn prune_removes_what_clerk_lost_and_keeps_what_signed_up_during_the_walk(
                ('user_legacy', 'legacy@example.com', 'USER', '2023-01-01T00:00:00.000+00:00', '2023-01-01T00:00:00.000+00:00'),
                ('admin-local', 'admin@example.com', 'ADMIN', '2023-01-01T00:00:00.000+00:00', '2023-01-01T00:00:00.000+00:00')"#
         }
-        Backend::Postgres => {
+        Backend::Postgres | Backend::Pooled => {
             r#"INSERT INTO "User" (id, mail_address, role, "createdAt", "updatedAt") VALUES
                ('user_legacy', 'legacy@example.com', 'USER', '2023-01-01 00:00:00', '2023-01-01 00:00:00'),
                ('admin-local', 'admin@example.com', 'ADMIN', '2023-01-01 00:00:00', '2023-01-01 00:00:00')"#
@@ -429,7 +431,7 @@ async fn prune_removes_what_clerk_lost_and_keeps_what_signed_up_during_the_walk(
                ('user_appmidwalk', 'app@example.com', 'USER',
                 strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'), strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))"#
         }
-        Backend::Postgres => {
+        Backend::Postgres | Backend::Pooled => {
             r#"INSERT INTO "User" (id, mail_address, role, "createdAt", "updatedAt") VALUES
                ('user_appmidwalk', 'app@example.com', 'USER', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')"#
         }
@@ -538,7 +540,7 @@ async fn a_walk_moved_by_another_backfill_stops_this_one(backend: Backend) {
     api.stop().await;
 }
 
-on_both_backends!(
+on_every_backend!(
     a_complete_walk_imports_every_user_and_a_second_changes_nothing,
     newer_webhook_rows_stay_and_tombstones_hold,
     an_interrupted_walk_resumes_after_its_last_applied_page,

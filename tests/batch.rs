@@ -123,7 +123,7 @@ async fn fresh(backend: Backend, case: &Case) -> (TestDb, Database) {
     let db = TestDb::with_prisma_tables(backend).await;
     let when = match backend {
         Backend::Sqlite => "'2024-05-01T12:00:03.000+00:00'",
-        Backend::Postgres => "'2024-05-01 12:00:03'",
+        Backend::Postgres | Backend::Pooled => "'2024-05-01 12:00:03'",
     };
     let mut taken = Vec::new();
     for (user, n) in &case.app_rows {

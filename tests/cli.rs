@@ -117,6 +117,7 @@ async fn the_first_command_serves_on_an_sqlite_file_in_the_working_directory() {
     let db = TestDb {
         backend: Backend::Sqlite,
         url: format!("sqlite://{}", dir.path().join("clerk-sync.db").display()),
+        direct: None,
         _dir: None,
     };
     assert_eq!(
@@ -415,6 +416,7 @@ async fn sigterm_during_a_stream_loses_nothing_that_was_acknowledged() {
     let db = TestDb {
         backend: Backend::Sqlite,
         url: format!("sqlite://{}", dir.path().join("clerk-sync.db").display()),
+        direct: None,
         _dir: None,
     };
     let stored: std::collections::HashSet<String> =

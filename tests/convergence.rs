@@ -441,12 +441,13 @@ fn converges(backend: Backend, instances: usize) {
     };
     let apps: Vec<TestApp> = runtime.block_on(async {
         let db = TestDb::with_prisma_tables(backend).await;
-        let url = db.url.clone();
+        let (url, direct) = (db.url.clone(), db.direct.clone());
         let mut apps = vec![spawn_app_with(db, options.clone()).await];
         for _ in 1..instances {
             let shared = TestDb {
                 backend,
                 url: url.clone(),
+                direct: direct.clone(),
                 _dir: None,
             };
             apps.push(spawn_app_with(shared, options.clone()).await);
@@ -490,4 +491,9 @@ fn histories_converge_on_sqlite_through_one_instance() {
 #[test]
 fn histories_converge_on_postgres_through_three_instances_sharing_the_database() {
     converges(Backend::Postgres, 3);
+}
+
+#[test]
+fn histories_converge_through_a_transaction_pooler_with_two_instances() {
+    converges(Backend::Pooled, 2);
 }

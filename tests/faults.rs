@@ -310,6 +310,7 @@ impl Cluster {
         let db = TestDb {
             backend: Backend::Postgres,
             url: self.url(),
+            direct: None,
             _dir: None,
         };
         let ddl = std::fs::read_to_string(

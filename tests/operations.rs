@@ -156,7 +156,7 @@ async fn a_delivery_stuck_behind_a_lock_is_answered_503_within_the_deadline(back
     app.expect_outcome("m1", &user.created(), "applied").await;
     // Another transaction holds the user's row (PostgreSQL) or the write lock (SQLite).
     let held = match backend {
-        Backend::Postgres => app
+        Backend::Postgres | Backend::Pooled => app
             .db
             .hold("BEGIN; SELECT 1 FROM clerk_sync.users WHERE user_id = 'user_locked' FOR UPDATE")
             .await,

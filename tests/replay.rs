@@ -20,6 +20,7 @@ fn clerk_sync(db: &TestDb, args: &[&str]) -> Command {
     command
         .args(args)
         .env("DATABASE_URL", &db.url)
+        .env("DIRECT_URL", db.direct.as_deref().unwrap_or(""))
         .env_remove("CLERK_WEBHOOK_SIGNING_SECRET")
         .env_remove("CLERK_WEBHOOK_SECRET")
         .env("RUST_LOG", "warn");
@@ -367,11 +368,12 @@ async fn check_tells_ready_from_not_ready_and_from_nothing(backend: Backend) {
     // The database goes away under the running daemon.
     match backend {
         Backend::Sqlite => app.db.exec("DROP TABLE clerk_sync_schema_migrations").await,
-        Backend::Postgres => {
+        Backend::Postgres | Backend::Pooled => {
             let name = app.db.url.rsplit('/').next().expect("db name").to_owned();
             let admin = TestDb {
                 backend,
                 url: common::pg_admin_url(),
+                direct: None,
                 _dir: None,
             };
             admin
@@ -403,7 +405,7 @@ async fn check_tells_ready_from_not_ready_and_from_nothing(backend: Backend) {
     );
 }
 
-on_both_backends!(
+on_every_backend!(
     every_scenario_produces_its_expected_table_and_replays_idempotently,
     transactions_in_flight_keep_each_users_order,
     the_published_examples_replay_from_a_folder,

@@ -27,7 +27,7 @@ async fn a_created_user_is_written_as_prisma_reads_it(backend: Backend) {
             assert_eq!(row.updated_at, "2024-05-01T12:00:01.789+00:00");
         }
         // TIMESTAMP(0) keeps whole seconds (PostgreSQL rounds).
-        Backend::Postgres => {
+        Backend::Postgres | Backend::Pooled => {
             assert_eq!(row.created_at, "2024-05-01T12:00:00");
             assert_eq!(row.updated_at, "2024-05-01T12:00:02");
         }
@@ -283,7 +283,7 @@ async fn an_address_an_application_row_gives_up_returns_to_its_claimant(backend:
         let db = TestDb::with_prisma_tables(backend).await;
         let when = match backend {
             Backend::Sqlite => "'2024-05-02T00:00:00.000+00:00'",
-            Backend::Postgres => "'2024-05-02 00:00:00'",
+            Backend::Postgres | Backend::Pooled => "'2024-05-02 00:00:00'",
         };
         db.exec(&format!(
             r#"INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
@@ -643,7 +643,7 @@ async fn an_existing_prisma_table_is_adopted_with_its_rows(backend: Backend) {
     let db = TestDb::with_prisma_tables(backend).await;
     let when = match backend {
         Backend::Sqlite => "'2024-01-01T00:00:00.000+00:00'",
-        Backend::Postgres => "'2024-01-01 00:00:00'",
+        Backend::Postgres | Backend::Pooled => "'2024-01-01 00:00:00'",
     };
     db.exec(&format!(
         r#"INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
@@ -663,7 +663,7 @@ async fn an_existing_prisma_table_is_adopted_with_its_rows(backend: Backend) {
     );
 }
 
-on_both_backends!(
+on_every_backend!(
     a_created_user_is_written_as_prisma_reads_it,
     a_duplicate_delivery_is_not_applied_twice,
     an_older_version_arriving_late_is_stale,

@@ -19,11 +19,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use serde_json::{json, Value};
 use svix::webhooks::Webhook;
 
-/// The two backends every rule is tested on.
+/// The backends every rule is tested on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL through a transaction-mode PgBouncer without prepared-statement support
+    /// (`pgbouncer=true`), with `DIRECT_URL` to the server itself.
+    Pooled,
 }
 
 /// Runs an async scenario once per backend, as two tests.
@@ -45,6 +48,44 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs an async scenario on SQLite, PostgreSQL, and PostgreSQL through a transaction
+/// pooler, as three tests.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn pooled() {
+                    super::$name($crate::common::Backend::Pooled).await
+                }
+            }
+        )*
+    };
+}
+
+/// The environment variable naming the PgBouncer (transaction mode) in front of that server.
+pub const BOUNCER_ENV: &str = "CLERK_SYNC_TEST_PGBOUNCER_URL";
+
+/// A URL of the test environment (`scripts/test` sets them all); never skips: without it the
+/// test fails, naming the variable.
+pub fn test_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => {
+            panic!("this test needs {name}: run `scripts/test`, which starts the servers it names")
+        }
+    }
+}
+
 /// The environment variable naming the PostgreSQL server tests create their databases on.
 pub const PG_ENV: &str = "CLERK_SYNC_TEST_DATABASE_URL";
 
@@ -64,6 +105,9 @@ pub struct TestDb {
     pub backend: Backend,
     /// The `DATABASE_URL` the app under test uses.
     pub url: String,
+    /// The `DIRECT_URL` beside it, when `url` goes through a pooler; the test's own
+    /// connections use it.
+    pub direct: Option<String>,
     pub _dir: Option<tempfile::TempDir>,
 }
 
@@ -133,10 +177,11 @@ impl TestDb {
                 Self {
                     backend,
                     url,
+                    direct: None,
                     _dir: Some(dir),
                 }
             }
-            Backend::Postgres => {
+            Backend::Postgres | Backend::Pooled => {
                 let admin = pg_admin_url();
                 let name = format!(
                     "clerk_sync_test_{}_{}",
@@ -162,9 +207,19 @@ impl TestDb {
                     Some(q) => format!("{base}/{name}?{q}"),
                     None => format!("{base}/{name}"),
                 };
+                if backend == Backend::Pooled {
+                    let pooled = format!("{}/{name}?pgbouncer=true", test_env(BOUNCER_ENV));
+                    return Self {
+                        backend,
+                        url: pooled,
+                        direct: Some(url),
+                        _dir: None,
+                    };
+                }
                 Self {
                     backend,
                     url,
+                    direct: None,
                     _dir: None,
                 }
             }
@@ -176,7 +231,7 @@ impl TestDb {
         let db = Self::empty(backend).await;
         let ddl = match backend {
             Backend::Sqlite => "fixtures/prisma/ddl-sqlite.sql",
-            Backend::Postgres => "fixtures/prisma/ddl-postgresql.sql",
+            Backend::Postgres | Backend::Pooled => "fixtures/prisma/ddl-postgresql.sql",
         };
         let sql = std::fs::read_to_string(repo_file(ddl)).expect("prisma DDL fixture");
         db.exec(&sql).await;
@@ -190,10 +245,11 @@ impl TestDb {
 
     async fn connect(&self) -> Conn {
         match self.backend {
-            Backend::Postgres => {
-                let conn = AsyncPgConnection::establish(&self.url)
-                    .await
-                    .expect("connect");
+            Backend::Postgres | Backend::Pooled => {
+                let conn =
+                    AsyncPgConnection::establish(self.direct.as_deref().unwrap_or(&self.url))
+                        .await
+                        .expect("connect");
                 Conn::Pg(Box::new(conn))
             }
             Backend::Sqlite => {
@@ -255,7 +311,7 @@ impl TestDb {
     /// `YYYY-MM-DDTHH:MM:SS` on PostgreSQL).
     pub async fn users(&self) -> Vec<UserRow> {
         let sql = match self.backend {
-            Backend::Postgres => {
+            Backend::Postgres | Backend::Pooled => {
                 r#"SELECT id, name, mail_address, role::text AS role,
                           to_char("createdAt", 'YYYY-MM-DD"T"HH24:MI:SS') AS created_at,
                           to_char("updatedAt", 'YYYY-MM-DD"T"HH24:MI:SS') AS updated_at
@@ -282,7 +338,7 @@ impl TestDb {
     /// The name of one of clerk-sync's own tables on this backend.
     pub fn own_table(&self, name: &str) -> String {
         match self.backend {
-            Backend::Postgres => format!("clerk_sync.{name}"),
+            Backend::Postgres | Backend::Pooled => format!("clerk_sync.{name}"),
             Backend::Sqlite => format!("clerk_sync_{name}"),
         }
     }
@@ -379,7 +435,12 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         clerk_sync::telemetry::init(false);
     }
-    let url = DatabaseUrl::parse(&db.url).expect("test url");
+    let mut url = DatabaseUrl::parse(&db.url).expect("test url");
+    if let Some(direct) = &db.direct {
+        url = url
+            .with_direct(DatabaseUrl::parse(direct).expect("direct url"))
+            .expect("direct url");
+    }
     let database = Database::open(&url, PoolOptions::default()).expect("open database");
     database.migrate().await.expect("migrate");
     let verifier = Verifier::parse(&options.secrets.join(" ")).expect("secrets");
