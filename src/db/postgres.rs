@@ -154,11 +154,9 @@ impl Endpoint {
                 }
                 (_, Some(connector)) => self.encrypted(connector, PgSslMode::Require).await?,
             };
-            if self.pooled {
-                // No statement may outlive its transaction: another transaction may run on
-                // another server connection, where it was never prepared.
-                conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
-            } else {
+            // Through a pooler the settings are `SET LOCAL` in every transaction instead
+            // (see `Pg::transaction_on`), and `wrap` turned the statement cache off.
+            if !self.pooled {
                 conn.batch_execute(&self.session_setup)
                     .await
                     .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
@@ -183,7 +181,7 @@ impl Endpoint {
             .await
             .map_err(|e| connect_error(&e, self.mode))?;
         self.record(None);
-        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        self.wrap(client, connection).await
     }
 
     async fn encrypted(
@@ -200,7 +198,51 @@ impl Endpoint {
             .map_err(|e| connect_error(&e, self.mode))?;
         let version = negotiated.lock().ok().and_then(|v| *v);
         self.record(version);
-        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        self.wrap(client, connection).await
+    }
+
+    /// Hands the driver's connection to diesel-async. Its set-up runs two prepared
+    /// statements (`SET TIME ZONE`, `SET CLIENT_ENCODING`) and keeps them cached; through a
+    /// transaction pooler, their preparation and execution could reach different server
+    /// connections, and the statements would stay behind on one another client gets next. So
+    /// there the set-up runs inside a transaction, and the statements are closed before it
+    /// commits. (The two settings are ones PgBouncer carries from server to server.)
+    async fn wrap<S>(
+        &self,
+        client: tokio_postgres::Client,
+        connection: tokio_postgres::Connection<tokio_postgres::Socket, S>,
+    ) -> diesel::ConnectionResult<AsyncPgConnection>
+    where
+        S: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+    {
+        if !self.pooled {
+            return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
+        }
+        let bad = |e: String| diesel::ConnectionError::BadConnection(e);
+        let mut connection = connection;
+        // The driver answers only while its connection is polled; diesel-async polls it from
+        // the hand-over on, so until then this does.
+        let begun = {
+            let begin = client.batch_execute("BEGIN");
+            tokio::pin!(begin);
+            tokio::select! {
+                answer = &mut begin => answer.map_err(|e| bad(e.to_string())),
+                ended = &mut connection => Err(bad(match ended {
+                    Ok(()) => "the server closed the connection".to_owned(),
+                    Err(e) => e.to_string(),
+                })),
+            }
+        };
+        begun?;
+        let mut conn =
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
+        // No statement may outlive its transaction: the next transaction may run on another
+        // server connection, where it was never prepared. Dropping the cache closes the two.
+        conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        conn.batch_execute("COMMIT")
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(conn)
     }
 
     fn record(&self, version: Option<&'static str>) {
