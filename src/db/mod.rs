@@ -75,7 +75,16 @@ pub enum DbError {
 
 impl From<DieselError> for DbError {
     fn from(error: DieselError) -> Self {
-        let text = error.to_string();
+        let mut text = error.to_string();
+        if text.contains("prepared statement \"") {
+            // A statement prepared on one server connection and used on another: a
+            // transaction-mode pooler is in front of a connection not set up for one.
+            text.push_str(
+                " (a transaction-mode pooler seems to be in front of the database: add \
+                 pgbouncer=true to DATABASE_URL, and set DIRECT_URL for migrations)",
+            );
+            return DbError::Unavailable(text);
+        }
         let transient = match &error {
             DieselError::DatabaseError(kind, info) => match kind {
                 DatabaseErrorKind::UnableToSendCommand
