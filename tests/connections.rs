@@ -448,7 +448,10 @@ async fn instances_migrating_together_through_the_pooler_take_turns() {
         .await;
     assert_eq!(applied, 6, "every migration exactly once");
     let session_locks = db
-        .number("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'")
+        .number(
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
         .await;
     assert_eq!(session_locks, 0, "no lock outlives its transaction");
 }
