@@ -174,6 +174,14 @@ client_tls_key_file = $PG_CERTS/$cert.key
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 INI
+  # PgBouncer 1.21 and later can track prepared statements (on by default from 1.24): turn
+  # that off, so that this is the pooler the tests mean, one without prepared-statement
+  # support (Debian 12's 1.18, Supabase's shared pooler).
+  local version
+  version=$("$PGBOUNCER" --version | awk 'NR == 1 {print $2}')
+  if [ "$(printf '%s\n1.21\n' "$version" | sort -V | head -1)" = 1.21 ]; then
+    sed -i 's/^\[pgbouncer\]$/[pgbouncer]\nmax_prepared_statements = 0/' "$dir/pgbouncer.ini"
+  fi
   if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$dir"; fi
   pg_as_owner "$PGBOUNCER" -d "$dir/pgbouncer.ini" || { cat "$dir/pgbouncer.log" >&2; return 1; }
   local i

@@ -172,7 +172,11 @@ impl DatabaseArgs {
     pub fn url(&self) -> Result<DatabaseUrl, crate::db::UrlError> {
         let url = DatabaseUrl::parse(&self.database_url)?;
         match self.direct_url.as_deref().filter(|d| !d.trim().is_empty()) {
-            Some(direct) => url.with_direct(DatabaseUrl::parse(direct)?),
+            Some(direct) => url.with_direct(DatabaseUrl::parse(direct).map_err(|e| {
+                crate::db::UrlError::InDirectUrl(
+                    e.to_string().replace("DATABASE_URL", "DIRECT_URL"),
+                )
+            })?),
             None => Ok(url),
         }
     }

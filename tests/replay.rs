@@ -369,7 +369,8 @@ async fn check_tells_ready_from_not_ready_and_from_nothing(backend: Backend) {
     match backend {
         Backend::Sqlite => app.db.exec("DROP TABLE clerk_sync_schema_migrations").await,
         Backend::Postgres | Backend::Pooled => {
-            let name = app.db.url.rsplit('/').next().expect("db name").to_owned();
+            let direct = app.db.direct.as_deref().unwrap_or(&app.db.url);
+            let name = direct.rsplit('/').next().expect("db name").to_owned();
             let admin = TestDb {
                 backend,
                 url: common::pg_admin_url(),

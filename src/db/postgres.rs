@@ -431,7 +431,15 @@ impl Pg {
         F: for<'c> AsyncFnOnce(&'c mut AsyncPgConnection) -> Result<T, DbError>,
     {
         use diesel_async::{AnsiTransactionManager, TransactionManager};
-        AnsiTransactionManager::begin_transaction_sql(&mut *conn, &self.begin).await?;
+        if let Err(error) =
+            AnsiTransactionManager::begin_transaction_sql(&mut *conn, &self.begin).await
+        {
+            // `BEGIN; SET LOCAL …` failing half-way leaves the server in an aborted
+            // transaction diesel does not know of: end it, so that the pool's next user of
+            // this connection does not inherit it.
+            let _ = conn.batch_execute("ROLLBACK").await;
+            return Err(error.into());
+        }
         match work(&mut *conn).await {
             Ok(value) => {
                 AnsiTransactionManager::commit_transaction(&mut *conn).await?;

@@ -74,8 +74,13 @@ impl Connector {
     /// a file that cannot be read stops the start with its name.
     pub fn new(settings: &TlsSettings) -> Result<Self, TlsError> {
         let provider = provider();
+        let versions: &[&rustls::SupportedProtocolVersion] = if settings.tls13_only {
+            &[&rustls::version::TLS13]
+        } else {
+            rustls::DEFAULT_VERSIONS
+        };
         let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let verifier: Arc<dyn ServerCertVerifier> = if settings.mode.verifies_chain() {
             let roots = Arc::new(load_roots(&settings.roots)?);
@@ -180,6 +185,16 @@ fn load_identity(
         Identity::Pem { cert, key } => {
             let chain = read_certs(cert, "sslcert")?;
             let bytes = std::fs::read(key).map_err(|e| file_error("sslkey", key, e))?;
+            if bytes
+                .windows(b"ENCRYPTED PRIVATE KEY".len())
+                .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+            {
+                return Err(file_error(
+                    "sslkey",
+                    key,
+                    "the key is encrypted, which clerk-sync cannot open: give an unencrypted key, or a PKCS#12 bundle as sslidentity with sslpassword",
+                ));
+            }
             let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| {
                 file_error(
                     "sslkey",
@@ -416,7 +431,7 @@ fn explain(error: io::Error, host: &str, roots: &str) -> io::Error {
                  give its CA with sslrootcert=PATH, or use sslmode=require to encrypt without verifying"
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!("the server's certificate is not valid for the host name {host:?} (sslmode=verify-full checks it; connect by a name the certificate carries)")
+                format!("the server's certificate is not valid for the host name {host:?} (sslmode=verify-full checks it against the certificate's subjectAltName entries, not its CN; connect by a name the certificate carries)")
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 "the server's certificate has expired".to_owned()
@@ -427,6 +442,13 @@ fn explain(error: io::Error, host: &str, roots: &str) -> io::Error {
             CertificateError::Revoked => "the server's certificate has been revoked".to_owned(),
             other => format!("the server's certificate was refused: {other:?}"),
         },
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::AccessDenied,
+        ) => "the server refused the client certificate (sslcert/sslkey or sslidentity): it wants one it trusts".to_owned(),
         other => format!("TLS handshake failed: {other}"),
     };
     io::Error::new(io::ErrorKind::InvalidData, sentence)
@@ -501,14 +523,55 @@ fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     const SHA256_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
     const SHA384_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
     const SHA512_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
-    match oid {
-        SHA1_RSA | MD5_RSA | SHA256_RSA | SHA1_ECDSA | SHA256_ECDSA => {
-            Some(sha2::Sha256::digest(der).to_vec())
-        }
-        SHA384_RSA | SHA384_ECDSA => Some(sha2::Sha384::digest(der).to_vec()),
-        SHA512_RSA | SHA512_ECDSA => Some(sha2::Sha512::digest(der).to_vec()),
+    const SHA224_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0e];
+    const SHA224_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x01];
+    const RSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+    // Hash algorithms, as RSA-PSS parameters name them.
+    const SHA1: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
+    const SHA224: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04];
+    const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+    const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+    const SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03];
+    let hash = match oid {
+        SHA1_RSA | MD5_RSA | SHA256_RSA | SHA1_ECDSA | SHA256_ECDSA => SHA256,
+        SHA224_RSA | SHA224_ECDSA => SHA224,
+        SHA384_RSA | SHA384_ECDSA => SHA384,
+        SHA512_RSA | SHA512_ECDSA => SHA512,
+        // RSASSA-PSS-params: the hash is named in the parameters, SHA-1 by default.
+        RSA_PSS => match pss_hash(der) {
+            Some(SHA1) | None => SHA256,
+            Some(named) => named,
+        },
+        _ => return None,
+    };
+    match hash {
+        SHA224 => Some(sha2::Sha224::digest(der).to_vec()),
+        SHA256 => Some(sha2::Sha256::digest(der).to_vec()),
+        SHA384 => Some(sha2::Sha384::digest(der).to_vec()),
+        SHA512 => Some(sha2::Sha512::digest(der).to_vec()),
         _ => None,
     }
+}
+
+/// The hash an RSA-PSS signature algorithm's parameters name
+/// (`RSASSA-PSS-params ::= SEQUENCE { hashAlgorithm [0] AlgorithmIdentifier DEFAULT sha1, … }`);
+/// none for the default.
+fn pss_hash(der: &[u8]) -> Option<&[u8]> {
+    let (_, certificate, _) = der_element(der)?;
+    let (_, _, after_tbs) = der_element(certificate)?;
+    let (_, algorithm, _) = der_element(after_tbs)?;
+    let (_, _, params) = der_element(algorithm)?;
+    let (tag, params, _) = der_element(params)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, hash_field, _) = der_element(params)?;
+    if tag != 0xa0 {
+        return None;
+    }
+    let (_, hash_algorithm, _) = der_element(hash_field)?;
+    let (tag, oid, _) = der_element(hash_algorithm)?;
+    (tag == 0x06).then_some(oid)
 }
 
 /// The content bytes of a certificate's `signatureAlgorithm` object identifier:

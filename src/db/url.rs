@@ -14,7 +14,7 @@ use std::time::Duration;
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     /// `postgres://…` or `postgresql://…`.
-    Postgres(PgUrl),
+    Postgres(Box<PgUrl>),
     /// `sqlite://PATH`, `sqlite:PATH` or a plain file path.
     Sqlite {
         /// The database file.
@@ -170,6 +170,8 @@ pub struct TlsSettings {
     pub roots: Roots,
     /// A client certificate, if any.
     pub identity: Option<Identity>,
+    /// `ssl_min_protocol_version=TLSv1.3`: TLS 1.2 refused.
+    pub tls13_only: bool,
 }
 
 /// SCRAM channel binding (`channel_binding`).
@@ -194,8 +196,8 @@ pub enum Pooler {
     PgbouncerParameter,
     /// `statement_cache_size=0` in the URL.
     NoStatementCache,
-    /// The host is a provider's transaction pooler (Neon `-pooler`, Supabase on 6543,
-    /// Prisma Postgres `pooled.`), recognised by its name.
+    /// The host is a provider's transaction pooler (Neon `-pooler`, Supabase's Supavisor or
+    /// dedicated pooler on 6543, Prisma Postgres `pooled.`), recognised by its name.
     KnownPoolerHost,
 }
 
@@ -241,9 +243,15 @@ pub enum UrlError {
         /// What is wrong, without the value when it may be secret.
         problem: String,
     },
+    /// `DIRECT_URL` was refused (the message names it).
+    #[error("{0}")]
+    InDirectUrl(String),
     /// `DIRECT_URL` is not PostgreSQL while `DATABASE_URL` is.
     #[error("DIRECT_URL must be a postgres:// or postgresql:// URL")]
     DirectNotPostgres,
+    /// A libpq security setting clerk-sync cannot honour.
+    #[error("DATABASE_URL parameter {0} is not supported by clerk-sync; it stops rather than connect with less security than the URL asks for")]
+    Unsupported(&'static str),
     /// The part before the path is not `user:password@host:port`.
     #[error("DATABASE_URL: {0}")]
     Malformed(&'static str),
@@ -251,6 +259,17 @@ pub enum UrlError {
 
 /// The file used when no `DATABASE_URL` is given.
 pub const DEFAULT_SQLITE_FILE: &str = "clerk-sync.db";
+
+/// libpq's security settings clerk-sync refuses rather than ignores.
+const UNSUPPORTED: &[&str] = &[
+    "sslcrl",
+    "sslcrldir",
+    "require_auth",
+    "sslcertmode",
+    "sslnegotiation",
+    "ssl_max_protocol_version",
+    "requirepeer",
+];
 
 /// PostgreSQL's port when none is given.
 const DEFAULT_PORT: u16 = 5432;
@@ -271,7 +290,7 @@ impl DatabaseUrl {
             .strip_prefix("postgres://")
             .or_else(|| raw.strip_prefix("postgresql://"))
         {
-            return PgUrl::parse(rest, base).map(DatabaseUrl::Postgres);
+            return PgUrl::parse(rest, base).map(|pg| DatabaseUrl::Postgres(Box::new(pg)));
         }
         if let Some(rest) = raw.strip_prefix("sqlite:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
@@ -282,6 +301,13 @@ impl DatabaseUrl {
             return Ok(DatabaseUrl::Sqlite {
                 path: PathBuf::from(path),
             });
+        }
+        let lower = raw.to_ascii_lowercase();
+        if lower.starts_with("postgres:") || lower.starts_with("postgresql:") {
+            // Never taken for a file path (which would be logged whole, password and all).
+            return Err(UrlError::Malformed(
+                "a PostgreSQL URL starts with postgres:// or postgresql://",
+            ));
         }
         if let Some((scheme, _)) = raw.split_once("://") {
             let lower = scheme.to_ascii_lowercase();
@@ -299,7 +325,7 @@ impl DatabaseUrl {
     pub fn with_direct(self, direct: DatabaseUrl) -> Result<Self, UrlError> {
         match (self, direct) {
             (DatabaseUrl::Postgres(mut pg), DatabaseUrl::Postgres(direct)) => {
-                pg.direct = Some(Box::new(direct));
+                pg.direct = Some(direct);
                 Ok(DatabaseUrl::Postgres(pg))
             }
             (DatabaseUrl::Postgres(_), DatabaseUrl::Sqlite { .. }) => {
@@ -313,7 +339,7 @@ impl DatabaseUrl {
     /// The PostgreSQL settings, if this is PostgreSQL.
     pub fn postgres(&self) -> Option<&PgUrl> {
         match self {
-            DatabaseUrl::Postgres(pg) => Some(pg),
+            DatabaseUrl::Postgres(pg) => Some(pg.as_ref()),
             DatabaseUrl::Sqlite { .. } => None,
         }
     }
@@ -383,9 +409,17 @@ impl PgUrl {
         let mut port_param = None;
         let mut pgbouncer = false;
         let mut no_cache = false;
+        let mut min_tls13 = false;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = decode(key, "parameter name")?;
+            // A name is letters, digits and `_`. Anything else is most likely the rest of a
+            // password with an unencoded `?` or `&`, so it is never printed.
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(UrlError::Malformed(
+                    "a query parameter's name is not a plain word: a `?`, `&` or `#` in the password must be percent-encoded (%3F, %26, %23)",
+                ));
+            }
+            let key = key.to_owned();
             // A value is decoded only once its key is known, so that an unknown parameter's
             // value (which may be a secret) never reaches an error.
             let value = |name: &'static str| decode_param(value, name);
@@ -465,13 +499,48 @@ impl PgUrl {
                     if host.starts_with('/') {
                         socket_dir = Some(PathBuf::from(host));
                     } else {
-                        url.hosts = parse_hosts(&host)?;
+                        // libpq's `host=`: names or addresses, comma-separated, no ports
+                        // (`port=` gives those); an IPv6 address as it is or in brackets.
+                        let port = url.hosts.first().map_or(DEFAULT_PORT, PgHost::port);
+                        url.hosts = host
+                            .split(',')
+                            .filter(|h| !h.is_empty())
+                            .map(|h| PgHost::Tcp {
+                                host: h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                                port,
+                            })
+                            .collect();
                     }
                 }
                 "port" => port_param = Some(parse_port(&value("port")?)?),
                 "user" => url.user = Some(value("user")?),
                 "password" => url.password = Some(Password(value("password")?)),
                 "dbname" => url.dbname = Some(value("dbname")?),
+                // libpq security settings: dropping one would connect with less than was
+                // asked for, so they stop the start instead of being ignored.
+                name if UNSUPPORTED.contains(&name) => {
+                    return Err(UrlError::Unsupported(
+                        UNSUPPORTED
+                            .iter()
+                            .copied()
+                            .find(|n| *n == name)
+                            .unwrap_or("parameter"),
+                    ))
+                }
+                "gssencmode" if value("gssencmode")? == "require" => {
+                    return Err(UrlError::Unsupported("gssencmode=require"))
+                }
+                "ssl_min_protocol_version" => match value("ssl_min_protocol_version")?.as_str() {
+                    // rustls speaks TLS 1.2 and 1.3 only.
+                    "TLSv1" | "TLSv1.1" | "TLSv1.2" => {}
+                    "TLSv1.3" => min_tls13 = true,
+                    _ => {
+                        return Err(invalid(
+                            "ssl_min_protocol_version",
+                            "use TLSv1.2 or TLSv1.3",
+                        ))
+                    }
+                },
                 _ => url.ignored.push(key),
             }
         }
@@ -502,6 +571,7 @@ impl PgUrl {
             sslidentity,
             sslpassword,
         )?;
+        url.tls.tls13_only = min_tls13;
         if url.hosts.iter().all(|h| matches!(h, PgHost::Socket { .. }))
             && url.tls.mode != SslMode::Disable
         {
@@ -560,7 +630,8 @@ impl PgHost {
         let host = host.to_ascii_lowercase();
         let first = host.split('.').next().unwrap_or("");
         (host.ends_with(".neon.tech") && first.ends_with("-pooler"))
-            || (host.ends_with(".pooler.supabase.com") && *port == 6543)
+            || ((host.ends_with(".pooler.supabase.com") || host.ends_with(".supabase.co"))
+                && *port == 6543)
             || host == "pooled.db.prisma.io"
     }
 }
@@ -601,9 +672,10 @@ fn decode(raw: &str, what: &'static str) -> Result<String, UrlError> {
         })
 }
 
-/// Percent-decodes a parameter's value.
+/// Decodes a parameter's value as Prisma does (form encoding: `+` is a space, then
+/// percent-decoding).
 fn decode_param(raw: &str, name: &'static str) -> Result<String, UrlError> {
-    decode(raw, name)
+    decode(&raw.replace('+', " "), name)
 }
 
 fn parse_hosts(list: &str) -> Result<Vec<PgHost>, UrlError> {
@@ -688,9 +760,13 @@ fn parse_number(name: &'static str, raw: &str) -> Result<usize, UrlError> {
         .map_err(|_| invalid(name, "must be a whole number"))
 }
 
-/// Seconds, Prisma's unit for its timeouts; 0 means none.
+/// Seconds, Prisma's unit for its timeouts; 0 means none. At most a day: a statement timeout
+/// of more than PostgreSQL's limit (about 24 days) would fail every transaction.
 fn seconds(name: &'static str, raw: &str) -> Result<Option<Duration>, UrlError> {
     let n = parse_number(name, raw)?;
+    if n > 86_400 {
+        return Err(invalid(name, "must be at most 86400 seconds"));
+    }
     Ok((n > 0).then(|| Duration::from_secs(n as u64)))
 }
 
@@ -710,7 +786,10 @@ fn resolve(base: &Path, raw: &str) -> PathBuf {
 ///   `verify-*` off only when nothing else asked for it; the stricter of the two wins.
 /// - `sslcert` without `sslkey` is Prisma's: the server's CA. With `sslkey` it is libpq's
 ///   client certificate.
-/// - As in libpq, a CA file given with `require` verifies the chain (`verify-ca`).
+/// - As in libpq, a CA file given with `require` verifies the chain (`verify-ca`), and
+///   `sslrootcert=system` means `verify-full` (anything weaker is refused).
+/// - `verify-ca` needs a CA file: against public roots, checking the chain and not the name
+///   would accept anybody's certificate.
 fn tls_settings(
     sslmode: Option<SslMode>,
     sslaccept: Option<bool>,
@@ -725,6 +804,7 @@ fn tls_settings(
         ..TlsSettings::default()
     };
     let mut ca_file = false;
+    let sslrootcert_given = sslrootcert.is_some();
     match (sslcert, sslkey) {
         (Some(cert), Some(key)) => settings.identity = Some(Identity::Pem { cert, key }),
         (Some(ca), None) => {
@@ -738,6 +818,7 @@ fn tls_settings(
         ca_file = matches!(roots, Roots::File(_));
         settings.roots = roots;
     }
+    let sslrootcert = sslrootcert_given.then_some(());
     if let Some(path) = sslidentity {
         if settings.identity.is_some() {
             return Err(invalid(
@@ -750,13 +831,34 @@ fn tls_settings(
             password: sslpassword,
         });
     }
-    if sslaccept == Some(true)
-        && settings.mode != SslMode::Disable
-        && settings.mode != SslMode::Allow
-    {
+    if settings.roots == Roots::System && sslrootcert.is_some() {
+        // libpq's `sslrootcert=system` means verify-full, and refuses anything weaker.
+        match sslmode {
+            None | Some(SslMode::VerifyFull) => settings.mode = SslMode::VerifyFull,
+            Some(_) => {
+                return Err(invalid(
+                    "sslrootcert",
+                    "system needs sslmode=verify-full (or no sslmode): the system's roots vouch for names, so only verify-full checks anything",
+                ))
+            }
+        }
+    }
+    if sslaccept == Some(true) {
+        if settings.mode == SslMode::Disable {
+            return Err(invalid(
+                "sslaccept",
+                "strict asks for a verified TLS connection, and sslmode=disable for none",
+            ));
+        }
         settings.mode = SslMode::VerifyFull;
     } else if ca_file && settings.mode == SslMode::Require {
         settings.mode = SslMode::VerifyCa;
+    }
+    if settings.mode == SslMode::VerifyCa && settings.roots == Roots::System {
+        return Err(invalid(
+            "sslmode",
+            "verify-ca needs the server's CA (sslrootcert=PATH): against the system's public roots it would accept any certificate for any name; use verify-full for a publicly trusted server",
+        ));
     }
     Ok(settings)
 }
@@ -767,7 +869,7 @@ mod tests {
 
     fn pg(raw: &str) -> PgUrl {
         match DatabaseUrl::parse_relative_to(raw, Path::new("/app/prisma")) {
-            Ok(DatabaseUrl::Postgres(pg)) => pg,
+            Ok(DatabaseUrl::Postgres(pg)) => *pg,
             other => panic!("{raw}: {other:?}"),
         }
     }
@@ -990,6 +1092,116 @@ mod tests {
         let text = refused("postgres://u:s3cret@[::1/db");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(refused("postgres://u@h/db?sslkey=k.pem").contains("sslkey"));
+    }
+
+    #[test]
+    fn nothing_weakens_a_verified_mode() {
+        let refused = |raw: &str| DatabaseUrl::parse(raw).expect_err(raw).to_string();
+        // verify-ca against public roots would accept anybody's certificate.
+        assert!(refused("postgres://h/db?sslmode=verify-ca")
+            .contains("verify-ca needs the server's CA"));
+        assert_eq!(
+            pg("postgres://h/db?sslmode=verify-ca&sslrootcert=/ca.pem")
+                .tls
+                .mode,
+            SslMode::VerifyCa
+        );
+        // libpq's sslrootcert=system means verify-full, and nothing weaker.
+        assert_eq!(
+            pg("postgres://h/db?sslrootcert=system").tls.mode,
+            SslMode::VerifyFull
+        );
+        assert!(
+            refused("postgres://h/db?sslmode=require&sslrootcert=system").contains("sslrootcert")
+        );
+        assert!(
+            refused("postgres://h/db?sslmode=prefer&sslrootcert=system").contains("sslrootcert")
+        );
+        // strict wins over allow, and contradicts disable.
+        assert_eq!(
+            pg("postgres://h/db?sslmode=allow&sslaccept=strict")
+                .tls
+                .mode,
+            SslMode::VerifyFull
+        );
+        assert_eq!(
+            pg("postgres://h/db?sslaccept=strict").tls.mode,
+            SslMode::VerifyFull
+        );
+        assert!(refused("postgres://h/db?sslmode=disable&sslaccept=strict").contains("sslaccept"));
+        // accept_invalid_certs never undoes a verify-* mode.
+        assert_eq!(
+            pg("postgres://h/db?sslmode=verify-full&sslaccept=accept_invalid_certs")
+                .tls
+                .mode,
+            SslMode::VerifyFull
+        );
+        // Security settings clerk-sync cannot honour stop the start rather than be dropped.
+        for setting in [
+            "sslcrl=/crl.pem",
+            "require_auth=scram-sha-256",
+            "sslnegotiation=direct",
+            "gssencmode=require",
+        ] {
+            assert!(
+                refused(&format!("postgres://h/db?{setting}")).contains("not supported"),
+                "{setting}"
+            );
+        }
+        assert!(
+            pg("postgres://h/db?sslmode=require&ssl_min_protocol_version=TLSv1.3")
+                .tls
+                .tls13_only
+        );
+        assert_eq!(
+            pg("postgres://h/db?gssencmode=prefer").ignored,
+            vec!["gssencmode"]
+        );
+    }
+
+    #[test]
+    fn a_password_with_an_unencoded_question_mark_is_refused_without_showing_it() {
+        let error = DatabaseUrl::parse("postgres://app:?hunter2@db.example.com/app")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("percent-encoded"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let error = DatabaseUrl::parse("postgres:app:hunter2@db.example.com/app")
+            .expect_err("not a file path")
+            .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn query_values_read_as_prisma_reads_them() {
+        let url = pg("postgresql://u@h/db?options=-c+search_path%3Dapp&host=::1&port=6432");
+        assert_eq!(url.options.as_deref(), Some("-c search_path=app"));
+        assert_eq!(url.hosts, tcp("::1", 6432));
+        let listed = pg("postgresql://u@h/db?host=a.internal,%5B2001:db8::2%5D");
+        assert_eq!(
+            listed.hosts,
+            vec![
+                PgHost::Tcp {
+                    host: "a.internal".into(),
+                    port: 5432
+                },
+                PgHost::Tcp {
+                    host: "2001:db8::2".into(),
+                    port: 5432
+                }
+            ]
+        );
+        let refused =
+            DatabaseUrl::parse("postgres://h/db?socket_timeout=99999999").expect_err("bounded");
+        assert!(refused.to_string().contains("socket_timeout"));
+        assert_eq!(
+            pg("postgresql://u@db.abcdefghijklmnop.supabase.co:5432/postgres").pooler,
+            Pooler::Direct
+        );
+        assert_eq!(
+            pg("postgresql://u@db.abcdefghijklmnop.supabase.co:6543/postgres").pooler,
+            Pooler::KnownPoolerHost
+        );
     }
 
     #[test]
