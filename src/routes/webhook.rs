@@ -15,6 +15,7 @@ use crate::db::DbError;
 use crate::domain::{Event, EventError, MessageId};
 use crate::startup::{AppState, BodyTimeout};
 use crate::sync;
+use crate::sync::dead_letter::{self, Reason};
 use crate::verify::{self, SignatureError};
 
 /// Why a delivery was not applied.
@@ -56,9 +57,9 @@ impl ResponseError for WebhookError {
         let status = self.status_code();
         let mut response = HttpResponse::build(status);
         let message = match self {
-            WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_)) => {
-                "internal error".to_owned()
-            }
+            WebhookError::Database(
+                DbError::Internal(_) | DbError::Incompatible(_) | DbError::Refused(_),
+            ) => "internal error".to_owned(),
             WebhookError::Database(_) => "database unavailable, retry later".to_owned(),
             other => other.to_string(),
         };
@@ -154,7 +155,11 @@ pub async fn receive(
             outcome = outcome.as_str(),
             "delivery handled"
         ),
-        Err(error @ WebhookError::Database(DbError::Internal(_) | DbError::Incompatible(_))) => {
+        Err(
+            error @ WebhookError::Database(
+                DbError::Internal(_) | DbError::Incompatible(_) | DbError::Refused(_),
+            ),
+        ) => {
             tracing::error!(svix_id = message_id.as_deref().unwrap_or(""), error = %error, "delivery failed")
         }
         Err(error) => tracing::warn!(
@@ -173,14 +178,77 @@ async fn handle(
     body: &[u8],
     state: &AppState,
 ) -> Result<(Event, sync::Outcome), WebhookError> {
-    state.verifier.verify(body, headers, true)?;
+    state.secrets.current().verify(body, headers, true)?;
     let id = MessageId::parse(verify::message_id(headers).unwrap_or(""))?;
+    let result = apply(&id, body, state).await;
+    if let Err(error) = &result {
+        let reason = match error {
+            WebhookError::Event(e) => Some(Reason::of_event_error(e)),
+            WebhookError::Database(e) => Reason::of_db_error(e),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            keep_dead_letter(&id, headers, body, reason, error, state).await;
+        }
+    }
+    result
+}
+
+/// Keeps a verified delivery that cannot be applied for good; the answer stays the error's.
+async fn keep_dead_letter(
+    id: &MessageId,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    reason: Reason,
+    error: &WebhookError,
+    state: &AppState,
+) {
+    let detail = error.to_string();
+    let kept = tokio::time::timeout(
+        state.deadline,
+        dead_letter::keep(
+            &state.db,
+            id,
+            headers,
+            body,
+            reason,
+            &detail,
+            state.dead_letters,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| Err(DbError::Unavailable("request deadline exceeded".into())));
+    match kept {
+        Ok(Some(kept)) => {
+            state.metrics.dead_lettered(reason.as_str());
+            tracing::warn!(
+                svix_id = id.as_str(),
+                reason = reason.as_str(),
+                attempts = kept.attempts,
+                dropped = kept.dropped,
+                "kept as a dead letter: `clerk-sync replay --dead-letters` applies it once it can be"
+            );
+        }
+        Ok(None) => {}
+        // Svix retries a non-2xx answer: the next attempt keeps it.
+        Err(error) => {
+            tracing::warn!(svix_id = id.as_str(), %error, "could not keep the dead letter")
+        }
+    }
+}
+
+/// Parses and applies a verified delivery within the deadline.
+async fn apply(
+    id: &MessageId,
+    body: &[u8],
+    state: &AppState,
+) -> Result<(Event, sync::Outcome), WebhookError> {
     let event = Event::parse(body)?;
     // Answer well within Svix's 15 s: past the deadline, 503 and Svix retries. (The database
     // may still commit the abandoned attempt; the retry is then a `duplicate`.)
     let outcome = tokio::time::timeout(
         state.deadline,
-        sync::ingest(&state.db, &id, &event, state.sync),
+        sync::ingest(&state.db, id, &event, state.sync),
     )
     .await
     .map_err(|_| DbError::Unavailable("request deadline exceeded".into()))??;
