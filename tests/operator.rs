@@ -950,3 +950,27 @@ async fn every_metric_the_dashboard_queries_is_in_a_real_scrape() {
         "the dashboard queries series /metrics does not export: {missing:?}\n{exposition}"
     );
 }
+
+#[test]
+fn help_documents_the_operating_settings() {
+    let help = |args: &[&str]| {
+        let output = Command::new(BIN).args(args).output().expect("run");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let serve = help(&["serve", "--help"]);
+    for setting in [
+        "CLERK_SYNC_INTERNAL_BIND",
+        "CLERK_WEBHOOK_SIGNING_SECRET_FILE",
+        "DATABASE_URL_FILE",
+        "CLERK_SYNC_DEAD_LETTER_MAX_COUNT",
+        "CLERK_SYNC_DEAD_LETTER_MAX_BYTES",
+    ] {
+        assert!(
+            serve.contains(setting),
+            "serve --help does not mention {setting}"
+        );
+    }
+    assert!(help(&["check", "--help"]).contains("CLERK_SYNC_INTERNAL_BIND"));
+    assert!(help(&["backfill", "--help"]).contains("CLERK_SECRET_KEY_FILE"));
+    assert!(help(&["replay", "--help"]).contains("--dead-letters"));
+}
