@@ -811,17 +811,33 @@ async fn the_dead_letter_cap_drops_the_oldest_and_counts_them(backend: Backend) 
         ))
         .await;
     assert_eq!(newest, 2);
+    // One larger alone than the byte cap is not kept, and leaves the others alone.
+    assert_eq!(
+        daemon
+            .deliver(&secret, "msg_cap9", &poison("user_cap", 30_000))
+            .await,
+        400
+    );
+    assert_eq!(dead_letter_count(&db).await, 2);
+    assert_eq!(
+        db.number(&format!(
+            "SELECT count(*) AS n FROM {} WHERE svix_id IN ('msg_cap7', 'msg_cap8')",
+            db.own_table("dead_letters")
+        ))
+        .await,
+        2
+    );
     let m = daemon.metrics().await;
     assert_eq!(
         sample(&m, "clerk_sync_dead_letters_dropped_total"),
-        Some(6.0)
+        Some(7.0)
     );
     assert!(
         sample(&m, "clerk_sync_dead_letter_bytes").is_some_and(|b| b > 20_000.0 && b <= 25_000.0)
     );
     let status = clerk_sync(&db).arg("status").output().expect("status");
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains("6 dropped past the cap"),
+        String::from_utf8_lossy(&status.stdout).contains("7 dropped past the cap"),
         "{}",
         text(&status)
     );

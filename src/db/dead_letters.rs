@@ -50,9 +50,19 @@ impl Default for DeadLetterLimits {
 pub struct Kept {
     /// How often this `svix-id` arrived as a dead letter so far (1 the first time).
     pub attempts: i32,
-    /// Dead letters dropped now to stay within the cap (possibly this one, when it alone is
-    /// larger than the byte cap).
+    /// Dead letters dropped now to stay within the cap.
     pub dropped: u64,
+    /// False when this one was not kept: it alone is larger than the byte cap (it is counted
+    /// as dropped, and nothing else is).
+    pub kept: bool,
+}
+
+impl Kept {
+    const TOO_LARGE: Kept = Kept {
+        attempts: 0,
+        dropped: 1,
+        kept: false,
+    };
 }
 
 /// A dead letter as stored.
@@ -111,7 +121,7 @@ struct Attempts {
 }
 
 #[derive(QueryableByName)]
-struct Bytes {
+struct Dropped {
     #[diesel(sql_type = BigInt)]
     bytes: i64,
 }
@@ -197,7 +207,8 @@ fn limit(n: u64) -> i64 {
 
 impl Database {
     /// Keeps `letter` (once per `svix-id`: a repeat counts an attempt and refreshes it), then
-    /// drops the oldest past `limits`, in one transaction. Runs on a task of its own, so that
+    /// drops the oldest past `limits`, in one transaction; a letter larger alone than the byte
+    /// cap is not kept (and counted as dropped). Runs on a task of its own, so that
     /// a caller that stops waiting never leaves the transaction half-way.
     pub async fn keep_dead_letter(
         &self,
@@ -215,6 +226,15 @@ impl Database {
                     conn.transaction::<_, DbError, _>(async |c| {
                         let sql = &POSTGRES;
                         diesel::sql_query(sql.lock).load::<Attempts>(c).await?;
+                        if bytes > max_bytes {
+                            // Alone larger than the cap: keeping it would drop every other.
+                            diesel::sql_query(sql.count_drops)
+                                .bind::<BigInt, _>(1i64)
+                                .bind::<BigInt, _>(bytes)
+                                .execute(c)
+                                .await?;
+                            return Ok(Kept::TOO_LARGE);
+                        }
                         let kept: Attempts = diesel::sql_query(sql.upsert)
                             .bind::<Text, _>(&letter.svix_id)
                             .bind::<Text, _>(&letter.headers)
@@ -224,7 +244,7 @@ impl Database {
                             .bind::<BigInt, _>(bytes)
                             .get_result(c)
                             .await?;
-                        let gone: Vec<Bytes> = diesel::sql_query(sql.trim)
+                        let gone: Vec<Dropped> = diesel::sql_query(sql.trim)
                             .bind::<BigInt, _>(max_count)
                             .bind::<BigInt, _>(max_bytes)
                             .load(c)
@@ -240,6 +260,7 @@ impl Database {
                         Ok(Kept {
                             attempts: kept.attempts,
                             dropped: n.unsigned_abs(),
+                            kept: true,
                         })
                     })
                     .await
@@ -304,7 +325,7 @@ impl Database {
 }
 
 /// How many rows, and how many bytes, `gone` holds.
-fn totals(gone: &[Bytes]) -> (i64, i64) {
+fn totals(gone: &[Dropped]) -> (i64, i64) {
     let n = i64::try_from(gone.len()).unwrap_or(i64::MAX);
     let bytes = gone.iter().map(|g| g.bytes).fold(0i64, i64::saturating_add);
     (n, bytes)
@@ -316,7 +337,7 @@ mod blocking {
     use diesel::{QueryResult, RunQueryDsl, SqliteConnection};
 
     use super::{
-        totals, Attempts, Bytes, DeadLetterStats, Kept, NewDeadLetter, StoredDeadLetter, SQLITE,
+        totals, Attempts, DeadLetterStats, Dropped, Kept, NewDeadLetter, StoredDeadLetter, SQLITE,
     };
 
     pub(super) fn keep(
@@ -326,6 +347,14 @@ mod blocking {
         max_count: i64,
         max_bytes: i64,
     ) -> QueryResult<Kept> {
+        if bytes > max_bytes {
+            // Alone larger than the cap: keeping it would drop every other.
+            diesel::sql_query(SQLITE.count_drops)
+                .bind::<BigInt, _>(1i64)
+                .bind::<BigInt, _>(bytes)
+                .execute(c)?;
+            return Ok(Kept::TOO_LARGE);
+        }
         let kept: Attempts = diesel::sql_query(SQLITE.upsert)
             .bind::<Text, _>(&letter.svix_id)
             .bind::<Text, _>(&letter.headers)
@@ -334,7 +363,7 @@ mod blocking {
             .bind::<Text, _>(&letter.detail)
             .bind::<BigInt, _>(bytes)
             .get_result(c)?;
-        let gone: Vec<Bytes> = diesel::sql_query(SQLITE.trim)
+        let gone: Vec<Dropped> = diesel::sql_query(SQLITE.trim)
             .bind::<BigInt, _>(max_count)
             .bind::<BigInt, _>(max_bytes)
             .load(c)?;
@@ -348,6 +377,7 @@ mod blocking {
         Ok(Kept {
             attempts: kept.attempts,
             dropped: n.unsigned_abs(),
+            kept: true,
         })
     }
 

@@ -219,6 +219,14 @@ async fn keep_dead_letter(
     .await
     .unwrap_or_else(|_| Err(DbError::Unavailable("request deadline exceeded".into())));
     match kept {
+        Ok(Some(kept)) if !kept.kept => {
+            state.metrics.dead_lettered(reason.as_str());
+            tracing::warn!(
+                svix_id = id.as_str(),
+                reason = reason.as_str(),
+                "not kept as a dead letter: larger alone than CLERK_SYNC_DEAD_LETTER_MAX_BYTES (counted as dropped)"
+            );
+        }
         Ok(Some(kept)) => {
             state.metrics.dead_lettered(reason.as_str());
             tracing::warn!(
