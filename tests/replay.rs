@@ -364,7 +364,8 @@ async fn check_tells_ready_from_not_ready_and_from_nothing(backend: Backend) {
     assert!(ready.status.success(), "{}", text(&ready));
     assert_eq!(String::from_utf8_lossy(&ready.stdout).trim(), "ready");
 
-    // The database goes away under the running daemon.
+    // The database goes away under the running daemon (the terminations are waited for: a
+    // backend signalled but not yet gone still answers the next probe).
     match backend {
         Backend::Sqlite => app.db.exec("DROP TABLE clerk_sync_schema_migrations").await,
         Backend::Postgres => {
@@ -377,7 +378,7 @@ async fn check_tells_ready_from_not_ready_and_from_nothing(backend: Backend) {
             admin
                 .exec(&format!(
                     "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false;
-                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                     SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
                 ))
                 .await;
         }
