@@ -9,8 +9,10 @@
 //! restart. The file is polled — its contents, once a second — rather than watched with
 //! inotify: Kubernetes updates a mounted Secret by swapping a symlinked directory, which a
 //! watch on the file itself never sees, Docker and editors replace files by rename, and
-//! reading a few bytes a second sees all of these with no new dependency. A new set takes
-//! effect between two deliveries: a delivery is verified against one set, whole. A read that
+//! reading a few bytes a second sees all of these with no new dependency. New contents are
+//! acted on when two reads a second apart find them, so that a file rewritten in place is
+//! never taken half-written (SIGHUP reads at once). A new set takes effect between two
+//! deliveries: a delivery is verified against one set, whole. A read that
 //! fails, or finds no valid secret, changes nothing: the secrets in force stay in force.
 
 use std::path::{Path, PathBuf};
@@ -108,9 +110,19 @@ pub enum Reload {
 pub struct SigningSecrets {
     current: RwLock<Arc<Verifier>>,
     file: Option<PathBuf>,
-    /// A digest of the contents read last (valid or not); none after a failed read, so that
-    /// the next readable contents are parsed again whatever they are.
-    seen: Mutex<Option<[u8; 32]>>,
+    /// What the file held at the last reads.
+    seen: Mutex<Seen>,
+}
+
+/// Digests of the file's contents.
+#[derive(Default)]
+struct Seen {
+    /// The contents last acted on (valid or not); none after a failed read, so that the next
+    /// readable contents are parsed again whatever they are.
+    settled: Option<[u8; 32]>,
+    /// New contents read once: they are acted on when the next read finds them again, so that
+    /// a file being rewritten in place (`sudoedit`, `echo >`) is never read half-written.
+    pending: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for SigningSecrets {
@@ -134,7 +146,7 @@ impl SigningSecrets {
         Self {
             current: RwLock::new(Arc::new(verifier)),
             file: None,
-            seen: Mutex::new(None),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
@@ -145,7 +157,10 @@ impl SigningSecrets {
         Ok(Self {
             current: RwLock::new(Arc::new(verifier)),
             file: Some(path.to_owned()),
-            seen: Mutex::new(Some(Sha256::digest(text.as_bytes()).into())),
+            seen: Mutex::new(Seen {
+                settled: Some(Sha256::digest(text.as_bytes()).into()),
+                pending: None,
+            }),
         })
     }
 
@@ -163,8 +178,9 @@ impl SigningSecrets {
         }
     }
 
-    /// Reads the file again; with `force`, parses it even when its contents are unchanged.
-    /// On any error the set in force stays.
+    /// Reads the file again. New contents are acted on once two reads in a row find them
+    /// (polling calls this every second); with `force` (SIGHUP) at once, and unchanged
+    /// contents are checked again. On any error the set in force stays.
     pub fn reload(&self, force: bool) -> Result<Reload, SecretFileError> {
         let Some(path) = &self.file else {
             return Ok(Reload::Unchanged);
@@ -173,7 +189,7 @@ impl SigningSecrets {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(source) => {
-                *seen = None;
+                *seen = Seen::default();
                 return Err(SecretFileError::Unreadable {
                     path: path.clone(),
                     source,
@@ -181,13 +197,26 @@ impl SigningSecrets {
             }
         };
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if !force && *seen == Some(digest) {
+        let same = seen.settled == Some(digest);
+        if !force && same {
+            seen.pending = None;
             return Ok(Reload::Unchanged);
         }
-        *seen = Some(digest);
+        if !force && seen.pending != Some(digest) {
+            seen.pending = Some(digest);
+            return Ok(Reload::Unchanged);
+        }
+        *seen = Seen {
+            settled: Some(digest),
+            pending: None,
+        };
         let text = String::from_utf8(bytes)
             .map_err(|_| SecretFileError::NotText { path: path.clone() })?;
         let verifier = parse_signing_secrets(path, &text)?;
+        if same {
+            // Valid contents acted on before are the set in force.
+            return Ok(Reload::Unchanged);
+        }
         let count = verifier.count();
         match self.current.write() {
             Ok(mut guard) => *guard = Arc::new(verifier),
@@ -214,12 +243,14 @@ mod tests {
         assert_eq!(secrets.reload(false).expect("same"), Reload::Unchanged);
 
         std::fs::write(&path, "whsec_!!not-base64!!").expect("write");
+        // New contents wait for a second read that finds them again.
+        assert_eq!(secrets.reload(false).expect("pending"), Reload::Unchanged);
         assert!(matches!(
             secrets.reload(false),
             Err(SecretFileError::Invalid { .. })
         ));
         std::fs::write(&path, "").expect("write");
-        assert!(secrets.reload(false).is_err());
+        assert!(secrets.reload(true).is_err());
         std::fs::remove_file(&path).expect("remove");
         assert!(matches!(
             secrets.reload(false),
@@ -228,6 +259,7 @@ mod tests {
         assert_eq!(secrets.current().count(), 1);
 
         std::fs::write(&path, format!("{A}\n{B}\n")).expect("write");
+        assert_eq!(secrets.reload(false).expect("pending"), Reload::Unchanged);
         assert_eq!(secrets.reload(false).expect("valid"), Reload::Applied(2));
         assert_eq!(secrets.current().count(), 2);
     }
