@@ -353,16 +353,21 @@ async fn a_rotation_by_file_while_deliveries_stream_in_refuses_none() {
     stop.store(true, Ordering::SeqCst);
     let answers = stream.await.expect("stream");
 
+    let in_phase = |p: u8| answers.iter().filter(|(q, _)| *q == p).count();
+    eprintln!(
+        "rotation: {} deliveries (old secret {}, both {}, new {})",
+        answers.len(),
+        in_phase(OLD),
+        in_phase(BOTH),
+        in_phase(NEW)
+    );
     let refused: Vec<&(u8, u16)> = answers.iter().filter(|(_, s)| *s != 200).collect();
     assert!(
         refused.is_empty(),
         "refused during the rotation: {refused:?}"
     );
     for p in [OLD, BOTH, NEW] {
-        assert!(
-            answers.iter().filter(|(q, _)| *q == p).count() >= 20,
-            "too few deliveries in phase {p}"
-        );
+        assert!(in_phase(p) >= 20, "too few deliveries in phase {p}");
     }
     assert_eq!(
         daemon
