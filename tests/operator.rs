@@ -139,6 +139,14 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGTERM, then whether it exited 0.
+    fn stop(mut self) -> bool {
+        self.signal("TERM");
+        self.child.wait().expect("wait").success()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -227,6 +235,8 @@ async fn with_an_internal_bind_the_public_port_serves_only_the_webhook() {
         "{}",
         text(&public_only)
     );
+    // SIGTERM stops both listeners, and the process exits cleanly.
+    assert!(daemon.stop(), "the daemon did not exit 0 after SIGTERM");
 }
 
 #[test]

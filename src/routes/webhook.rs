@@ -180,6 +180,7 @@ async fn handle(
 ) -> Result<(Event, sync::Outcome), WebhookError> {
     state.secrets.current().verify(body, headers, true)?;
     let id = MessageId::parse(verify::message_id(headers).unwrap_or(""))?;
+    let started = std::time::Instant::now();
     let result = apply(&id, body, state).await;
     if let Err(error) = &result {
         let reason = match error {
@@ -188,7 +189,10 @@ async fn handle(
             _ => None,
         };
         if let Some(reason) = reason {
-            keep_dead_letter(&id, headers, body, reason, error, state).await;
+            // Within what is left of the deadline; past it the write still completes on its
+            // own task, the answer just does not wait for it.
+            let left = state.deadline.saturating_sub(started.elapsed());
+            keep_dead_letter(&id, headers, body, reason, error, state, left).await;
         }
     }
     result
@@ -202,10 +206,11 @@ async fn keep_dead_letter(
     reason: Reason,
     error: &WebhookError,
     state: &AppState,
+    within: std::time::Duration,
 ) {
     let detail = error.to_string();
     let kept = tokio::time::timeout(
-        state.deadline,
+        within,
         dead_letter::keep(
             &state.db,
             id,

@@ -148,3 +148,28 @@ fn still_invalid(error: &EventError) -> Replayed {
         detail: error.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_a_retry_cannot_cure_are_dead_letters() {
+        assert_eq!(
+            Reason::of_db_error(&DbError::Refused("check".into())),
+            Some(Reason::Refused)
+        );
+        for passing in [
+            DbError::Unavailable("timeout".into()),
+            DbError::NotMigrated(1),
+            DbError::Internal("bug".into()),
+            DbError::Incompatible("column".into()),
+        ] {
+            assert_eq!(Reason::of_db_error(&passing), None, "{passing}");
+        }
+        assert_eq!(
+            Reason::of_event_error(&EventError::MissingField("data.id")),
+            Reason::InvalidEvent
+        );
+    }
+}
