@@ -61,6 +61,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // The error that names every way to configure a secret.
         None => Verifier::parse("")?.into(),
     };
+    if let Some(file) = secrets.file() {
+        tracing::info!(
+            file = %file.display(),
+            secrets = secrets.current().count(),
+            "signing secrets read from their file (re-read when it changes and on SIGHUP)"
+        );
+    }
     let internal_bind = args
         .internal_bind
         .as_deref()
