@@ -1,10 +1,13 @@
 //! The command line: flags with environment fallbacks, 12-factor style.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::db::{DatabaseUrl, PoolOptions, DEFAULT_SQLITE_FILE};
+use crate::secrets::{read_secret_file, SecretFileError, SigningSecrets};
+use crate::verify::Verifier;
 
 /// Keeps an application's User table in step with Clerk, from verified webhooks.
 #[derive(Debug, Parser)]
@@ -50,6 +53,11 @@ pub struct SecretArgs {
     /// or commas, during a rotation. CLERK_WEBHOOK_SECRET is read when this is unset.
     #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
     pub signing_secret: Option<String>,
+    /// A file holding the signing secret(s), as Kubernetes and Docker mount secrets (instead
+    /// of CLERK_WEBHOOK_SIGNING_SECRET). `serve` reads it again on SIGHUP and whenever its
+    /// contents change; a file that becomes unreadable or invalid keeps the secrets in force.
+    #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET_FILE")]
+    pub signing_secret_file: Option<PathBuf>,
 }
 
 impl SecretArgs {
@@ -64,6 +72,27 @@ impl SecretArgs {
                     .filter(|s| !s.trim().is_empty())
             })
     }
+
+    /// The secrets file, unless unset or empty.
+    pub fn file(&self) -> Option<&Path> {
+        self.signing_secret_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The signing secrets, from the file or the environment (setting both is an error).
+    /// None when neither is set.
+    pub fn load(&self) -> Result<Option<SigningSecrets>, anyhow::Error> {
+        match (self.file(), self.secrets()) {
+            (Some(_), Some(_)) => Err(SecretFileError::Both {
+                name: "CLERK_WEBHOOK_SIGNING_SECRET",
+            }
+            .into()),
+            (Some(path), None) => Ok(Some(SigningSecrets::from_file(path)?)),
+            (None, Some(raw)) => Ok(Some(Verifier::parse(&raw)?.into())),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// Settings of `replay`.
@@ -72,8 +101,12 @@ pub struct ReplayArgs {
     /// Files, folders (walked in name order; `*.expected.json` skipped), JSON-lines files
     /// (.jsonl/.ndjson) and `-` for standard input. Each item is a bare event body or a
     /// recorded delivery `{"headers": {...}, "body": "..."}`.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "dead_letters")]
     pub paths: Vec<std::path::PathBuf>,
+    /// Apply the dead letters kept in the database again (and remove those applied), instead
+    /// of reading PATHs; with --dry-run, show what would happen.
+    #[arg(long, conflicts_with_all = ["paths", "to", "batch_size"])]
+    pub dead_letters: bool,
     /// Database settings (direct replay).
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -112,6 +145,10 @@ pub struct CheckArgs {
     /// or a base URL.
     #[arg(long, env = "CLERK_SYNC_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// The daemon's internal address, as given to `serve --internal-bind`: when set, it is
+    /// probed instead of --bind (the public port does not serve /readyz then).
+    #[arg(long, env = "CLERK_SYNC_INTERNAL_BIND")]
+    pub internal_bind: Option<String>,
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub timeout: u64,
@@ -145,6 +182,10 @@ pub struct DatabaseArgs {
     /// working directory. SQLite: sqlite://PATH, sqlite:PATH or a file path.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SQLITE_FILE, hide_env_values = true)]
     pub database_url: String,
+    /// A file holding the database URL (instead of DATABASE_URL), as Kubernetes and Docker
+    /// mount secrets.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// Prisma's directUrl: a direct (unpooled) PostgreSQL URL for migrations and their lock,
     /// when DATABASE_URL goes through a pooler.
     #[arg(long, env = "DIRECT_URL", hide_env_values = true)]
@@ -168,15 +209,29 @@ pub struct DatabaseArgs {
 const DEFAULT_DB_TIMEOUT: u64 = 3;
 
 impl DatabaseArgs {
-    /// The parsed URL, with `DIRECT_URL` attached.
-    pub fn url(&self) -> Result<DatabaseUrl, crate::db::UrlError> {
-        let url = DatabaseUrl::parse(&self.database_url)?;
+    /// The parsed URL, from DATABASE_URL_FILE when that is set, with `DIRECT_URL` attached.
+    pub fn url(&self) -> anyhow::Result<DatabaseUrl> {
+        let url = match self
+            .database_url_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            // The flag's default cannot be told from a value given: any other value is.
+            Some(_) if self.database_url != DEFAULT_SQLITE_FILE => {
+                return Err(SecretFileError::Both {
+                    name: "DATABASE_URL",
+                }
+                .into())
+            }
+            Some(path) => DatabaseUrl::parse(&read_secret_file(path)?)?,
+            None => DatabaseUrl::parse(&self.database_url)?,
+        };
         match self.direct_url.as_deref().filter(|d| !d.trim().is_empty()) {
-            Some(direct) => url.with_direct(DatabaseUrl::parse(direct).map_err(|e| {
+            Some(direct) => Ok(url.with_direct(DatabaseUrl::parse(direct).map_err(|e| {
                 crate::db::UrlError::InDirectUrl(
                     e.to_string().replace("DATABASE_URL", "DIRECT_URL"),
                 )
-            })?),
+            })?)?),
             None => Ok(url),
         }
     }
@@ -214,6 +269,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CLERK_SYNC_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// A second address, for /healthz, /readyz and /metrics only: when set, the --bind
+    /// address serves only POST /webhooks/clerk (404 for anything else).
+    #[arg(long, env = "CLERK_SYNC_INTERNAL_BIND")]
+    pub internal_bind: Option<String>,
     /// Signing secret(s).
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -242,6 +301,17 @@ pub struct ServeArgs {
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "CLERK_SYNC_WORKERS", default_value_t = 0)]
     pub workers: usize,
+    /// Most dead letters kept (verified deliveries that cannot be applied for good); past it
+    /// the oldest are dropped. 0: keep none.
+    #[arg(
+        long,
+        env = "CLERK_SYNC_DEAD_LETTER_MAX_COUNT",
+        default_value_t = 10_000
+    )]
+    pub dead_letter_max_count: u64,
+    /// Most bytes (headers and bodies) of dead letters kept; past it the oldest are dropped.
+    #[arg(long, env = "CLERK_SYNC_DEAD_LETTER_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub dead_letter_max_bytes: u64,
 }
 
 /// Settings of `backfill`.
@@ -253,6 +323,9 @@ pub struct BackfillArgs {
     /// Clerk's secret key (sk_live_… or sk_test_…), from the Clerk dashboard's API keys.
     #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<crate::backfill::client::SecretKey>,
+    /// A file holding Clerk's secret key (instead of CLERK_SECRET_KEY).
+    #[arg(long, env = "CLERK_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Clerk's Backend API; `/v1` is added unless the address ends with it.
     #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
     pub api_url: String,
@@ -294,4 +367,28 @@ pub struct BackfillArgs {
     /// Do not apply migrations first.
     #[arg(long, env = "CLERK_SYNC_NO_MIGRATE")]
     pub no_migrate: bool,
+}
+
+impl BackfillArgs {
+    /// Clerk's secret key, from CLERK_SECRET_KEY_FILE when that is set (setting both is an
+    /// error); none when neither is set.
+    pub fn key(&self) -> anyhow::Result<Option<crate::backfill::client::SecretKey>> {
+        let file = self
+            .secret_key_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty());
+        match (file, &self.secret_key) {
+            (Some(_), Some(_)) => Err(SecretFileError::Both {
+                name: "CLERK_SECRET_KEY",
+            }
+            .into()),
+            (Some(path), None) => {
+                let raw = read_secret_file(path)?;
+                let key = crate::backfill::client::SecretKey::parse(&raw)
+                    .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
+                Ok(Some(key))
+            }
+            (None, key) => Ok(key.clone()),
+        }
+    }
 }

@@ -10,10 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backfill::{self, client};
 use crate::cli::{BackfillArgs, CheckArgs, DatabaseArgs, ReplayArgs, ServeArgs, StatusArgs};
-use crate::db::{Database, PoolOptions};
+use crate::db::{Database, DeadLetterLimits, PoolOptions};
 use crate::probe::{self, Readiness};
 use crate::replay::{self, Reporter, Summary};
 use crate::startup::{AppState, Application, ServerSettings};
+use crate::sync::dead_letter::{self, Replayed};
 use crate::sync::SyncOptions;
 use crate::verify::Verifier;
 
@@ -86,7 +87,26 @@ pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
 
 /// `clerk-sync serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let verifier = Verifier::parse(&args.secret.secrets().unwrap_or_default())?;
+    let secrets = match args.secret.load()? {
+        Some(secrets) => secrets,
+        // The error that names every way to configure a secret.
+        None => Verifier::parse("")?.into(),
+    };
+    if let Some(file) = secrets.file() {
+        tracing::info!(
+            file = %file.display(),
+            secrets = secrets.current().count(),
+            "signing secrets read from their file (re-read when it changes and on SIGHUP)"
+        );
+    }
+    let internal_bind = args
+        .internal_bind
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.is_empty());
+    if internal_bind == Some(args.bind.trim()) {
+        anyhow::bail!("--internal-bind must differ from --bind ({})", args.bind);
+    }
     let db = open(&args.database).await?;
     if !args.no_migrate {
         run_migrations(&db).await?;
@@ -96,15 +116,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener =
         TcpListener::bind(&args.bind).with_context(|| format!("binding {}", args.bind))?;
+    let internal = internal_bind
+        .map(|bind| TcpListener::bind(bind).with_context(|| format!("binding {bind}")))
+        .transpose()?;
     let state = AppState {
         db,
-        verifier,
+        secrets,
         sync: SyncOptions {
             skip_users_without_email: args.skip_users_without_email,
             ..SyncOptions::default()
         },
         deadline: Duration::from_secs(args.request_deadline),
         metrics: crate::metrics::Metrics::new(),
+        dead_letters: DeadLetterLimits {
+            max_count: args.dead_letter_max_count,
+            max_bytes: args.dead_letter_max_bytes,
+        },
     };
     let settings = ServerSettings {
         body_limit: args.body_limit,
@@ -113,8 +140,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         client_timeout: Duration::from_secs(args.client_timeout),
     };
-    let app = Application::build(listener, state, &settings)?;
-    tracing::info!(address = %app.address(), "listening");
+    let app = Application::build_split(listener, internal, state, &settings)?;
+    match app.internal_address() {
+        Some(internal) => tracing::info!(
+            address = %app.address(),
+            internal = %internal,
+            "listening (webhooks on address; probes and metrics on internal)"
+        ),
+        None => tracing::info!(address = %app.address(), "listening"),
+    }
     app.run().await?;
     tracing::info!("stopped");
     Ok(())
@@ -196,10 +230,10 @@ fn print_summary(summary: &Summary, elapsed: Duration, dry_run: bool) {
 
 /// `clerk-sync replay`.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
-    let verifier = match args.secret.secrets() {
-        Some(secrets) => Some(std::sync::Arc::new(Verifier::parse(&secrets)?)),
-        None => None,
-    };
+    if args.dead_letters {
+        return replay_dead_letters(args).await;
+    }
+    let verifier = args.secret.load()?.map(|secrets| secrets.current());
     let mut options = replay::Options {
         dry_run: args.dry_run,
         batch_size: 1,
@@ -237,9 +271,67 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
     Ok(summary.succeeded())
 }
 
+/// `clerk-sync replay --dead-letters`: one line per dead letter, then a summary; fails while
+/// any is still kept.
+async fn replay_dead_letters(args: ReplayArgs) -> anyhow::Result<bool> {
+    let db = open(&args.database).await?;
+    if !args.no_migrate && !args.dry_run {
+        run_migrations(&db).await?;
+    }
+    let options = SyncOptions {
+        skip_users_without_email: args.skip_users_without_email,
+        ..SyncOptions::default()
+    };
+    let letters = db
+        .dead_letters()
+        .await
+        .context("reading the dead letters")?;
+    let (mut applied, mut failing) = (0usize, 0usize);
+    for letter in &letters {
+        let result = dead_letter::replay_one(&db, letter, options, args.dry_run)
+            .await
+            .with_context(|| format!("replaying dead letter {}", letter.svix_id))?;
+        let line = match result {
+            Replayed::Applied(outcome) => {
+                applied += 1;
+                format!("applied ({}), removed", outcome.as_str())
+            }
+            Replayed::WouldApply { event_type } => {
+                applied += 1;
+                format!("would be applied ({event_type}; the database may still refuse it)")
+            }
+            Replayed::StillFails { reason, detail } => {
+                failing += 1;
+                format!("still fails, kept: {}: {detail}", reason.as_str())
+            }
+        };
+        println!(
+            "{}  first seen {}, {} attempt(s): {line}",
+            letter.svix_id, letter.first_seen, letter.attempts
+        );
+    }
+    if args.dry_run {
+        println!(
+            "dry run: {} dead letters, {applied} would be applied, {failing} still fail (nothing written)",
+            letters.len()
+        );
+    } else {
+        println!(
+            "{} dead letters: {applied} applied and removed, {failing} still fail and are kept",
+            letters.len()
+        );
+    }
+    Ok(failing == 0)
+}
+
 /// `clerk-sync check`.
 pub async fn check(args: CheckArgs) -> bool {
-    let url = probe::readyz_url(&args.bind);
+    let bind = args
+        .internal_bind
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or(&args.bind);
+    let url = probe::readyz_url(bind);
     match probe::check(&url, Duration::from_secs(args.timeout)).await {
         Readiness::Ready => {
             println!("ready");
@@ -264,12 +356,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let since = chrono::Utc::now() - chrono::Duration::hours(hours);
     let status = db.status(since).await?;
     let walk = db.backfill_last_walk().await?;
+    let dead = db.dead_letter_stats().await?;
     if args.json {
         let mut json = serde_json::to_value(&status)?;
         json["window_hours"] = serde_json::json!(hours);
         json["backend"] = serde_json::json!(db.backend());
         json["connection"] = serde_json::to_value(db.connection())?;
         json["backfill"] = walk.as_ref().map_or(serde_json::Value::Null, walk_json);
+        json["dead_letters"] = serde_json::to_value(&dead)?;
         println!("{json}");
         return Ok(());
     }
@@ -291,6 +385,21 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("pending deletes:  {}", status.pending_deletes);
     println!("tombstones:       {}", status.tombstones);
     println!("known users:      {}", status.known_users);
+    println!(
+        "dead letters:     {} kept ({} bytes{}), {} dropped past the cap{}",
+        dead.kept,
+        dead.bytes,
+        dead.oldest_first_seen
+            .as_deref()
+            .map(|t| format!("; oldest first seen {t}"))
+            .unwrap_or_default(),
+        dead.dropped,
+        if dead.kept > 0 {
+            "; `clerk-sync replay --dead-letters` applies them"
+        } else {
+            ""
+        }
+    );
     match &walk {
         None => println!("backfill:         never run"),
         Some(last) => {
@@ -435,8 +544,8 @@ fn print_backfill_summary(summary: &backfill::Summary, elapsed: Duration, dry_ru
 
 /// `clerk-sync backfill`.
 pub async fn backfill(args: BackfillArgs) -> anyhow::Result<bool> {
-    let secret_key = args.secret_key.clone().context(
-        "backfill reads Clerk's Backend API: set CLERK_SECRET_KEY (or --secret-key) to the instance's secret key (sk_…)",
+    let secret_key = args.key()?.context(
+        "backfill reads Clerk's Backend API: set CLERK_SECRET_KEY (or --secret-key, or CLERK_SECRET_KEY_FILE) to the instance's secret key (sk_…)",
     )?;
     let base_url = client::base_url(&args.api_url).map_err(anyhow::Error::msg)?;
     let client = client::Client::new(client::ClientSettings {

@@ -25,6 +25,13 @@ pub struct Metrics {
     up: IntGauge,
     group_commits: prometheus::IntCounter,
     group_committed: prometheus::IntCounter,
+    signing_secrets: IntGauge,
+    secret_reloads: IntCounterVec,
+    secrets_failing: IntGauge,
+    dead_lettered: IntCounterVec,
+    dead_letters: IntGauge,
+    dead_letter_bytes: IntGauge,
+    dead_letters_dropped: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,6 +157,73 @@ impl Metrics {
             .expect("static metric definition"),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let signing_secrets = register(
+            &registry,
+            IntGauge::new(
+                "clerk_sync_signing_secrets",
+                "Webhook signing secrets in force.",
+            )
+            .expect("static metric definition"),
+        );
+        let secret_reloads = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "clerk_sync_secrets_reloads_total",
+                    "Re-reads of the signing secrets file that changed something, by result (applied, failed).",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+        );
+        let secrets_failing = register(
+            &registry,
+            IntGauge::new(
+                "clerk_sync_secrets_reload_failing",
+                "1 while the signing secrets file cannot be read or holds no valid secret (the secrets read before stay in force).",
+            )
+            .expect("static metric definition"),
+        );
+        let dead_lettered = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "clerk_sync_dead_lettered_total",
+                    "Verified deliveries this instance kept as dead letters (each attempt), by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+        );
+        let dead_letters = register(
+            &registry,
+            IntGauge::new(
+                "clerk_sync_dead_letters",
+                "Dead letters kept in the database (shared by every instance).",
+            )
+            .expect("static metric definition"),
+        );
+        let dead_letter_bytes = register(
+            &registry,
+            IntGauge::new(
+                "clerk_sync_dead_letter_bytes",
+                "Bytes of headers and bodies the dead letters kept hold.",
+            )
+            .expect("static metric definition"),
+        );
+        let dead_letters_dropped = register(
+            &registry,
+            prometheus::IntCounter::new(
+                "clerk_sync_dead_letters_dropped_total",
+                "Dead letters dropped, oldest first, to stay within the cap (from the database).",
+            )
+            .expect("static metric definition"),
+        );
+        // Present from the start, so that dashboards and alerts see 0 rather than nothing.
+        secrets_failing.set(0);
+        for result in ["applied", "failed"] {
+            secret_reloads.with_label_values(&[result]);
+        }
         Self {
             registry,
             deliveries,
@@ -162,7 +236,38 @@ impl Metrics {
             up,
             group_commits,
             group_committed,
+            signing_secrets,
+            secret_reloads,
+            secrets_failing,
+            dead_lettered,
+            dead_letters,
+            dead_letter_bytes,
+            dead_letters_dropped,
         }
+    }
+
+    /// How many signing secrets are in force.
+    pub fn signing_secrets(&self, count: usize) {
+        self.signing_secrets
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// The signing secrets file was read again and its new set is in force.
+    pub fn secrets_reloaded(&self, count: usize) {
+        self.signing_secrets(count);
+        self.secrets_failing.set(0);
+        self.secret_reloads.with_label_values(&["applied"]).inc();
+    }
+
+    /// The signing secrets file could not be used; the secrets in force stay.
+    pub fn secrets_reload_failed(&self) {
+        self.secrets_failing.set(1);
+        self.secret_reloads.with_label_values(&["failed"]).inc();
+    }
+
+    /// A verified delivery that cannot be applied was kept as a dead letter.
+    pub fn dead_lettered(&self, reason: &str) {
+        self.dead_lettered.with_label_values(&[reason]).inc();
     }
 
     /// A verified delivery was handled.
@@ -216,6 +321,16 @@ impl Metrics {
                 self.up.set(0);
                 tracing::warn!(%error, "metrics: could not read the database");
             }
+        }
+        match db.dead_letter_stats().await {
+            Ok(stats) => {
+                self.dead_letters.set(stats.kept);
+                self.dead_letter_bytes.set(stats.bytes);
+                let dropped = stats.dropped.max(0).unsigned_abs();
+                self.dead_letters_dropped
+                    .inc_by(dropped.saturating_sub(self.dead_letters_dropped.get()));
+            }
+            Err(error) => tracing::warn!(%error, "metrics: could not read the dead letters"),
         }
         let mut out = Vec::new();
         if TextEncoder::new()

@@ -24,7 +24,7 @@ impl std::fmt::Debug for Verifier {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
     /// None given.
-    #[error("no webhook signing secret configured: set CLERK_WEBHOOK_SIGNING_SECRET (or CLERK_WEBHOOK_SECRET) to the whsec_… value from the Clerk dashboard")]
+    #[error("no webhook signing secret configured: set CLERK_WEBHOOK_SIGNING_SECRET (or CLERK_WEBHOOK_SECRET, or CLERK_WEBHOOK_SIGNING_SECRET_FILE) to the whsec_… value from the Clerk dashboard")]
     Missing,
     /// One entry is not a Svix secret; the secret itself is never echoed.
     #[error("webhook signing secret #{position} is not a valid whsec_… secret ({reason})")]
@@ -86,6 +86,11 @@ impl Verifier {
             return Err(SecretError::Missing);
         }
         Ok(Self { secrets })
+    }
+
+    /// How many secrets are configured.
+    pub fn count(&self) -> usize {
+        self.secrets.len()
     }
 
     /// Verifies `body` against the `svix-*` (or `webhook-*`) headers with every secret.

@@ -10,6 +10,7 @@
 
 mod app_table;
 mod backfill;
+mod dead_letters;
 mod group;
 mod migrations;
 mod pg_batch;
@@ -28,6 +29,7 @@ use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
 
 pub use backfill::{KnownUser, LastWalk, Walk, WalkCounts};
+pub use dead_letters::{DeadLetterLimits, DeadLetterStats, Kept, NewDeadLetter, StoredDeadLetter};
 pub use tls::TlsError;
 pub use url::{
     ChannelBinding, DatabaseUrl, Identity, PgHost, PgUrl, Pooler, Roots, SslMode, TlsSettings,
@@ -68,6 +70,10 @@ pub enum DbError {
     /// The database is reachable but clerk-sync's migrations have not been applied.
     #[error("database not migrated: {0} pending migration(s); run `clerk-sync migrate`")]
     NotMigrated(usize),
+    /// The application's table refuses a value for good (a CHECK or NOT NULL constraint, a
+    /// column too narrow): the same delivery will fail the same way until the table changes.
+    #[error("the application's table refuses the change: {0}")]
+    Refused(String),
     /// Anything else: a bug or an unexpected state.
     #[error("database error: {0}")]
     Internal(String),
@@ -109,8 +115,19 @@ impl From<DieselError> for DbError {
             DieselError::BrokenTransactionManager => true,
             _ => false,
         };
+        let refused = match &error {
+            DieselError::DatabaseError(kind, info) => {
+                matches!(
+                    kind,
+                    DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation
+                ) || info.message().contains("value too long for type")
+            }
+            _ => false,
+        };
         if transient {
             DbError::Unavailable(text)
+        } else if refused {
+            DbError::Refused(text)
         } else {
             DbError::Internal(text)
         }

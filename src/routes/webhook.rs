@@ -15,6 +15,7 @@ use crate::db::DbError;
 use crate::domain::{Event, EventError, MessageId};
 use crate::startup::{AppState, BodyTimeout};
 use crate::sync;
+use crate::sync::dead_letter::{self, Reason};
 use crate::verify::{self, SignatureError};
 
 /// Why a delivery was not applied.
@@ -57,7 +58,10 @@ impl ResponseError for WebhookError {
         let mut response = HttpResponse::build(status);
         let message = match self {
             WebhookError::Database(
-                DbError::Internal(_) | DbError::Incompatible(_) | DbError::Config(_),
+                DbError::Internal(_)
+                | DbError::Incompatible(_)
+                | DbError::Config(_)
+                | DbError::Refused(_),
             ) => "internal error".to_owned(),
             WebhookError::Database(_) => "database unavailable, retry later".to_owned(),
             other => other.to_string(),
@@ -156,7 +160,10 @@ pub async fn receive(
         ),
         Err(
             error @ WebhookError::Database(
-                DbError::Internal(_) | DbError::Incompatible(_) | DbError::Config(_),
+                DbError::Internal(_)
+                | DbError::Incompatible(_)
+                | DbError::Config(_)
+                | DbError::Refused(_),
             ),
         ) => {
             tracing::error!(svix_id = message_id.as_deref().unwrap_or(""), error = %error, "delivery failed")
@@ -177,14 +184,90 @@ async fn handle(
     body: &[u8],
     state: &AppState,
 ) -> Result<(Event, sync::Outcome), WebhookError> {
-    state.verifier.verify(body, headers, true)?;
+    state.secrets.current().verify(body, headers, true)?;
     let id = MessageId::parse(verify::message_id(headers).unwrap_or(""))?;
+    let started = std::time::Instant::now();
+    let result = apply(&id, body, state).await;
+    if let Err(error) = &result {
+        let reason = match error {
+            WebhookError::Event(e) => Some(Reason::of_event_error(e)),
+            WebhookError::Database(e) => Reason::of_db_error(e),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            // Within what is left of the deadline; past it the write still completes on its
+            // own task, the answer just does not wait for it.
+            let left = state.deadline.saturating_sub(started.elapsed());
+            keep_dead_letter(&id, headers, body, reason, error, state, left).await;
+        }
+    }
+    result
+}
+
+/// Keeps a verified delivery that cannot be applied for good; the answer stays the error's.
+async fn keep_dead_letter(
+    id: &MessageId,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    reason: Reason,
+    error: &WebhookError,
+    state: &AppState,
+    within: std::time::Duration,
+) {
+    let detail = error.to_string();
+    let kept = tokio::time::timeout(
+        within,
+        dead_letter::keep(
+            &state.db,
+            id,
+            headers,
+            body,
+            reason,
+            &detail,
+            state.dead_letters,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| Err(DbError::Unavailable("request deadline exceeded".into())));
+    match kept {
+        Ok(Some(kept)) if !kept.kept => {
+            state.metrics.dead_lettered(reason.as_str());
+            tracing::warn!(
+                svix_id = id.as_str(),
+                reason = reason.as_str(),
+                "not kept as a dead letter: larger alone than CLERK_SYNC_DEAD_LETTER_MAX_BYTES (counted as dropped)"
+            );
+        }
+        Ok(Some(kept)) => {
+            state.metrics.dead_lettered(reason.as_str());
+            tracing::warn!(
+                svix_id = id.as_str(),
+                reason = reason.as_str(),
+                attempts = kept.attempts,
+                dropped = kept.dropped,
+                "kept as a dead letter: `clerk-sync replay --dead-letters` applies it once it can be"
+            );
+        }
+        Ok(None) => {}
+        // Svix retries a non-2xx answer: the next attempt keeps it.
+        Err(error) => {
+            tracing::warn!(svix_id = id.as_str(), %error, "could not keep the dead letter")
+        }
+    }
+}
+
+/// Parses and applies a verified delivery within the deadline.
+async fn apply(
+    id: &MessageId,
+    body: &[u8],
+    state: &AppState,
+) -> Result<(Event, sync::Outcome), WebhookError> {
     let event = Event::parse(body)?;
     // Answer well within Svix's 15 s: past the deadline, 503 and Svix retries. (The database
     // may still commit the abandoned attempt; the retry is then a `duplicate`.)
     let outcome = tokio::time::timeout(
         state.deadline,
-        sync::ingest(&state.db, &id, &event, state.sync),
+        sync::ingest(&state.db, id, &event, state.sync),
     )
     .await
     .map_err(|_| DbError::Unavailable("request deadline exceeded".into()))??;

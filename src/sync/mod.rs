@@ -24,6 +24,7 @@
 //! several instances may share one database.
 
 pub mod batch;
+pub mod dead_letter;
 
 use crate::db::{Database, DbError};
 use crate::domain::{Event, MessageId};

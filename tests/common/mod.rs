@@ -373,6 +373,8 @@ pub struct AppOptions {
     pub deadline: Duration,
     /// How long a client may take to send headers, then body; idle keep-alive limit.
     pub client_timeout: Duration,
+    /// The dead-letter cap.
+    pub dead_letters: clerk_sync::db::DeadLetterLimits,
 }
 
 impl Default for AppOptions {
@@ -384,6 +386,7 @@ impl Default for AppOptions {
             secrets: vec![new_secret()],
             deadline: Duration::from_secs(5),
             client_timeout: Duration::from_secs(5),
+            dead_letters: clerk_sync::db::DeadLetterLimits::default(),
         }
     }
 }
@@ -447,10 +450,11 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let state = AppState {
         db: database,
-        verifier,
+        secrets: verifier.into(),
         sync: options.sync,
         deadline: options.deadline,
         metrics: clerk_sync::metrics::Metrics::new(),
+        dead_letters: options.dead_letters,
     };
     let settings = ServerSettings {
         body_limit: options.body_limit,
