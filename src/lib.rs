@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod probe;
 pub mod replay;
 pub mod routes;
+pub mod session;
 pub mod startup;
 pub mod sync;
 pub mod telemetry;

@@ -24,6 +24,8 @@ pub struct AppState {
     pub deadline: Duration,
     /// The app's metrics.
     pub metrics: Metrics,
+    /// The on-demand session sync (`POST /api/auth/sync`), when a secret key is configured.
+    pub session: Option<crate::session::SessionSync>,
 }
 
 /// How the server is run.

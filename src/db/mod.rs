@@ -14,6 +14,7 @@ mod group;
 mod migrations;
 mod pg_batch;
 mod postgres;
+mod read;
 mod sqlite;
 mod sqlite_steps;
 mod url;
@@ -27,6 +28,7 @@ use crate::domain::{Event, MessageId};
 use crate::sync::{Outcome, SyncOptions};
 
 pub use backfill::{KnownUser, LastWalk, Walk, WalkCounts};
+pub use read::{AppUser, UserLookup};
 pub use url::{DatabaseUrl, UrlError, DEFAULT_SQLITE_FILE};
 
 /// A batch that failed after its first `decided.len()` deliveries were committed (none, unless

@@ -317,6 +317,8 @@ pub struct AppOptions {
     pub deadline: Duration,
     /// How long a client may take to send headers, then body; idle keep-alive limit.
     pub client_timeout: Duration,
+    /// The session sync (`POST /api/auth/sync`); off when `None`.
+    pub session: Option<clerk_sync::session::Config>,
 }
 
 impl Default for AppOptions {
@@ -328,6 +330,7 @@ impl Default for AppOptions {
             secrets: vec![new_secret()],
             deadline: Duration::from_secs(5),
             client_timeout: Duration::from_secs(5),
+            session: None,
         }
     }
 }
@@ -390,6 +393,11 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
         sync: options.sync,
         deadline: options.deadline,
         metrics: clerk_sync::metrics::Metrics::new(),
+        session: options
+            .session
+            .as_ref()
+            .map(|config| clerk_sync::session::build(config).expect("session settings"))
+            .and_then(|s| s),
     };
     let settings = ServerSettings {
         body_limit: options.body_limit,
