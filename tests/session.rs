@@ -841,3 +841,108 @@ on_both_backends!(
     cors_preflight_is_answered_for_authorized_origins_only,
     without_a_secret_key_the_endpoint_is_off,
 );
+
+// ---------------------------------------------------------------- the real binary
+
+const BIN: &str = env!("CARGO_BIN_EXE_clerk-sync");
+
+/// `clerk-sync serve` with a clean environment, the session sync pointed at `api`.
+fn serve_command(dir: &std::path::Path, api: &StandIn, port: u16) -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CLERK_WEBHOOK_SIGNING_SECRET", common::new_secret())
+        .env("CLERK_SECRET_KEY", KEY)
+        .env("CLERK_API_URL", &api.url)
+        .env(
+            "CLERK_AUTHORIZED_PARTIES",
+            format!("{APP}, https://admin.example.com"),
+        )
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")]);
+    command
+}
+
+#[test]
+fn a_secret_key_without_an_issuer_stops_serve_with_a_clear_message() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = rt.enter();
+    let api = StandIn::start(Vec::new(), KEY, 0).expect("stand-in");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = serve_command(dir.path(), &api, common::free_port())
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CLERK_PUBLISHABLE_KEY"), "{stderr}");
+    assert!(!stderr.contains(&KEY[8..]), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_syncs_a_user_and_even_trace_logs_never_show_the_token_or_the_key() {
+    let api = StandIn::start(Vec::new(), KEY, 0).expect("stand-in");
+    api.set_jwks(json!({"keys": [keys()[0].jwk]}));
+    let id = "user_2binary";
+    api.put(stored(user_object(id, 1_000, "binary.person@example.com")));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("trace.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = common::free_port();
+    let mut child = serve_command(dir.path(), &api, port)
+        .env("NEXT_PUBLIC_CLERK_PUBLISHABLE_KEY", PUBLISHABLE)
+        .env("RUST_LOG", "trace")
+        .stderr(log.try_clone().expect("log file"))
+        .stdout(log)
+        .spawn()
+        .expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = common::eventually(Duration::from_secs(20), || {
+        let url = format!("{base}/readyz");
+        async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+    assert!(ready, "the daemon did not become ready");
+
+    let token = session_token(id);
+    let client = reqwest::Client::new();
+    let ok = client
+        .post(format!("{base}/api/auth/sync"))
+        .header("origin", "https://admin.example.com")
+        .header("cookie", format!("__session={token}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ok.status().as_u16(), 200);
+    let mut tampered = token.clone();
+    tampered.push('x');
+    let refused = client
+        .post(format!("{base}/api/auth/sync"))
+        .bearer_auth(&tampered)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status().as_u16(), 401);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+
+    let logs = std::fs::read_to_string(&log_path).expect("logs");
+    assert!(
+        logs.contains("session sync"),
+        "the syncs are not in the logs"
+    );
+    assert!(logs.lines().count() > 20, "trace logging was not on");
+    let signature = token.rsplit('.').next().unwrap_or_default();
+    for secret in [&KEY[8..], signature, &token[..40]] {
+        assert!(
+            !logs.contains(secret),
+            "trace logs contain a token or the secret key"
+        );
+    }
+    assert!(
+        !logs.contains("binary.person"),
+        "trace logs contain the address"
+    );
+}
