@@ -194,11 +194,12 @@ impl Setup {
     /// API is not called.
     async fn assert_refused(&self, token: &str, reason: &str) {
         let before = self.app.db.snapshot().await;
+        let calls = self.user_calls();
         let (status, body) = self.sync(token).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["reason"], reason, "{body}");
         assert_eq!(self.app.db.snapshot().await, before, "the table changed");
-        assert_eq!(self.user_calls(), 0, "Clerk's user API was called");
+        assert_eq!(self.user_calls(), calls, "Clerk's user API was called");
         let metrics = self.metrics().await;
         assert!(
             metrics.contains(&format!(
@@ -383,6 +384,23 @@ async fn a_networkless_jwt_key_verifies_without_fetching_keys(backend: Backend) 
     );
 }
 
+async fn a_configured_frontend_api_url_is_the_issuer_checked(backend: Backend) {
+    // A production instance behind its own domain (or a proxy): the flag names the issuer.
+    let s = setup_with(backend, |c| {
+        c.frontend_api_url = Some("https://clerk.example.com/".into())
+    })
+    .await;
+    let id = "user_2ownedomain";
+    s.api
+        .put(stored(user_object(id, 1_000, "domain@example.com")));
+    let mut c = claims(id);
+    c["iss"] = json!("https://clerk.example.com");
+    let (status, body) = s.sync(&sign(&header(&keys()[0]), &c, &keys()[0])).await;
+    assert_eq!(status, 200, "{body}");
+    // The publishable key's issuer no longer passes.
+    s.assert_refused(&session_token(id), "wrong_issuer").await;
+}
+
 async fn the_body_may_name_the_tokens_own_user(backend: Backend) {
     let s = setup(backend).await;
     let id = "user_2named";
@@ -445,6 +463,16 @@ async fn fifty_concurrent_requests_for_a_new_user_cost_one_api_call(backend: Bac
     assert_eq!(s.user_calls(), 1);
     assert_eq!(s.jwks_calls(), 1);
     assert_eq!(s.app.db.users().await.len(), 1);
+    let metrics = s.metrics().await;
+    for series in [
+        r#"clerk_sync_backend_api_requests_total{endpoint="users",result="ok"} 1"#,
+        r#"clerk_sync_backend_api_requests_total{endpoint="jwks",result="ok"} 1"#,
+        r#"clerk_sync_backend_api_duration_seconds_count{endpoint="users"} 1"#,
+        r#"clerk_sync_session_syncs_total{outcome="applied"} 1"#,
+        r#"clerk_sync_session_syncs_total{outcome="cached"} 49"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
 }
 
 // ---------------------------------------------------------------- Clerk's answers
@@ -815,6 +843,7 @@ on_both_backends!(
     the_instances_suffixed_session_cookie_is_read_first,
     a_rotated_key_is_fetched_by_its_new_kid,
     a_networkless_jwt_key_verifies_without_fetching_keys,
+    a_configured_frontend_api_url_is_the_issuer_checked,
     the_body_may_name_the_tokens_own_user,
     a_user_synced_moments_ago_is_answered_from_the_table,
     fifty_concurrent_requests_for_a_new_user_cost_one_api_call,
