@@ -230,20 +230,31 @@ async fn handle(
     let session = state.session.as_ref().ok_or(SessionError::Disabled)?;
     let body = read_body(request, payload).await?;
     let raw = session_token(request, session).map_err(SessionError::Token)?;
-    let claims = session
-        .verify(raw, &state.metrics)
-        .await
-        .map_err(SessionError::Token)?;
-    // Only once the token holds: the body can name nobody but the token's own user.
-    if let Some(asked) = requested_user(&body)? {
-        if asked != claims.user.as_str() {
-            return Err(SessionError::OtherUser);
+    // One bound for the whole answer (key fetch, Clerk's retries, the write): past it, 503.
+    // A write already under way finishes on its own task; a retry then finds it done.
+    let work = async {
+        let claims = session
+            .verify(raw, &state.metrics)
+            .await
+            .map_err(SessionError::Token)?;
+        // Only once the token holds: the body can name nobody but the token's own user.
+        if let Some(asked) = requested_user(&body)? {
+            if asked != claims.user.as_str() {
+                return Err(SessionError::OtherUser);
+            }
         }
-    }
-    let (outcome, row) = session
-        .sync(&claims.user, &state.db, state.sync, &state.metrics)
-        .await?;
-    Ok((claims.user, outcome, row))
+        let (outcome, row) = session
+            .sync(&claims.user, &state.db, state.sync, &state.metrics)
+            .await?;
+        Ok((claims.user, outcome, row))
+    };
+    tokio::time::timeout(state.deadline, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SessionError::Sync(SyncError::ClerkUnavailable(
+                "request deadline exceeded".into(),
+            )))
+        })
 }
 
 /// Verifies the caller's session token and syncs their user.

@@ -142,7 +142,7 @@ pub fn build(config: &Config) -> Result<Option<SessionSync>, String> {
         (_, Some(key)) => frontend_api_from_publishable_key(key)?,
         _ => {
             return Err("POST /api/auth/sync is enabled by CLERK_SECRET_KEY and must check who issued each token: \
-                 set CLERK_PUBLISHABLE_KEY (or --frontend-api-url) to the instance's"
+                 set CLERK_PUBLISHABLE_KEY to the instance's pk_… key (or --frontend-api-url to its Frontend API URL)"
                 .into())
         }
     };
