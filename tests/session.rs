@@ -419,6 +419,42 @@ async fn the_body_may_name_the_tokens_own_user(backend: Backend) {
     assert_eq!(body["user"]["id"], id);
 }
 
+async fn session_syncs_never_pass_for_webhook_deliveries_in_the_last_delivery_age(
+    backend: Backend,
+) {
+    let s = setup(backend).await;
+    let id = "user_2quiet";
+    s.api
+        .put(stored(user_object(id, 1_000, "quiet@example.com")));
+    assert_eq!(s.sync(&session_token(id)).await.0, 200);
+    let url = clerk_sync::db::DatabaseUrl::parse(&s.app.db.url).expect("url");
+    let db =
+        clerk_sync::db::Database::open(&url, clerk_sync::db::PoolOptions::default()).expect("open");
+
+    // Only a session sync so far: the webhook endpoint has received nothing.
+    assert_eq!(
+        db.gauges().await.expect("gauges").last_delivery_age_seconds,
+        None
+    );
+    let status = db
+        .status(chrono::Utc::now() - chrono::Duration::hours(1))
+        .await
+        .expect("status");
+    assert_eq!(status.last_delivery_at, None);
+    assert_eq!(status.known_users, 1);
+
+    let other = common::ClerkUser::new("user_2hooked", 1_000, "hooked@example.com");
+    s.app
+        .expect_outcome("msg_hook", &other.body("user.created"), "applied")
+        .await;
+    assert!(db
+        .gauges()
+        .await
+        .expect("gauges")
+        .last_delivery_age_seconds
+        .is_some());
+}
+
 async fn a_user_synced_moments_ago_is_answered_from_the_table(backend: Backend) {
     let s = setup(backend).await;
     let id = "user_2twice";
@@ -846,6 +882,7 @@ on_both_backends!(
     a_configured_frontend_api_url_is_the_issuer_checked,
     the_body_may_name_the_tokens_own_user,
     a_user_synced_moments_ago_is_answered_from_the_table,
+    session_syncs_never_pass_for_webhook_deliveries_in_the_last_delivery_age,
     fifty_concurrent_requests_for_a_new_user_cost_one_api_call,
     a_user_deleted_in_clerk_is_answered_404_and_nothing_is_written,
     a_tombstoned_user_is_never_recreated,
