@@ -207,3 +207,55 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
     }
     Ok(keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    use rsa::traits::PublicKeyParts;
+
+    fn public_key() -> rsa::RsaPublicKey {
+        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("key");
+        rsa::RsaPublicKey::from(&private)
+    }
+
+    #[test]
+    fn the_pem_key_is_read_however_it_was_pasted() {
+        let pem = public_key().to_public_key_pem(LineEnding::LF).expect("pem");
+        let escaped = pem.replace('\n', "\\n");
+        let one_line: String = pem.lines().collect();
+        let spaced = pem.replace('\n', " ");
+        for form in [&pem, &escaped, &one_line, &spaced] {
+            assert!(parse_pem(form).is_ok(), "{form}");
+        }
+        assert!(parse_pem("").is_err());
+        assert!(
+            parse_pem("-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_rs256_signing_keys_with_a_kid_are_kept() {
+        let key = public_key();
+        let (n, e) = (
+            URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
+            URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
+        );
+        let set = serde_json::json!({"keys": [
+            {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "good", "n": n, "e": e},
+            {"kty": "RSA", "alg": "RS256", "n": n, "e": e},
+            {"kty": "RSA", "use": "enc", "kid": "encryption", "n": n, "e": e},
+            {"kty": "RSA", "alg": "RS512", "kid": "other-alg", "n": n, "e": e},
+            {"kty": "EC", "crv": "P-256", "kid": "ec", "x": "AA", "y": "AA"},
+            {"kty": "unheard-of", "kid": "odd"},
+            "not even an object"
+        ]});
+        let keys = parse_jwks(set.to_string().as_bytes()).expect("set");
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["good"]);
+        assert!(parse_jwks(b"[]").is_err());
+        assert!(parse_jwks(b"{\"keys\": 5}").is_err());
+    }
+}
