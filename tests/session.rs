@@ -600,6 +600,58 @@ async fn clerk_failing_past_the_deadline_is_a_503_with_retry_after(backend: Back
     assert_eq!(s.sync(&session_token(id)).await.0, 200);
 }
 
+async fn a_busy_database_is_a_503_and_the_sync_lands_once_it_frees(backend: Backend) {
+    let api = StandIn::start(Vec::new(), KEY, 0).expect("stand-in");
+    api.set_jwks(json!({"keys": [keys()[0].jwk]}));
+    let app = spawn_app_with(
+        TestDb::with_prisma_tables(backend).await,
+        AppOptions {
+            deadline: Duration::from_secs(1),
+            session: Some(config(&api)),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let s = Setup { api, app };
+    let id = "user_2waiting";
+    s.api
+        .put(stored(user_object(id, 1_000, "waiting@example.com")));
+    // Another transaction holds the bookkeeping table (PostgreSQL) or the write lock (SQLite).
+    let held = match backend {
+        Backend::Postgres => {
+            s.app
+                .db
+                .hold("BEGIN; LOCK TABLE clerk_sync.users IN EXCLUSIVE MODE")
+                .await
+        }
+        Backend::Sqlite => s.app.db.hold("BEGIN IMMEDIATE").await,
+    };
+
+    let response = s
+        .request()
+        .bearer_auth(session_token(id))
+        .send()
+        .await
+        .expect("request");
+
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["reason"] == "deadline_exceeded" || body["reason"] == "database_unavailable",
+        "{body}"
+    );
+    assert_eq!(s.app.db.user(id).await, None);
+    held.rollback().await;
+    // The caller retries as told: the user is there.
+    let landed = common::eventually(Duration::from_secs(10), || async {
+        s.sync(&session_token(id)).await.0 == 200
+    })
+    .await;
+    assert!(landed);
+    assert!(s.app.db.user(id).await.is_some());
+}
+
 // ---------------------------------------------------------------- refused
 
 async fn an_expired_token_is_refused(backend: Backend) {
@@ -888,6 +940,7 @@ on_both_backends!(
     a_tombstoned_user_is_never_recreated,
     clerk_rate_limiting_is_waited_out_within_the_deadline,
     clerk_failing_past_the_deadline_is_a_503_with_retry_after,
+    a_busy_database_is_a_503_and_the_sync_lands_once_it_frees,
     an_expired_token_is_refused,
     a_token_not_yet_valid_is_refused,
     a_token_issued_in_the_future_is_refused,

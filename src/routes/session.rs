@@ -38,6 +38,8 @@ enum SessionError {
     BodyTooLarge,
     #[error("request body not received in time")]
     BodyTimeout,
+    #[error("no answer within the request deadline ({0} s)")]
+    Deadline(u64),
     #[error(transparent)]
     Sync(#[from] SyncError),
 }
@@ -52,6 +54,7 @@ impl SessionError {
             SessionError::Body => StatusCode::BAD_REQUEST,
             SessionError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SessionError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            SessionError::Deadline(_) => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Sync(SyncError::NotFound) => StatusCode::NOT_FOUND,
             SessionError::Sync(SyncError::ClerkUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Sync(SyncError::Clerk(_)) => StatusCode::BAD_GATEWAY,
@@ -71,6 +74,7 @@ impl SessionError {
             SessionError::Body => "invalid_body",
             SessionError::BodyTooLarge => "body_too_large",
             SessionError::BodyTimeout => "body_timeout",
+            SessionError::Deadline(_) => "deadline_exceeded",
             SessionError::Sync(SyncError::NotFound) => "user_not_found",
             SessionError::Sync(SyncError::ClerkUnavailable(_)) => "clerk_unavailable",
             SessionError::Sync(SyncError::Clerk(_)) => "clerk_error",
@@ -250,11 +254,7 @@ async fn handle(
     };
     tokio::time::timeout(state.deadline, work)
         .await
-        .unwrap_or_else(|_| {
-            Err(SessionError::Sync(SyncError::ClerkUnavailable(
-                "request deadline exceeded".into(),
-            )))
-        })
+        .unwrap_or_else(|_| Err(SessionError::Deadline(state.deadline.as_secs())))
 }
 
 /// Verifies the caller's session token and syncs their user.
