@@ -254,7 +254,7 @@ async fn handle(
     };
     tokio::time::timeout(state.deadline, work)
         .await
-        .unwrap_or_else(|_| Err(SessionError::Deadline(state.deadline.as_secs())))
+        .unwrap_or(Err(SessionError::Deadline(state.deadline.as_secs())))
 }
 
 /// Verifies the caller's session token and syncs their user.
