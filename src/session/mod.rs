@@ -42,7 +42,8 @@ pub use token::{Policy, SessionClaims, TokenError};
 /// How long a user synced from Clerk is answered from the table without asking Clerk again.
 pub const FRESH_FOR: Duration = Duration::from_secs(10);
 
-/// Most users remembered as recently synced; older entries are dropped first.
+/// Most users remembered at once; past it, those no longer fresh and not waited on are
+/// forgotten (the map stays bounded whatever the traffic).
 const MAX_REMEMBERED: usize = 10_000;
 
 /// The Frontend API URL a publishable key encodes: `pk_test_`/`pk_live_` and then base64 of
