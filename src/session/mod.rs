@@ -116,7 +116,8 @@ fn parse_origin(raw: &str) -> Result<String, String> {
             "authorized party {raw:?} is not an origin like https://app.example.com (no path, no wildcard)"
         ));
     }
-    Ok(trimmed.to_owned())
+    // As browsers send it: host lowercased, a default port left out.
+    Ok(url.origin().ascii_serialization())
 }
 
 /// The session sync `config` asks for: `None` without a secret key; an error when it is
@@ -441,6 +442,32 @@ mod tests {
             "pk_test_",
         ] {
             assert!(frontend_api_from_publishable_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn authorized_parties_are_origins_as_browsers_send_them() {
+        assert_eq!(
+            parse_origin(" https://App.Example.com/ ").as_deref(),
+            Ok("https://app.example.com")
+        );
+        assert_eq!(
+            parse_origin("https://app.example.com:443").as_deref(),
+            Ok("https://app.example.com")
+        );
+        assert_eq!(
+            parse_origin("http://localhost:3000").as_deref(),
+            Ok("http://localhost:3000")
+        );
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "app.example.com",
+            "https://app.example.com/path",
+            "https://app.example.com?x=1",
+            "ftp://app.example.com",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
         }
     }
 
