@@ -30,7 +30,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP server: POST /webhooks/clerk, GET /healthz, GET /readyz.
+    /// Run the HTTP server: POST /webhooks/clerk, POST /api/auth/sync (with a secret key),
+    /// GET /healthz, GET /readyz, GET /metrics.
     Serve(ServeArgs),
     /// Apply clerk-sync's migrations (and create the User table where absent), then exit.
     Migrate(DatabaseArgs),
@@ -312,6 +313,9 @@ pub struct ServeArgs {
     /// Most bytes (headers and bodies) of dead letters kept; past it the oldest are dropped.
     #[arg(long, env = "CLERK_SYNC_DEAD_LETTER_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub dead_letter_max_bytes: u64,
+    /// The on-demand session sync.
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// Settings of `backfill`.
@@ -389,6 +393,61 @@ impl BackfillArgs {
                 Ok(Some(key))
             }
             (None, key) => Ok(key.clone()),
+        }
+    }
+}
+
+/// Settings of the on-demand session sync, `POST /api/auth/sync` (enabled by a secret key).
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Clerk's secret key (sk_live_… or sk_test_…): enables POST /api/auth/sync, which fetches
+    /// the signed-in user (and, without --jwt-key, the instance's signing keys) from Clerk's
+    /// Backend API.
+    #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<crate::backfill::client::SecretKey>,
+    /// Clerk's Backend API; `/v1` is added unless the address ends with it.
+    #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
+    pub api_url: String,
+    /// The instance's publishable key (pk_…): it encodes the Frontend API URL that session
+    /// tokens must be issued by (iss), and names the session cookie.
+    /// NEXT_PUBLIC_CLERK_PUBLISHABLE_KEY is read when this is unset.
+    #[arg(long, env = "CLERK_PUBLISHABLE_KEY")]
+    pub publishable_key: Option<String>,
+    /// The Frontend API URL session tokens must be issued by (iss), e.g.
+    /// https://clerk.example.com; overrides the one the publishable key encodes.
+    #[arg(long, env = "CLERK_FRONTEND_API_URL")]
+    pub frontend_api_url: Option<String>,
+    /// The instance's PEM public key (dashboard, API keys, "JWT public key"): tokens are
+    /// verified without fetching the instance's keys.
+    #[arg(long, env = "CLERK_JWT_KEY", hide_env_values = true)]
+    pub jwt_key: Option<String>,
+    /// Origins of the application's frontend, comma-separated (e.g.
+    /// https://app.example.com): a token's azp must be one of them, only they may send the
+    /// session cookie, and only they get CORS answers. Unset: azp is not checked and only
+    /// Bearer tokens are read.
+    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
+    pub authorized_parties: Vec<String>,
+    /// Accept tokens of pending sessions (sts: pending, e.g. an organization still to choose).
+    #[arg(long, env = "CLERK_SYNC_ALLOW_PENDING_SESSIONS")]
+    pub allow_pending_sessions: bool,
+}
+
+impl SessionArgs {
+    /// The session sync's configuration; `deadline` bounds each sync.
+    pub fn config(&self, deadline: Duration) -> crate::session::Config {
+        crate::session::Config {
+            secret_key: self.secret_key.clone(),
+            api_url: self.api_url.clone(),
+            publishable_key: self.publishable_key.clone().or_else(|| {
+                std::env::var("NEXT_PUBLIC_CLERK_PUBLISHABLE_KEY")
+                    .ok()
+                    .filter(|k| !k.trim().is_empty())
+            }),
+            frontend_api_url: self.frontend_api_url.clone(),
+            jwt_key: self.jwt_key.clone(),
+            authorized_parties: self.authorized_parties.clone(),
+            allow_pending: self.allow_pending_sessions,
+            deadline,
         }
     }
 }

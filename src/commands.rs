@@ -114,6 +114,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if db.check_ready().await.is_ok() {
         log_connection(&db);
     }
+    let deadline = Duration::from_secs(args.request_deadline);
+    let session = crate::session::build(&args.session.config(deadline))
+        .map_err(anyhow::Error::msg)
+        .context("configuring POST /api/auth/sync")?;
+    match &session {
+        Some(session) => tracing::info!(?session, "session sync enabled: POST /api/auth/sync"),
+        None => tracing::info!("session sync off (no CLERK_SECRET_KEY)"),
+    }
     let listener =
         TcpListener::bind(&args.bind).with_context(|| format!("binding {}", args.bind))?;
     let internal = internal_bind
@@ -126,12 +134,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             skip_users_without_email: args.skip_users_without_email,
             ..SyncOptions::default()
         },
-        deadline: Duration::from_secs(args.request_deadline),
+        deadline,
         metrics: crate::metrics::Metrics::new(),
         dead_letters: DeadLetterLimits {
             max_count: args.dead_letter_max_count,
             max_bytes: args.dead_letter_max_bytes,
         },
+        session,
     };
     let settings = ServerSettings {
         body_limit: args.body_limit,

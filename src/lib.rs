@@ -12,6 +12,7 @@ pub mod probe;
 pub mod replay;
 pub mod routes;
 pub mod secrets;
+pub mod session;
 pub mod startup;
 pub mod sync;
 pub mod telemetry;

@@ -25,6 +25,10 @@ pub struct Metrics {
     up: IntGauge,
     group_commits: prometheus::IntCounter,
     group_committed: prometheus::IntCounter,
+    session_syncs: IntCounterVec,
+    session_refusals: IntCounterVec,
+    api_requests: IntCounterVec,
+    api_latency: prometheus::HistogramVec,
     signing_secrets: IntGauge,
     secret_reloads: IntCounterVec,
     secrets_failing: IntGauge,
@@ -157,6 +161,53 @@ impl Metrics {
             .expect("static metric definition"),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let session_syncs = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "clerk_sync_session_syncs_total",
+                    "POST /api/auth/sync requests, by outcome.",
+                ),
+                &["outcome"],
+            )
+            .expect("static metric definition"),
+        );
+        let session_refusals = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "clerk_sync_session_refusals_total",
+                    "Session syncs refused before any call to Clerk's user API, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+        );
+        let api_requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "clerk_sync_backend_api_requests_total",
+                    "Calls to Clerk's Backend API made by the daemon (retries included in one call), by endpoint and result.",
+                ),
+                &["endpoint", "result"],
+            )
+            .expect("static metric definition"),
+        );
+        let api_latency = register(
+            &registry,
+            prometheus::HistogramVec::new(
+                HistogramOpts::new(
+                    "clerk_sync_backend_api_duration_seconds",
+                    "Time a call to Clerk's Backend API took, retries included, by endpoint.",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["endpoint"],
+            )
+            .expect("static metric definition"),
+        );
         let signing_secrets = register(
             &registry,
             IntGauge::new(
@@ -236,6 +287,10 @@ impl Metrics {
             up,
             group_commits,
             group_committed,
+            session_syncs,
+            session_refusals,
+            api_requests,
+            api_latency,
             signing_secrets,
             secret_reloads,
             secrets_failing,
@@ -268,6 +323,26 @@ impl Metrics {
     /// A verified delivery that cannot be applied was kept as a dead letter.
     pub fn dead_lettered(&self, reason: &str) {
         self.dead_lettered.with_label_values(&[reason]).inc();
+    }
+
+    /// A session sync was answered with `outcome`.
+    pub fn session_sync(&self, outcome: &str) {
+        self.session_syncs.with_label_values(&[outcome]).inc();
+    }
+
+    /// A session sync was refused, for `reason`.
+    pub fn session_refused(&self, reason: &str) {
+        self.session_refusals.with_label_values(&[reason]).inc();
+    }
+
+    /// A call to Clerk's Backend API ended with `result` after `seconds`.
+    pub fn backend_api(&self, endpoint: &str, result: &str, seconds: f64) {
+        self.api_requests
+            .with_label_values(&[endpoint, result])
+            .inc();
+        self.api_latency
+            .with_label_values(&[endpoint])
+            .observe(seconds);
     }
 
     /// A verified delivery was handled.

@@ -26,6 +26,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// How many dead letters are kept at most.
     pub dead_letters: DeadLetterLimits,
+    /// The on-demand session sync (`POST /api/auth/sync`), when a secret key is configured.
+    pub session: Option<crate::session::SessionSync>,
 }
 
 /// How the server is run.

@@ -20,6 +20,11 @@ fn clerk_sync(dir: &Path) -> Command {
         .env_remove("CLERK_WEBHOOK_SIGNING_SECRET")
         .env_remove("CLERK_WEBHOOK_SECRET")
         .env_remove("CLERK_SYNC_BIND")
+        .env_remove("CLERK_SECRET_KEY")
+        .env_remove("CLERK_PUBLISHABLE_KEY")
+        .env_remove("NEXT_PUBLIC_CLERK_PUBLISHABLE_KEY")
+        .env_remove("CLERK_JWT_KEY")
+        .env_remove("CLERK_AUTHORIZED_PARTIES")
         .env_remove("LOG_FORMAT")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -351,6 +356,14 @@ fn help_documents_every_setting() {
         "LOG_FORMAT",
         "CLERK_SYNC_SKIP_USERS_WITHOUT_EMAIL",
         "CLERK_SYNC_CLIENT_TIMEOUT",
+        "CLERK_SECRET_KEY",
+        "CLERK_API_URL",
+        "CLERK_PUBLISHABLE_KEY",
+        "NEXT_PUBLIC_CLERK_PUBLISHABLE_KEY",
+        "CLERK_FRONTEND_API_URL",
+        "CLERK_JWT_KEY",
+        "CLERK_AUTHORIZED_PARTIES",
+        "CLERK_SYNC_ALLOW_PENDING_SESSIONS",
         "RUST_LOG",
     ] {
         assert!(help.contains(setting), "--help does not mention {setting}");

@@ -115,6 +115,17 @@ impl Daemon {
         daemon
     }
 
+    /// Stops the daemon and returns what it logged.
+    fn logs(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+
     async fn readyz(&self) -> serde_json::Value {
         self.app.get("/readyz").await.json().await.expect("JSON")
     }
@@ -446,7 +457,10 @@ async fn instances_migrating_together_through_the_pooler_take_turns() {
     let applied = db
         .number("SELECT count(*) AS n FROM clerk_sync.schema_migrations")
         .await;
-    assert_eq!(applied, 6, "every migration exactly once");
+    let embedded = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .expect("migrations folder")
+        .count();
+    assert_eq!(applied as usize, embedded, "every migration exactly once");
     let session_locks = db
         .number(
             "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'
@@ -459,12 +473,12 @@ async fn instances_migrating_together_through_the_pooler_take_turns() {
 /// The failure the pooler-safe mode prevents: the same daemon and load, through the same
 /// PgBouncer, without the mode (the pooler's address alone says nothing), fails deliveries
 /// on statements prepared on another server connection; with `pgbouncer=true` every one
-/// is applied.
+/// is applied (on a database of its own: see below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_pooler_safe_mode_a_transaction_pooler_breaks_deliveries() {
-    async fn burst(daemon: &Daemon, prefix: &str) -> (usize, usize) {
+    async fn burst(daemon: &Daemon, prefix: &str) -> (usize, Vec<(u16, String)>) {
         let mut ok = 0;
-        let mut failed = 0;
+        let mut failed = Vec::new();
         for round in 0..10 {
             let sends: Vec<_> = (0..16)
                 .map(|i| {
@@ -474,11 +488,11 @@ async fn without_the_pooler_safe_mode_a_transaction_pooler_breaks_deliveries() {
                     async move { daemon.app.deliver_outcome(&id, &body).await }
                 })
                 .collect();
-            for (status, _) in futures_util::future::join_all(sends).await {
+            for (status, outcome) in futures_util::future::join_all(sends).await {
                 if status == 200 {
                     ok += 1;
                 } else {
-                    failed += 1;
+                    failed.push((status, outcome));
                 }
             }
         }
@@ -492,14 +506,21 @@ async fn without_the_pooler_safe_mode_a_transaction_pooler_breaks_deliveries() {
     let (_, failed) = burst(&daemon, "unsafe").await;
     drop(daemon);
     assert!(
-        failed > 0,
+        !failed.is_empty(),
         "without the mode, some deliveries must fail through the pooler"
     );
 
+    // A database of its own, so a pool of server connections of its own: the daemon above
+    // left its cached statements behind on the pooler's server connections for its database,
+    // where any client preparing the same names would meet them.
+    let db = TestDb::with_prisma_tables(Backend::Postgres).await;
+    let direct = url_for(&db, "postgres", "127.0.0.1", "sslmode=disable");
     let safe_url = through(&bouncer, &db, "sslmode=disable&pgbouncer=true");
     let daemon = Daemon::start(db, &safe_url, Some(&direct)).await;
     let (ok, failed) = burst(&daemon, "safe").await;
-    assert_eq!((ok, failed), (160, 0));
+    if !failed.is_empty() {
+        panic!("{ok} applied, failed: {failed:?}\n{}", daemon.logs());
+    }
 }
 
 /// The same database, for a second daemon.

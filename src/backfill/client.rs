@@ -286,6 +286,25 @@ impl Client {
         }
     }
 
+    /// One user object exactly as Clerk sent it, or `None` when Clerk has no such user (404:
+    /// deleted, or never existed in this instance).
+    pub async fn get_user(&self, id: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        // Ids are `user_` + [A-Za-z0-9_-]: safe in a path as they are.
+        let path = format!("/users/{id}");
+        let what = format!("user {id}");
+        match self.get(&path, &[], &what).await {
+            Ok(body) => Ok(Some(body)),
+            Err(ApiError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The instance's JSON Web Key Set (`GET /v1/jwks`), the public keys its session tokens
+    /// are signed with, as Clerk sent it.
+    pub async fn jwks(&self) -> Result<Vec<u8>, ApiError> {
+        self.get("/jwks", &[], "the JSON Web Key Set").await
+    }
+
     async fn get(
         &self,
         path: &str,

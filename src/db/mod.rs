@@ -15,6 +15,7 @@ mod group;
 mod migrations;
 mod pg_batch;
 mod postgres;
+mod read;
 mod sqlite;
 mod sqlite_steps;
 mod tls;
@@ -30,6 +31,7 @@ use crate::sync::{Outcome, SyncOptions};
 
 pub use backfill::{KnownUser, LastWalk, Walk, WalkCounts};
 pub use dead_letters::{DeadLetterLimits, DeadLetterStats, Kept, NewDeadLetter, StoredDeadLetter};
+pub use read::{AppUser, UserLookup};
 pub use tls::TlsError;
 pub use url::{
     ChannelBinding, DatabaseUrl, Identity, PgHost, PgUrl, Pooler, Roots, SslMode, TlsSettings,

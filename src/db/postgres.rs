@@ -649,9 +649,11 @@ impl Pg {
         .bind::<Timestamptz, _>(since)
         .load(conn)
         .await?;
+        // Session syncs (`session:` ids) are not Clerk's deliveries: they must not hide a webhook
+        // endpoint that stopped receiving.
         let totals: Totals = diesel::sql_query(
             "SELECT (SELECT to_char(max(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
-                       FROM clerk_sync.deliveries) AS last_delivery_at,
+                       FROM clerk_sync.deliveries WHERE svix_id NOT LIKE 'session:%') AS last_delivery_at,
                     (SELECT count(*) FROM clerk_sync.users WHERE delete_pending) AS pending_deletes,
                     (SELECT count(*) FROM clerk_sync.users WHERE deleted_at IS NOT NULL) AS tombstones,
                     (SELECT count(*) FROM clerk_sync.users WHERE version >= 0 OR deleted_at IS NOT NULL) AS known_users",
@@ -668,11 +670,14 @@ impl Pg {
     }
 
     pub(super) async fn gauges(&self) -> Result<Gauges, DbError> {
+        // Session syncs (`session:` ids) are not Clerk's deliveries: they must not hide a webhook
+        // endpoint that stopped receiving.
         let row: GaugeRow = self
             .with_conn(async |conn| {
                 Ok(diesel::sql_query(
             "SELECT (SELECT count(*) FROM clerk_sync.users WHERE delete_pending) AS pending_deletes,
-                    (SELECT extract(epoch FROM now() - max(received_at))::float8 FROM clerk_sync.deliveries)
+                    (SELECT extract(epoch FROM now() - max(received_at))::float8 FROM clerk_sync.deliveries
+                      WHERE svix_id NOT LIKE 'session:%')
                         AS last_delivery_age_seconds",
         )
         .get_result(conn)

@@ -172,8 +172,10 @@ impl Lite {
             )
             .bind::<Text, _>(prisma_date(since))
             .load(conn)?;
+            // Session syncs (`session:` ids) are not Clerk's deliveries: they must not hide a webhook
+            // endpoint that stopped receiving.
             let totals: Totals = diesel::sql_query(
-                "SELECT (SELECT replace(max(received_at), '+00:00', 'Z') FROM clerk_sync_deliveries) AS last_delivery_at,
+                "SELECT (SELECT replace(max(received_at), '+00:00', 'Z') FROM clerk_sync_deliveries WHERE svix_id NOT LIKE 'session:%') AS last_delivery_at,
                         (SELECT count(*) FROM clerk_sync_users WHERE delete_pending) AS pending_deletes,
                         (SELECT count(*) FROM clerk_sync_users WHERE deleted_at IS NOT NULL) AS tombstones,
                         (SELECT count(*) FROM clerk_sync_users WHERE version >= 0 OR deleted_at IS NOT NULL) AS known_users",
@@ -190,9 +192,12 @@ impl Lite {
 
     pub(super) async fn gauges(&self) -> Result<Gauges, DbError> {
         self.run(|conn| {
+            // Session syncs (`session:` ids) are not Clerk's deliveries: they must not hide a webhook
+            // endpoint that stopped receiving.
             let row: GaugeRow = diesel::sql_query(
                 "SELECT (SELECT count(*) FROM clerk_sync_users WHERE delete_pending) AS pending_deletes,
-                        (SELECT (julianday('now') - julianday(max(received_at))) * 86400.0 FROM clerk_sync_deliveries)
+                        (SELECT (julianday('now') - julianday(max(received_at))) * 86400.0 FROM clerk_sync_deliveries
+                          WHERE svix_id NOT LIKE 'session:%')
                             AS last_delivery_age_seconds",
             )
             .get_result(conn)?;

@@ -9,6 +9,7 @@
 mod health;
 mod metrics;
 pub mod request_id;
+mod session;
 mod webhook;
 
 use actix_web::web;
@@ -28,6 +29,12 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
         web::resource("/webhooks/clerk")
             .route(web::post().to(webhook::receive))
             .default_service(web::route().to(webhook::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/auth/sync")
+            .route(web::post().to(session::sync))
+            .route(web::method(actix_web::http::Method::OPTIONS).to(session::preflight))
+            .default_service(web::route().to(session::method_not_allowed)),
     );
 }
 

@@ -5,7 +5,8 @@
 //! `created_at` or `-created_at`, the default; `starting_after` a user id), `GET
 //! /v1/users/count`, `GET /v1/users/{id}`, Bearer authentication with Clerk's `errors` body on
 //! a wrong key. A cursor naming a user that no longer exists is answered with an empty page,
-//! the answer that would end a careless walk early. Faults can be injected: 429 with
+//! the answer that would end a careless walk early. `GET /v1/jwks` serves the key set a test
+//! sets (the keys a session token is verified with). Faults can be injected: 429 with
 //! `Retry-After`, 5xx, slow answers, a list that fails for ever after some page, a pause
 //! after some page (until released), and users added or deleted after some page.
 #![allow(dead_code)]
@@ -139,6 +140,8 @@ struct State {
     mutations: HashMap<usize, Vec<Mutation>>,
     paused: bool,
     released: bool,
+    jwks: Option<Value>,
+    user_statuses: std::collections::VecDeque<u16>,
 }
 
 /// The running stand-in.
@@ -356,6 +359,33 @@ async fn one(
         record(state, &request, refused.status().as_u16());
         return refused;
     }
+    let scripted = lock(state).user_statuses.pop_front();
+    match scripted {
+        Some(429) => {
+            record(state, &request, 429);
+            let mut response = clerk_error(
+                429,
+                "too_many_requests",
+                "Too many requests",
+                "Too many requests, retry later",
+            );
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+            return response;
+        }
+        Some(status) => {
+            record(state, &request, status);
+            return clerk_error(
+                status,
+                "internal_error",
+                "Internal error",
+                "Something went wrong",
+            );
+        }
+        None => {}
+    }
     let found = lock(state)
         .users
         .iter()
@@ -373,6 +403,23 @@ async fn one(
             clerk_error(404, "resource_not_found", "not found", "User not found")
         }
     }
+}
+
+async fn jwks(request: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let state = &shared.0;
+    delay(state).await;
+    if let Some(refused) = gatekeep(state, &request) {
+        record(state, &request, refused.status().as_u16());
+        return refused;
+    }
+    let set = lock(state)
+        .jwks
+        .clone()
+        .unwrap_or_else(|| json!({"keys": []}));
+    record(state, &request, 200);
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(set.to_string())
 }
 
 impl StandIn {
@@ -399,6 +446,7 @@ impl StandIn {
                 .route("/v1/users", web::get().to(list))
                 .route("/v1/users/count", web::get().to(count))
                 .route("/v1/users/{id}", web::get().to(one))
+                .route("/v1/jwks", web::get().to(jwks))
         })
         .workers(2)
         .disable_signals()
@@ -434,6 +482,17 @@ impl StandIn {
     /// Adds or replaces a user now.
     pub fn put(&self, user: StoredUser) {
         insert_sorted(&mut lock(&self.state).users, user);
+    }
+
+    /// Serves `set` as the instance's JSON Web Key Set from now on.
+    pub fn set_jwks(&self, set: Value) {
+        lock(&self.state).jwks = Some(set);
+    }
+
+    /// Answers the next requests for one user with these statuses, in order (429 with
+    /// `Retry-After: 1`, anything else with Clerk's error body), then as usual.
+    pub fn fail_user_requests(&self, statuses: &[u16]) {
+        lock(&self.state).user_statuses = statuses.iter().copied().collect();
     }
 
     /// Deletes a user now.

@@ -375,6 +375,8 @@ pub struct AppOptions {
     pub client_timeout: Duration,
     /// The dead-letter cap.
     pub dead_letters: clerk_sync::db::DeadLetterLimits,
+    /// The session sync (`POST /api/auth/sync`); off when `None`.
+    pub session: Option<clerk_sync::session::Config>,
 }
 
 impl Default for AppOptions {
@@ -387,6 +389,7 @@ impl Default for AppOptions {
             deadline: Duration::from_secs(5),
             client_timeout: Duration::from_secs(5),
             dead_letters: clerk_sync::db::DeadLetterLimits::default(),
+            session: None,
         }
     }
 }
@@ -455,6 +458,11 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
         deadline: options.deadline,
         metrics: clerk_sync::metrics::Metrics::new(),
         dead_letters: options.dead_letters,
+        session: options
+            .session
+            .as_ref()
+            .map(|config| clerk_sync::session::build(config).expect("session settings"))
+            .and_then(|s| s),
     };
     let settings = ServerSettings {
         body_limit: options.body_limit,
