@@ -377,23 +377,28 @@ impl BackfillArgs {
     /// Clerk's secret key, from CLERK_SECRET_KEY_FILE when that is set (setting both is an
     /// error); none when neither is set.
     pub fn key(&self) -> anyhow::Result<Option<crate::backfill::client::SecretKey>> {
-        let file = self
-            .secret_key_file
-            .as_deref()
-            .filter(|p| !p.as_os_str().is_empty());
-        match (file, &self.secret_key) {
-            (Some(_), Some(_)) => Err(SecretFileError::Both {
-                name: "CLERK_SECRET_KEY",
-            }
-            .into()),
-            (Some(path), None) => {
-                let raw = read_secret_file(path)?;
-                let key = crate::backfill::client::SecretKey::parse(&raw)
-                    .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
-                Ok(Some(key))
-            }
-            (None, key) => Ok(key.clone()),
+        secret_key(self.secret_key_file.as_deref(), self.secret_key.as_ref())
+    }
+}
+
+/// Clerk's secret key from `file` (CLERK_SECRET_KEY_FILE) or `key` (CLERK_SECRET_KEY); both
+/// set is an error, neither is none.
+fn secret_key(
+    file: Option<&std::path::Path>,
+    key: Option<&crate::backfill::client::SecretKey>,
+) -> anyhow::Result<Option<crate::backfill::client::SecretKey>> {
+    match (file.filter(|p| !p.as_os_str().is_empty()), key) {
+        (Some(_), Some(_)) => Err(SecretFileError::Both {
+            name: "CLERK_SECRET_KEY",
         }
+        .into()),
+        (Some(path), None) => {
+            let raw = read_secret_file(path)?;
+            let key = crate::backfill::client::SecretKey::parse(&raw)
+                .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
+            Ok(Some(key))
+        }
+        (None, key) => Ok(key.cloned()),
     }
 }
 
@@ -405,6 +410,9 @@ pub struct SessionArgs {
     /// Backend API.
     #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<crate::backfill::client::SecretKey>,
+    /// A file holding Clerk's secret key (instead of CLERK_SECRET_KEY).
+    #[arg(long, env = "CLERK_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Clerk's Backend API; `/v1` is added unless the address ends with it.
     #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
     pub api_url: String,
@@ -434,9 +442,9 @@ pub struct SessionArgs {
 
 impl SessionArgs {
     /// The session sync's configuration; `deadline` bounds each sync.
-    pub fn config(&self, deadline: Duration) -> crate::session::Config {
-        crate::session::Config {
-            secret_key: self.secret_key.clone(),
+    pub fn config(&self, deadline: Duration) -> anyhow::Result<crate::session::Config> {
+        Ok(crate::session::Config {
+            secret_key: secret_key(self.secret_key_file.as_deref(), self.secret_key.as_ref())?,
             api_url: self.api_url.clone(),
             publishable_key: self.publishable_key.clone().or_else(|| {
                 std::env::var("NEXT_PUBLIC_CLERK_PUBLISHABLE_KEY")
@@ -448,6 +456,6 @@ impl SessionArgs {
             authorized_parties: self.authorized_parties.clone(),
             allow_pending: self.allow_pending_sessions,
             deadline,
-        }
+        })
     }
 }

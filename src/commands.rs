@@ -115,7 +115,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log_connection(&db);
     }
     let deadline = Duration::from_secs(args.request_deadline);
-    let session = crate::session::build(&args.session.config(deadline))
+    let session = crate::session::build(&args.session.config(deadline)?)
         .map_err(anyhow::Error::msg)
         .context("configuring POST /api/auth/sync")?;
     match &session {

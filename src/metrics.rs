@@ -275,6 +275,14 @@ impl Metrics {
         for result in ["applied", "failed"] {
             secret_reloads.with_label_values(&[result]);
         }
+        // Present from the start, at 0, so that dashboards and alerts on the session sync see
+        // a series before the first sync.
+        session_syncs.with_label_values(&["applied"]);
+        session_refusals.with_label_values(&["expired"]);
+        for endpoint in ["users", "jwks"] {
+            api_requests.with_label_values(&[endpoint, "ok"]);
+            api_latency.with_label_values(&[endpoint]);
+        }
         Self {
             registry,
             deliveries,
