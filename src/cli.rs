@@ -32,7 +32,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server: POST /webhooks/clerk, POST /api/auth/sync (with a secret key),
     /// GET /healthz, GET /readyz, GET /metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply clerk-sync's migrations (and create the User table where absent), then exit.
     Migrate(DatabaseArgs),
     /// Replay stored webhooks (files, folders, JSON lines, `-` for stdin) into the database,

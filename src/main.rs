@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         }
         command => actix_web::rt::System::new().block_on(async move {
             match command {
-                Command::Serve(args) => commands::serve(args).await.map(|()| true),
+                Command::Serve(args) => commands::serve(*args).await.map(|()| true),
                 Command::Migrate(args) => commands::migrate(args).await.map(|()| true),
                 Command::Status(args) => commands::status(args).await.map(|()| true),
                 Command::Replay(_) | Command::Backfill(_) | Command::Check(_) => Ok(false),
