@@ -122,6 +122,14 @@ fn config(api: &StandIn) -> Config {
 }
 
 async fn setup_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Setup {
+    setup_with_options(backend, tweak, AppOptions::default()).await
+}
+
+async fn setup_with_options(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Config),
+    options: AppOptions,
+) -> Setup {
     let api = StandIn::start(Vec::new(), KEY, 0).expect("stand-in");
     api.set_jwks(json!({"keys": [keys()[0].jwk]}));
     let mut session = config(&api);
@@ -130,7 +138,7 @@ async fn setup_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Setup 
         TestDb::with_prisma_tables(backend).await,
         AppOptions {
             session: Some(session),
-            ..AppOptions::default()
+            ..options
         },
     )
     .await;
@@ -262,10 +270,12 @@ async fn a_user_whose_webhook_landed_is_answered_without_a_write(backend: Backen
     let (status, body) = s.sync(&session_token(id)).await;
 
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["outcome"], "unchanged");
+    assert_eq!(body["outcome"], "cached");
     assert_eq!(body["user"]["mail_address"], "hooked@example.com");
     assert_eq!(body["user"]["name"], "Ada Lovelace");
     assert_eq!(s.app.db.users().await, before);
+    // The table answered: Clerk's rate limit is not spent on a user the table holds.
+    assert_eq!(s.user_calls(), 0);
 }
 
 async fn a_token_in_the_session_cookie_from_an_authorized_origin_is_accepted(backend: Backend) {
@@ -689,6 +699,43 @@ async fn a_token_of_another_issuer_is_refused(backend: Backend) {
         .await;
 }
 
+async fn a_skipped_user_without_email_is_ignored_again_within_the_freshness_window(
+    backend: Backend,
+) {
+    let options = AppOptions {
+        sync: clerk_sync::sync::SyncOptions {
+            skip_users_without_email: true,
+            ..clerk_sync::sync::SyncOptions::default()
+        },
+        ..AppOptions::default()
+    };
+    let s = setup_with_options(backend, |_| {}, options).await;
+    let id = "user_2phoneonly";
+    s.api
+        .put(stored(clerk_user(id, common::T0, common::T0 + 1_000, None)));
+    for _ in 0..2 {
+        let (status, body) = s.sync(&session_token(id)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["outcome"], "ignored");
+        assert_eq!(body["user"], Value::Null);
+    }
+    assert_eq!(
+        s.user_calls(),
+        1,
+        "the second answer came from the freshness window"
+    );
+    assert!(s.app.db.user(id).await.is_none());
+}
+
+async fn an_issuer_hidden_in_an_array_is_refused(backend: Backend) {
+    let s = setup(backend).await;
+    let mut c = claims("user_2someone");
+    let issuer = c["iss"].clone();
+    c["iss"] = json!([issuer, "https://other-instance.clerk.accounts.dev"]);
+    s.assert_refused(&sign(&header(&keys()[0]), &c, &keys()[0]), "wrong_issuer")
+        .await;
+}
+
 async fn a_token_for_another_authorized_party_is_refused(backend: Backend) {
     let s = setup(backend).await;
     let mut c = claims("user_2someone");
@@ -927,6 +974,8 @@ async fn without_a_secret_key_the_endpoint_is_off(backend: Backend) {
 on_both_backends!(
     a_new_user_is_created_before_any_webhook_and_a_late_webhook_is_stale,
     a_user_whose_webhook_landed_is_answered_without_a_write,
+    an_issuer_hidden_in_an_array_is_refused,
+    a_skipped_user_without_email_is_ignored_again_within_the_freshness_window,
     a_token_in_the_session_cookie_from_an_authorized_origin_is_accepted,
     the_instances_suffixed_session_cookie_is_read_first,
     a_rotated_key_is_fetched_by_its_new_kid,

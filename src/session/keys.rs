@@ -86,6 +86,9 @@ struct Cache {
     keys: HashMap<String, DecodingKey>,
     fetched: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// Whether the last fetch failed: a `kid` it could not look up is then not known to be
+    /// unknown.
+    last_failed: bool,
 }
 
 /// Keys fetched from the Backend API.
@@ -125,7 +128,14 @@ impl Jwks {
         if let Some(key) = self.cached(kid, false) {
             return Ok(key);
         }
-        let _one_at_a_time = self.fetching.lock().await;
+        // A key fetched before and past its time still verifies while another request
+        // refreshes the set: nobody waits behind a slow fetch for a key already known.
+        let stale = self.cached(kid, true);
+        let _one_at_a_time = match (&stale, self.fetching.try_lock()) {
+            (_, Ok(guard)) => guard,
+            (Some(key), Err(_)) => return Ok(key.clone()),
+            (None, Err(_)) => self.fetching.lock().await,
+        };
         // Whoever held the lock before may have fetched the key just now.
         if let Some(key) = self.cached(kid, false) {
             return Ok(key);
@@ -142,16 +152,24 @@ impl Jwks {
                     let mut cache = self.cache();
                     cache.keys = keys;
                     cache.fetched = Some(Instant::now());
+                    cache.last_failed = false;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not fetch the instance's signing keys");
+                    self.cache().last_failed = true;
                     // Keys fetched before still verify (a passing outage of the API must not
                     // sign everybody out); without any, nothing can be verified.
                     return self.cached(kid, true).ok_or(TokenError::KeysUnavailable);
                 }
             }
         }
-        self.cached(kid, true).ok_or(TokenError::UnknownKid)
+        match self.cached(kid, true) {
+            Some(key) => Ok(key),
+            // The set could not be fetched lately: the key may well exist (503, retried),
+            // and a 401 would tell the frontend its user signed out.
+            None if self.cache().last_failed => Err(TokenError::KeysUnavailable),
+            None => Err(TokenError::UnknownKid),
+        }
     }
 
     async fn fetch(&self, metrics: &Metrics) -> Result<HashMap<String, DecodingKey>, ApiError> {

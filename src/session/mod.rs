@@ -245,11 +245,13 @@ pub enum SyncError {
     Database(#[from] DbError),
 }
 
-/// A user synced recently: when, and whether Clerk knew them.
+/// A user synced recently: when, whether Clerk knew them, and whether they were skipped
+/// (no email, `--skip-users-without-email`).
 #[derive(Debug, Clone, Copy)]
 struct Recent {
     at: Instant,
     found: bool,
+    ignored: bool,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Recent>>>;
@@ -332,16 +334,36 @@ impl SessionSync {
             if !r.found {
                 return Err(SyncError::NotFound);
             }
+            if r.ignored {
+                return Ok((SessionOutcome::Ignored, None));
+            }
             return match current(db, user).await? {
                 Some(row) => Ok((SessionOutcome::Cached, Some(row))),
                 None => Err(SyncError::NotFound),
             };
+        }
+        // The table first: a user it already holds (the webhook landed, or an earlier sync)
+        // is answered from it, and one it holds a tombstone for is gone. Clerk is asked only
+        // for a user the table does not know, so signed-in users cannot spend the instance's
+        // rate limit by calling again and again; changes reach the row through webhooks.
+        let lookup = db.read_user(user).await?;
+        if lookup.deleted {
+            return Err(SyncError::NotFound);
+        }
+        if let Some(row) = lookup.row {
+            *recent = Some(Recent {
+                at: Instant::now(),
+                found: true,
+                ignored: false,
+            });
+            return Ok((SessionOutcome::Cached, Some(row)));
         }
         let fetched = self.fetch(user, metrics).await?;
         let Some(body) = fetched else {
             *recent = Some(Recent {
                 at: Instant::now(),
                 found: false,
+                ignored: false,
             });
             return Err(SyncError::NotFound);
         };
@@ -361,6 +383,7 @@ impl SessionSync {
         *recent = Some(Recent {
             at: Instant::now(),
             found: true,
+            ignored: outcome == Outcome::Ignored,
         });
         let row = current(db, user).await?;
         match (outcome, row) {

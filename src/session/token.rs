@@ -228,6 +228,7 @@ pub struct SessionClaims {
 /// silently skipped check.
 #[derive(Deserialize)]
 struct RawClaims {
+    iss: Option<serde_json::Value>,
     sub: Option<serde_json::Value>,
     exp: Option<serde_json::Value>,
     nbf: Option<serde_json::Value>,
@@ -298,6 +299,10 @@ fn check_claims(
     policy: &Policy,
     now: i64,
 ) -> Result<SessionClaims, TokenError> {
+    // jsonwebtoken also takes an array holding the issuer; Clerk's `iss` is one string.
+    if claims.iss.as_ref().and_then(serde_json::Value::as_str) != Some(policy.issuer.as_str()) {
+        return Err(TokenError::WrongIssuer);
+    }
     let exp = seconds(claims.exp.as_ref(), "exp")?;
     let nbf = seconds(claims.nbf.as_ref(), "nbf")?;
     let iat = seconds(claims.iat.as_ref(), "iat")?;
