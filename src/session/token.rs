@@ -132,6 +132,7 @@ struct RawHeader {
     kid: Option<serde_json::Value>,
     typ: Option<serde_json::Value>,
     cat: Option<serde_json::Value>,
+    crit: Option<serde_json::Value>,
 }
 
 /// The three parts of a compact JWS, each checked to be base64url (no padding).
@@ -183,6 +184,13 @@ pub fn peek(token: &str) -> Result<Header, TokenError> {
     }
     if signature.is_empty() {
         return Err(TokenError::Malformed("the signature is empty"));
+    }
+    // RFC 7515 4.1.11: extensions a verifier does not understand must make it refuse; Clerk's
+    // session tokens name none.
+    if raw.crit.is_some() {
+        return Err(TokenError::Malformed(
+            "the header names critical extensions (crit)",
+        ));
     }
     match raw.typ.as_ref() {
         None => {}
@@ -376,6 +384,12 @@ mod tests {
     }
 
     #[test]
+    fn a_header_naming_critical_extensions_is_refused() {
+        let t = token(r#"{"alg":"RS256","kid":"k","crit":["b64"],"b64":false}"#);
+        assert!(matches!(peek(&t), Err(TokenError::Malformed(_))));
+    }
+
+    #[test]
     fn an_unsigned_token_is_refused_by_its_algorithm() {
         let t = format!(
             "{}.{}.",
@@ -412,8 +426,32 @@ mod tests {
         assert!(matches!(peek(&long), Err(TokenError::Malformed(_))));
     }
 
+    /// `json`'s claims, issued by `policy()`'s issuer unless they name one.
     fn claims(json: &str) -> RawClaims {
-        serde_json::from_str(json).expect("claims")
+        let mut value: serde_json::Value = serde_json::from_str(json).expect("claims");
+        if value.get("iss").is_none() {
+            value["iss"] = serde_json::json!("https://x.clerk.accounts.dev");
+        }
+        serde_json::from_value(value).expect("claims")
+    }
+
+    #[test]
+    fn the_issuer_is_one_string_equal_to_the_instances() {
+        let now = 1_000_000;
+        for iss in [
+            r#"["https://x.clerk.accounts.dev"]"#,
+            r#""https://x.clerk.accounts.dev/""#,
+            "null",
+        ] {
+            let json = format!(
+                r#"{{"iss":{iss},"sub":"user_1","sid":"s","exp":1000060,"nbf":999990,"iat":999990,"azp":"https://app.example"}}"#
+            );
+            assert_eq!(
+                check_claims(&claims(&json), &policy(), now),
+                Err(TokenError::WrongIssuer),
+                "{iss}"
+            );
+        }
     }
 
     fn policy() -> Policy {
