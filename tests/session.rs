@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use clerk_api::{clerk_user, stored, StandIn};
+use clerk_api::{clerk_user, stored, Faults, StandIn};
 use clerk_sync::backfill::client::SecretKey;
 use clerk_sync::session::Config;
 use common::{spawn_app_with, AppOptions, Backend, TestApp, TestDb};
@@ -727,6 +727,23 @@ async fn a_skipped_user_without_email_is_ignored_again_within_the_freshness_wind
     assert!(s.app.db.user(id).await.is_none());
 }
 
+async fn while_clerk_cannot_serve_the_key_set_a_token_is_503_not_401(backend: Backend) {
+    let s = setup(backend).await;
+    s.api.set_faults(Faults {
+        every_nth_5xx: Some(1),
+        ..Faults::default()
+    });
+    // The second request comes within the refetch interval: the key is not known to be
+    // unknown, so the answer is still "retry", never "signed out".
+    for _ in 0..2 {
+        let (status, body) = s.sync(&session_token("user_2outage")).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["reason"], "keys_unavailable", "{body}");
+    }
+    assert_eq!(s.user_calls(), 0);
+    assert!(s.app.db.user("user_2outage").await.is_none());
+}
+
 async fn an_issuer_hidden_in_an_array_is_refused(backend: Backend) {
     let s = setup(backend).await;
     let mut c = claims("user_2someone");
@@ -975,6 +992,7 @@ on_both_backends!(
     a_new_user_is_created_before_any_webhook_and_a_late_webhook_is_stale,
     a_user_whose_webhook_landed_is_answered_without_a_write,
     an_issuer_hidden_in_an_array_is_refused,
+    while_clerk_cannot_serve_the_key_set_a_token_is_503_not_401,
     a_skipped_user_without_email_is_ignored_again_within_the_freshness_window,
     a_token_in_the_session_cookie_from_an_authorized_origin_is_accepted,
     the_instances_suffixed_session_cookie_is_read_first,
