@@ -387,7 +387,7 @@ impl Metrics {
             .set(i64::try_from(pool.available).unwrap_or(i64::MAX));
         self.pool_waiting
             .set(i64::try_from(pool.waiting).unwrap_or(i64::MAX));
-        let (commits, committed) = db.shared_commits();
+        let (commits, committed) = crate::sync::shared_commits(db);
         self.group_commits
             .inc_by(commits.saturating_sub(self.group_commits.get()));
         self.group_committed

@@ -232,7 +232,7 @@ fn spawn_pending_delete_retries(state: web::Data<AppState>, every: Duration) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match state.db.retry_pending_deletes().await {
+            match crate::sync::retry_pending_deletes(&state.db).await {
                 Ok(report) if report.completed > 0 || report.still_pending > 0 => tracing::info!(
                     completed = report.completed,
                     still_pending = report.still_pending,

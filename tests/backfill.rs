@@ -119,8 +119,7 @@ async fn database(db: &TestDb) -> Database {
 async fn deliver(database: &Database, id: &str, body: &str) -> String {
     let event = Event::parse(body.as_bytes()).expect("event");
     let id = MessageId::parse(id).expect("id");
-    database
-        .apply(&id, &event, SyncOptions::default())
+    clerk_sync::sync::ingest(database, &id, &event, SyncOptions::default())
         .await
         .expect("apply")
         .as_str()

@@ -205,15 +205,18 @@ async fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
     let (one_db, one) = fresh(backend, &case).await;
     let mut one_by_one: Vec<Outcome> = Vec::new();
     for (id, event) in &batch {
-        one_by_one.push(one.apply(id, event, options).await.expect("apply"));
+        one_by_one.push(
+            clerk_sync::sync::ingest(&one, id, event, options)
+                .await
+                .expect("apply"),
+        );
     }
 
     let (together_db, together) = fresh(backend, &case).await;
     let mut batched: Vec<Outcome> = Vec::new();
     for chunk in batch.chunks(case.batch_size) {
         batched.extend(
-            together
-                .apply_batch(chunk.into(), options)
+            clerk_sync::sync::apply_batch(&together, chunk.into(), options)
                 .await
                 .expect("apply batch"),
         );
@@ -288,7 +291,9 @@ async fn batches_and_deliveries_racing_over_the_same_users_converge() {
             let user = ClerkUser::new(&id(round, u), 0, &format!("race{round}_{u}@example.com"));
             let event = Event::parse(user.created().as_bytes()).expect("event");
             let mid = MessageId::parse(&format!("race{round}_seed_{u}")).expect("id");
-            database.apply(&mid, &event, options).await.expect("seed");
+            clerk_sync::sync::ingest(&database, &mid, &event, options)
+                .await
+                .expect("seed");
         }
         let start = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
         let mut writers = tokio::task::JoinSet::new();
@@ -312,7 +317,8 @@ async fn batches_and_deliveries_racing_over_the_same_users_converge() {
                 start.wait().await;
                 let outcomes = if writer % 2 == 0 {
                     // One transaction for the whole batch.
-                    match database.apply_batch(deliveries.into(), options).await {
+                    match clerk_sync::sync::apply_batch(&database, deliveries.into(), options).await
+                    {
                         Ok(all) => all,
                         Err(failure) => panic!("batch of writer {writer}: {}", failure.error),
                     }
@@ -320,7 +326,11 @@ async fn batches_and_deliveries_racing_over_the_same_users_converge() {
                     // The daemon's path: waiting deliveries are committed together.
                     let mut outcomes = Vec::new();
                     for (mid, event) in &deliveries {
-                        outcomes.push(database.apply(mid, event, options).await.expect("apply"));
+                        outcomes.push(
+                            clerk_sync::sync::ingest(&database, mid, event, options)
+                                .await
+                                .expect("apply"),
+                        );
                     }
                     outcomes
                 };
@@ -382,8 +392,7 @@ async fn a_batch_waits_for_its_first_user_holding_nothing(existing: u8, first: &
         (id, Event::parse(user.updated().as_bytes()).expect("event"))
     };
     let (id, event) = delivery(existing, 0);
-    database
-        .apply(&id, &event, options)
+    clerk_sync::sync::ingest(&database, &id, &event, options)
         .await
         .expect("the existing user");
 
@@ -394,7 +403,9 @@ async fn a_batch_waits_for_its_first_user_holding_nothing(existing: u8, first: &
     let batch: Vec<(MessageId, Event)> = vec![delivery(1, 1_000), delivery(2, 1_000)];
     let running = {
         let database = database.clone();
-        tokio::spawn(async move { database.apply_batch(batch.into(), options).await })
+        tokio::spawn(async move {
+            clerk_sync::sync::apply_batch(&database, batch.into(), options).await
+        })
     };
     // Until the batch waits for a lock (in this test's database: tests run side by side).
     let waiting = "SELECT count(*) AS n FROM pg_stat_activity

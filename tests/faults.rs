@@ -617,8 +617,7 @@ async fn a_batch_too_large_for_the_servers_lock_table_is_split() {
     let event = Event::parse(last.updated().as_bytes()).expect("event");
     batch.push((MessageId::parse("lock-last").expect("id"), event));
 
-    let outcomes = database
-        .apply_batch(batch.into(), SyncOptions::default())
+    let outcomes = clerk_sync::sync::apply_batch(&database, batch.into(), SyncOptions::default())
         .await
         .expect("the batch is applied, split");
 

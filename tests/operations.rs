@@ -266,7 +266,7 @@ async fn postgres_committers_commit_what_waits_together() {
     };
     let locked = ClerkUser::new("user_locked", 1_000, "locked@example.com");
     let (id, event) = delivery("c0", locked.created());
-    let first = db.apply(&id, &event, SyncOptions::default()).await;
+    let first = clerk_sync::sync::ingest(&db, &id, &event, SyncOptions::default()).await;
     assert_eq!(first.expect("apply"), Outcome::Applied);
 
     let held = test_db
@@ -277,14 +277,18 @@ async fn postgres_committers_commit_what_waits_together() {
     // The committer takes this one and waits on the held row; the rest queue behind it.
     let blocked = {
         let (db, (id, event)) = (db.clone(), delivery("c1", newer.updated()));
-        tokio::spawn(async move { db.apply(&id, &event, SyncOptions::default()).await })
+        tokio::spawn(async move {
+            clerk_sync::sync::ingest(&db, &id, &event, SyncOptions::default()).await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let queued: Vec<_> = (0..8)
         .map(|i| {
             let user = ClerkUser::new(&format!("user_c{i}"), 1_000, &format!("c{i}@example.com"));
             let (db, (id, event)) = (db.clone(), delivery(&format!("c{}", i + 2), user.created()));
-            tokio::spawn(async move { db.apply(&id, &event, SyncOptions::default()).await })
+            tokio::spawn(async move {
+                clerk_sync::sync::ingest(&db, &id, &event, SyncOptions::default()).await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -297,7 +301,7 @@ async fn postgres_committers_commit_what_waits_together() {
     for task in queued {
         assert_eq!(task.await.expect("task").expect("apply"), Outcome::Applied);
     }
-    let (commits, together) = db.shared_commits();
+    let (commits, together) = clerk_sync::sync::shared_commits(&db);
     assert!(commits >= 1, "nothing was committed together");
     assert!(
         together >= 2 * commits,
@@ -329,7 +333,7 @@ async fn postgres_a_stuck_delivery_never_fails_its_group() {
         tokio::spawn(async move {
             let id = MessageId::parse(&id).expect("id");
             let event = Event::parse(body.as_bytes()).expect("event");
-            db.apply(&id, &event, SyncOptions::default()).await
+            clerk_sync::sync::ingest(&db, &id, &event, SyncOptions::default()).await
         })
     };
     let locked = ClerkUser::new("user_stuck", 1_000, "stuck@example.com");

@@ -341,7 +341,7 @@ async fn apply_page(
     let items: std::sync::Arc<[(MessageId, Event)]> = items.into();
     let batch = {
         let (db, items) = (db.clone(), std::sync::Arc::clone(&items));
-        tokio::spawn(async move { db.apply_batch(items, sync).await })
+        tokio::spawn(async move { crate::sync::apply_batch(&db, items, sync).await })
     };
     let applied = batch
         .await
@@ -385,7 +385,7 @@ async fn apply_one(
 ) -> Result<Outcome, DbError> {
     let mut delay = Duration::from_millis(200);
     for _ in 0..4 {
-        match db.apply(id, event, sync).await {
+        match crate::sync::ingest(db, id, event, sync).await {
             Err(DbError::Unavailable(_)) => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -393,7 +393,7 @@ async fn apply_one(
             other => return other,
         }
     }
-    db.apply(id, event, sync).await
+    crate::sync::ingest(db, id, event, sync).await
 }
 
 /// `--dry-run`: what applying the page would do, from the bookkeeping alone.
@@ -780,7 +780,7 @@ async fn prune(
     }
     tracing::info!(users = deletes.len(), "pruning users Clerk no longer has");
     for chunk in deletes.chunks(options.page_size.max(1) as usize) {
-        let outcomes = match db.apply_batch(chunk.into(), options.sync).await {
+        let outcomes = match crate::sync::apply_batch(db, chunk.into(), options.sync).await {
             Ok(outcomes) => outcomes,
             Err(failure) => {
                 let mut outcomes = failure.decided;

@@ -521,7 +521,7 @@ impl Database {
             }
             Database::Sqlite(db) => {
                 let started = chrono::DateTime::from_timestamp_millis(started_ms)
-                    .map(super::sqlite_steps::prisma_date)
+                    .map(super::sqlite_port::prisma_date)
                     .ok_or_else(|| DbError::Internal("walk start out of range".into()))?;
                 db.run(move |conn| {
                     use diesel::RunQueryDsl;

@@ -11,13 +11,13 @@
 mod app_table;
 mod backfill;
 mod dead_letters;
-mod group;
 mod migrations;
-mod pg_batch;
+mod pg_port;
+pub mod port;
 mod postgres;
 mod read;
 mod sqlite;
-mod sqlite_steps;
+mod sqlite_port;
 mod tls;
 mod url;
 
@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::domain::{Event, MessageId};
-use crate::sync::{Outcome, SyncOptions};
+use port::{Deleted, Request, Snapshot, Writes};
 
 pub use backfill::{KnownUser, LastWalk, Walk, WalkCounts};
 pub use dead_letters::{DeadLetterLimits, DeadLetterStats, Kept, NewDeadLetter, StoredDeadLetter};
@@ -38,24 +37,8 @@ pub use url::{
     UrlError, DEFAULT_SQLITE_FILE,
 };
 
-/// A batch that failed after its first `decided.len()` deliveries were committed (none, unless
-/// PostgreSQL had to split it); the rest were rolled back.
-#[derive(Debug)]
-pub struct BatchFailure {
-    /// The outcomes of the deliveries committed before the failure, in order.
-    pub decided: Vec<Outcome>,
-    /// Why the rest failed.
-    pub error: DbError,
-}
-
-impl From<DbError> for BatchFailure {
-    fn from(error: DbError) -> Self {
-        Self {
-            decided: Vec::new(),
-            error,
-        }
-    }
-}
+/// The slot of [`Database::extension`].
+type Extension = Arc<std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>>;
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +62,15 @@ pub enum DbError {
     /// Anything else: a bug or an unexpected state.
     #[error("database error: {0}")]
     Internal(String),
+}
+
+impl DbError {
+    /// A batch's address locks did not fit the server's shared lock table
+    /// (`max_locks_per_transaction` × connections; the transaction rolled back): a smaller
+    /// batch may.
+    pub fn is_out_of_lock_space(&self) -> bool {
+        matches!(self, DbError::Internal(text) if text.contains("out of shared memory"))
+    }
 }
 
 impl From<DieselError> for DbError {
@@ -201,15 +193,6 @@ pub struct ConnectionInfo {
     pub pooler: String,
 }
 
-/// Deferred deletes retried in the background.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PendingDeletes {
-    /// Completed now.
-    pub completed: usize,
-    /// Still refused by the application's foreign keys.
-    pub still_pending: usize,
-}
-
 /// What the database says about recent work (`clerk-sync status`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
@@ -314,77 +297,47 @@ impl Database {
         }
     }
 
-    /// Applies one delivery (see [`crate::sync`] for the rules), in a transaction of its
-    /// own or, when deliveries wait for a connection, together with them (see [`group`]).
-    /// Answers only once the change is committed.
-    pub async fn apply(
-        &self,
-        id: &MessageId,
-        event: &Event,
-        options: SyncOptions,
-    ) -> Result<Outcome, DbError> {
-        let (cell, committers) = match self {
-            // With `--committers 0` each delivery takes a connection of its own, on the
-            // caller's task; otherwise N committers apply what waits, together.
-            Database::Postgres(db) if db.committers == 0 => {
-                return self.apply_now(id, event, options).await
-            }
-            Database::Postgres(db) => (&db.group, db.committers),
-            // One writer at a time: whatever waits for it is committed together.
-            Database::Sqlite(db) => (&db.group, 1),
-        };
-        cell.get_or_init(|| group::GroupCommit::start(self.clone(), committers))
-            .apply(id.clone(), event.clone(), options)
-            .await
-    }
-
-    /// Transactions that carried several deliveries so far (group commit), and how many
-    /// deliveries they carried.
-    pub fn shared_commits(&self) -> (u64, u64) {
-        let cell = match self {
-            Database::Postgres(db) => &db.group,
-            Database::Sqlite(db) => &db.group,
-        };
-        cell.get()
-            .map_or((0, 0), group::GroupCommit::shared_commits)
-    }
-
-    /// Applies one delivery in one transaction of its own.
-    async fn apply_now(
-        &self,
-        id: &MessageId,
-        event: &Event,
-        options: SyncOptions,
-    ) -> Result<Outcome, DbError> {
-        // On a task of its own, so that a caller that stops waiting (the request deadline)
-        // never abandons a transaction half-way: it commits or rolls back by itself.
-        let (db, id, event) = (self.clone(), id.clone(), event.clone());
+    /// One unit of work through the [`port`]: takes `request`'s locks, reads the snapshot,
+    /// writes what `plan` makes of it and commits, in one transaction. On a task of its own,
+    /// so that a caller that stops waiting (a request deadline) never abandons the
+    /// transaction half-way: it commits or rolls back by itself.
+    pub async fn transact<T, F>(&self, request: Request, plan: F) -> Result<(T, Deleted), DbError>
+    where
+        F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
         tokio::spawn(async move {
             match db {
-                Database::Postgres(db) => db.apply(&id, &event, options).await,
-                Database::Sqlite(db) => db.apply(&id, &event, options).await,
+                Database::Postgres(db) => db.transact(request, plan).await,
+                Database::Sqlite(db) => db.transact(request, plan).await,
             }
         })
         .await
         .map_err(|e| DbError::Internal(format!("database task failed: {e}")))?
     }
 
-    /// Applies deliveries in order in ONE transaction, each by the same rules as [`Self::apply`]
-    /// — on PostgreSQL, a batch whose address locks the server's lock table cannot hold in
-    /// consecutive transactions, in order. On failure, the deliveries before
-    /// [`BatchFailure::decided`]'s end were committed, with those outcomes, and the rest rolled
-    /// back: the caller applies the rest one by one.
-    pub async fn apply_batch(
-        &self,
-        batch: Arc<[(MessageId, Event)]>,
-        options: SyncOptions,
-    ) -> Result<Vec<Outcome>, BatchFailure> {
+    /// How many units of work the layer above should run at once, together: PostgreSQL's
+    /// `--committers` (0: none, each delivery on its own), SQLite's one writer.
+    pub fn committers(&self) -> usize {
         match self {
-            Database::Postgres(db) => db.apply_batch(&batch, options).await,
-            Database::Sqlite(db) => db
-                .apply_batch(batch, options)
-                .await
-                .map_err(BatchFailure::from),
+            Database::Postgres(db) => db.committers,
+            Database::Sqlite(_) => 1,
+        }
+    }
+
+    /// State the layer above keeps for this database (its committers), made on first use
+    /// and shared by every clone.
+    pub fn extension<T: std::any::Any + Send + Sync>(&self, init: impl Fn() -> T) -> Arc<T> {
+        let slot = match self {
+            Database::Postgres(db) => &db.extension,
+            Database::Sqlite(db) => &db.extension,
+        };
+        let value = slot.get_or_init(|| Arc::new(init())).clone();
+        match value.downcast::<T>() {
+            Ok(value) => value,
+            // One type is ever kept here; should another be asked for, it is not shared.
+            Err(_) => Arc::new(init()),
         }
     }
 
@@ -400,19 +353,12 @@ impl Database {
         }
     }
 
-    /// Applies concurrent deliveries (group commit) in ONE transaction, each by the same rules
-    /// as [`Self::apply`]; the i-th outcome answers the i-th delivery. Any failure rolls the
-    /// whole group back; the caller then applies them one by one.
-    async fn apply_group(
-        &self,
-        group: Vec<(MessageId, Event)>,
-        options: SyncOptions,
-    ) -> Result<Vec<Outcome>, DbError> {
+    /// Users whose deletes the application's foreign keys refused, the longest-waiting
+    /// first.
+    pub async fn pending_deletes(&self, limit: i64) -> Result<Vec<String>, DbError> {
         match self {
-            Database::Postgres(db) => db.apply_group(&group, options).await,
-            // One writer: the batch planner's set-wide statements beat a statement each.
-            // In one transaction: a failure leaves nothing committed.
-            Database::Sqlite(db) => db.apply_batch(group.into(), options).await,
+            Database::Postgres(db) => db.pending_deletes(limit).await,
+            Database::Sqlite(db) => db.pending_deletes(limit).await,
         }
     }
 
@@ -443,14 +389,6 @@ impl Database {
         match self {
             Database::Postgres(db) => db.gauges().await,
             Database::Sqlite(db) => db.gauges().await,
-        }
-    }
-
-    /// Retries the deletes the application's foreign keys refused so far.
-    pub async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
-        match self {
-            Database::Postgres(db) => db.retry_pending_deletes().await,
-            Database::Sqlite(db) => db.retry_pending_deletes().await,
         }
     }
 }
@@ -502,10 +440,4 @@ impl From<GaugeRow> for Gauges {
             last_delivery_age_seconds: row.last_delivery_age_seconds,
         }
     }
-}
-
-/// Parses an outcome returned by the database.
-fn outcome(raw: &str) -> Result<Outcome, DbError> {
-    Outcome::parse(raw)
-        .ok_or_else(|| DbError::Internal(format!("unknown outcome {raw:?} from the database")))
 }

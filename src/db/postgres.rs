@@ -1,8 +1,6 @@
 //! PostgreSQL: `AsyncPgConnection` in a deadpool pool.
 //!
-//! One delivery is one statement, `SELECT clerk_sync.apply_delivery(…)`: dedup, version
-//! gate, tombstone, address hand-over and upsert in a single round trip and a single
-//! (implicit) transaction. The function is created by `migrations/postgres`.
+//! Deliveries reach it through the port (see `super::port` and `super::pg_port`).
 
 use std::time::Duration;
 
@@ -17,11 +15,9 @@ use super::migrations::{self, History};
 use super::tls;
 use super::url::{ChannelBinding, PgHost, PgUrl, Pooler, SslMode};
 use super::{
-    outcome, DatabaseUrl, DbError, GaugeRow, Gauges, MigrationReport, OutcomeCount, PendingDeletes,
-    PoolOptions, Status, Totals,
+    DatabaseUrl, DbError, GaugeRow, Gauges, MigrationReport, OutcomeCount, PoolOptions, Status,
+    Totals,
 };
-use crate::domain::{Event, MessageId};
-use crate::sync::{Outcome, SyncOptions};
 use tokio_postgres::config::SslMode as PgSslMode;
 
 const HISTORY: History = History {
@@ -54,11 +50,8 @@ pub struct Pg {
     direct: std::sync::Arc<Endpoint>,
     /// How many committers apply deliveries together (0: none, each on its own).
     pub(super) committers: usize,
-    /// The committers, started on first use (see `super::group`).
-    pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
-    /// Most deliveries one batch transaction takes: lowered when the server's lock table
-    /// could not hold a batch's address locks (see [`Pg::apply_batch`]).
-    batch_cap: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// What the layer above keeps for this database (see [`super::Database::extension`]).
+    pub(super) extension: super::Extension,
     /// [`Pg::preferred_batch`], once read from the server.
     preferred: std::sync::Arc<tokio::sync::OnceCell<usize>>,
 }
@@ -67,15 +60,6 @@ pub struct Pg {
 struct LockTable {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     slots: i64,
-}
-
-/// The smallest batch split further when the server's lock table is full.
-const SMALLEST_SPLIT: usize = 64;
-
-/// A batch's address locks did not fit the server's shared lock table
-/// (`max_locks_per_transaction` × connections; the transaction rolled back).
-fn out_of_lock_space(error: &DbError) -> bool {
-    matches!(error, DbError::Internal(text) if text.contains("out of shared memory"))
 }
 
 #[derive(QueryableByName)]
@@ -388,8 +372,7 @@ impl Pg {
             endpoint,
             direct,
             committers: options.committers.min(options.max_connections),
-            group: Default::default(),
-            batch_cap: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+            extension: Default::default(),
             preferred: Default::default(),
         })
     }
@@ -490,40 +473,6 @@ impl Pg {
         migrations::require_current::<diesel::pg::Pg, _>(&migrations::POSTGRES, &applied)
     }
 
-    pub(super) async fn apply(
-        &self,
-        id: &MessageId,
-        event: &Event,
-        options: SyncOptions,
-    ) -> Result<Outcome, DbError> {
-        let mut c = BatchColumns::default();
-        c.push(id, event);
-        // A typed, statically known statement: diesel-async prepares it once per connection,
-        // after which every delivery is one round trip (bind + execute); through a pooler it
-        // is prepared in the delivery's transaction and closed before its commit.
-        let raw: String = self
-            .with_conn(async move |conn| {
-                Ok(diesel::select(functions::apply_delivery(
-                    c.svix_id.pop().unwrap_or_default(),
-                    c.event_type.pop().unwrap_or_default(),
-                    c.kind.pop().unwrap_or_default(),
-                    c.user_id.pop().flatten(),
-                    c.version.pop().flatten(),
-                    c.digest.pop().flatten(),
-                    c.name.pop().flatten(),
-                    c.email.pop().flatten(),
-                    c.role.pop().flatten(),
-                    c.created_at.pop().flatten(),
-                    c.updated_at.pop().flatten(),
-                    options.skip_users_without_email,
-                ))
-                .get_result(conn)
-                .await?)
-            })
-            .await?;
-        outcome(&raw)
-    }
-
     /// Deliveries per bulk transaction: a third of the server's shared lock table, 500 to
     /// 10,000 (2,000 when it cannot be read).
     pub(super) async fn preferred_batch(&self) -> usize {
@@ -553,89 +502,6 @@ impl Pg {
                 }
             })
             .await
-    }
-
-    /// Applies `batch` in order, in one transaction — or, when the server's lock table
-    /// cannot hold the advisory locks of that many addresses at once (each address of a
-    /// batch holds one until commit; PostgreSQL's default table holds 64 per connection),
-    /// in consecutive transactions of half the size, down to [`SMALLEST_SPLIT`]; the size
-    /// that fits is kept for later batches. A failed transaction rolled back whole, so
-    /// splitting changes no outcome.
-    pub(super) async fn apply_batch(
-        &self,
-        batch: &[(MessageId, Event)],
-        options: SyncOptions,
-    ) -> Result<Vec<Outcome>, super::BatchFailure> {
-        use std::sync::atomic::Ordering;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut rest = batch;
-        while !rest.is_empty() {
-            let cap = std::sync::atomic::AtomicUsize::load(&self.batch_cap, Ordering::Relaxed);
-            let (chunk, after) = rest.split_at(cap.min(rest.len()));
-            let applied = match self.pool.get().await {
-                Ok(mut conn) => {
-                    self.transaction_on(&mut conn, async |conn| {
-                        super::pg_batch::apply_in_transaction(conn, chunk, options).await
-                    })
-                    .await
-                }
-                Err(e) => Err(e.into()),
-            };
-            match applied {
-                Ok(decided) => {
-                    outcomes.extend(decided);
-                    rest = after;
-                }
-                Err(e) if out_of_lock_space(&e) && chunk.len() > SMALLEST_SPLIT => {
-                    let smaller = (chunk.len() / 2).max(SMALLEST_SPLIT);
-                    self.batch_cap.fetch_min(smaller, Ordering::Relaxed);
-                    tracing::warn!(
-                        deliveries = chunk.len(),
-                        now = smaller,
-                        "the server's lock table cannot hold the address locks of this many \
-                         deliveries in one transaction: splitting batches (raising \
-                         max_locks_per_transaction allows larger ones)"
-                    );
-                }
-                Err(error) => {
-                    return Err(super::BatchFailure {
-                        decided: outcomes,
-                        error,
-                    })
-                }
-            }
-        }
-        Ok(outcomes)
-    }
-
-    /// Applies a few concurrent deliveries (group commit) in one transaction of ONE statement:
-    /// each through `clerk_sync.apply_delivery`, exactly as alone. The batch planner's fixed
-    /// cost (a dozen statements) pays off for thousands of deliveries, not for a handful.
-    /// The i-th outcome answers the i-th delivery.
-    pub(super) async fn apply_group(
-        &self,
-        group: &[(MessageId, Event)],
-        options: SyncOptions,
-    ) -> Result<Vec<Outcome>, DbError> {
-        // Concurrent deliveries have no order among themselves: taking them by user id
-        // (stable, so one user's keep their arrival order) makes two groups lock users in
-        // the same order. A rare deadlock through an address fails the group, whose
-        // deliveries are then applied one by one.
-        let mut order: Vec<usize> = (0..group.len()).collect();
-        order.sort_by(|&a, &b| {
-            let user = |i: usize| group[i].1.user_id().map(|u| u.as_str());
-            user(a).cmp(&user(b))
-        });
-        let decided = self
-            .with_conn(async |conn| {
-                one_after_another(conn, order.iter().map(|&i| &group[i]), options).await
-            })
-            .await?;
-        let mut outcomes = vec![Outcome::Ignored; group.len()];
-        for (&i, decided) in order.iter().zip(decided) {
-            outcomes[i] = decided;
-        }
-        Ok(outcomes)
     }
 
     pub(super) async fn status(
@@ -687,35 +553,20 @@ impl Pg {
         Ok(row.into())
     }
 
-    pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
-        // The longest-waiting first, so that deletes refused for good never starve the rest;
-        // each retry in its own transaction.
+    pub(super) async fn pending_deletes(&self, limit: i64) -> Result<Vec<String>, DbError> {
+        // The longest-waiting first, so that deletes refused for good never starve the rest.
         let pending: Vec<UserIdRow> = self
-            .with_conn(async |conn| {
+            .with_conn(async move |conn| {
                 Ok(diesel::sql_query(
                     "SELECT user_id FROM clerk_sync.users WHERE delete_pending
-                      ORDER BY delete_attempted_at NULLS FIRST, user_id LIMIT 100",
+                      ORDER BY delete_attempted_at NULLS FIRST, user_id LIMIT $1",
                 )
+                .bind::<diesel::sql_types::BigInt, _>(limit)
                 .load(conn)
                 .await?)
             })
             .await?;
-        let mut report = PendingDeletes::default();
-        for row in pending {
-            let done: Option<bool> = self
-                .with_conn(async move |conn| {
-                    Ok(diesel::select(functions::retry_delete(row.user_id))
-                        .get_result(conn)
-                        .await?)
-                })
-                .await?;
-            match done {
-                Some(true) => report.completed += 1,
-                Some(false) => report.still_pending += 1,
-                None => {}
-            }
-        }
-        Ok(report)
+        Ok(pending.into_iter().map(|row| row.user_id).collect())
     }
 }
 
@@ -723,144 +574,6 @@ impl Pg {
 struct UserIdRow {
     #[diesel(sql_type = Text)]
     user_id: String,
-}
-
-/// clerk-sync's PostgreSQL functions (see `migrations/postgres`), declared so that calls
-/// to them are typed, cacheable statements.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the SQL functions take one argument per column of a delivery"
-)]
-pub(super) mod functions {
-    use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
-
-    diesel::define_sql_function! {
-        /// One delivery: dedup, version gate, tombstone, address hand-over, upsert.
-        #[sql_name = "clerk_sync.apply_delivery"]
-        fn apply_delivery(
-            svix_id: Text,
-            event_type: Text,
-            kind: Text,
-            user_id: Nullable<Text>,
-            version: Nullable<BigInt>,
-            digest: Nullable<Text>,
-            name: Nullable<Text>,
-            email: Nullable<Text>,
-            role: Nullable<Text>,
-            created_at: Nullable<Timestamp>,
-            updated_at: Nullable<Timestamp>,
-            skip_no_email: Bool,
-        ) -> Text;
-    }
-
-    diesel::define_sql_function! {
-        /// One retry of a deferred delete; NULL when busy or already done.
-        #[sql_name = "clerk_sync.retry_delete"]
-        fn retry_delete(user_id: Text) -> Nullable<Bool>;
-    }
-
-    diesel::define_sql_function! {
-        /// Several deliveries, in order, in the caller's transaction.
-        #[sql_name = "clerk_sync.apply_batch"]
-        fn apply_batch(
-            svix_id: Array<Text>,
-            event_type: Array<Text>,
-            kind: Array<Text>,
-            user_id: Array<Nullable<Text>>,
-            version: Array<Nullable<BigInt>>,
-            digest: Array<Nullable<Text>>,
-            name: Array<Nullable<Text>>,
-            email: Array<Nullable<Text>>,
-            role: Array<Nullable<Text>>,
-            created_at: Array<Nullable<Timestamp>>,
-            updated_at: Array<Nullable<Timestamp>>,
-            skip_no_email: Bool,
-        ) -> Array<Text>;
-    }
-}
-
-/// Applies `deliveries` in order through `clerk_sync.apply_batch`: one statement, in the
-/// connection's current transaction (or a transaction of its own when there is none).
-pub(super) async fn one_after_another<'a>(
-    conn: &mut AsyncPgConnection,
-    deliveries: impl ExactSizeIterator<Item = &'a (MessageId, Event)>,
-    options: SyncOptions,
-) -> Result<Vec<Outcome>, DbError> {
-    let expected = deliveries.len();
-    let mut c = BatchColumns::default();
-    for (id, event) in deliveries {
-        c.push(id, event);
-    }
-    let decided: Vec<String> = diesel::select(functions::apply_batch(
-        c.svix_id,
-        c.event_type,
-        c.kind,
-        c.user_id,
-        c.version,
-        c.digest,
-        c.name,
-        c.email,
-        c.role,
-        c.created_at,
-        c.updated_at,
-        options.skip_users_without_email,
-    ))
-    .get_result(conn)
-    .await?;
-    if decided.len() != expected {
-        return Err(DbError::Internal(
-            "clerk_sync.apply_batch answered a different number of outcomes".into(),
-        ));
-    }
-    decided.iter().map(|raw| outcome(raw)).collect()
-}
-
-/// A batch of deliveries as the column arrays `clerk_sync.apply_batch` takes.
-#[derive(Default)]
-pub(super) struct BatchColumns {
-    pub(super) svix_id: Vec<String>,
-    pub(super) event_type: Vec<String>,
-    pub(super) kind: Vec<String>,
-    pub(super) user_id: Vec<Option<String>>,
-    pub(super) version: Vec<Option<i64>>,
-    pub(super) digest: Vec<Option<String>>,
-    pub(super) name: Vec<Option<String>>,
-    pub(super) email: Vec<Option<String>>,
-    pub(super) role: Vec<Option<String>>,
-    pub(super) created_at: Vec<Option<chrono::NaiveDateTime>>,
-    pub(super) updated_at: Vec<Option<chrono::NaiveDateTime>>,
-}
-
-impl BatchColumns {
-    pub(super) fn push(&mut self, id: &MessageId, event: &Event) {
-        self.svix_id.push(id.as_str().to_owned());
-        self.event_type.push(event.event_type().to_owned());
-        self.user_id
-            .push(event.user_id().map(|u| u.as_str().to_owned()));
-        let change = match event {
-            Event::Upsert { change, .. } => Some(change),
-            _ => None,
-        };
-        self.kind.push(
-            match event {
-                Event::Upsert { .. } => "upsert",
-                Event::Delete { .. } => "delete",
-                Event::Ignored { .. } => "ignore",
-            }
-            .to_owned(),
-        );
-        self.version.push(change.map(|c| c.version));
-        self.digest.push(change.map(|c| c.digest.clone()));
-        self.name.push(change.and_then(|c| c.name.clone()));
-        self.email
-            .push(change.and_then(|c| c.email.as_ref().map(|e| e.as_str().to_owned())));
-        self.role
-            .push(change.and_then(|c| c.role.map(|r| r.as_db().to_owned())));
-        self.created_at
-            .push(change.map(|c| c.created_at.naive_utc()));
-        self.updated_at
-            .push(change.map(|c| c.updated_at.naive_utc()));
-    }
 }
 
 #[derive(QueryableByName)]

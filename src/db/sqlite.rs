@@ -1,9 +1,8 @@
 //! SQLite, the embedded default: `SyncConnectionWrapper<SqliteConnection>` in a pool.
 //!
-//! SQLite has no stored functions, so the steps of `clerk_sync.apply_delivery` (see
-//! `migrations/postgres`) are written here, run on the blocking connection inside one
-//! `BEGIN IMMEDIATE` transaction. SQLite serialises writers, so no further locks are
-//! needed. Both backends run the same test suite.
+//! Deliveries reach it through the port (see `super::port` and `super::sqlite_port`), on
+//! the blocking connection inside one `BEGIN IMMEDIATE` transaction. SQLite serialises
+//! writers, so no further locks are needed. Both backends run the same test suite.
 //!
 //! Dates are written exactly as Prisma Client writes them on SQLite
 //! (`2024-05-01T12:34:56.789+00:00`), so the application's range queries see them.
@@ -22,13 +21,11 @@ use diesel_async::AsyncConnection;
 
 use super::app_table::{self, Column};
 use super::migrations::{self, History};
-use super::sqlite_steps::{self as steps, prisma_date};
+use super::port::{Deleted, Request, Snapshot, Writes};
+use super::sqlite_port::{self as port, prisma_date};
 use super::{
-    DbError, GaugeRow, Gauges, MigrationReport, OutcomeCount, PendingDeletes, PoolOptions, Status,
-    Totals,
+    DbError, GaugeRow, Gauges, MigrationReport, OutcomeCount, PoolOptions, Status, Totals,
 };
-use crate::domain::{Event, MessageId};
-use crate::sync::{Outcome, SyncOptions};
 
 type Conn = SyncConnectionWrapper<SqliteConnection>;
 
@@ -44,8 +41,8 @@ const HISTORY: History = History {
 #[derive(Clone)]
 pub struct Lite {
     pool: Pool<Conn>,
-    /// The committer, started on first use (see `super::group`).
-    pub(super) group: std::sync::Arc<std::sync::OnceLock<super::group::GroupCommit>>,
+    /// What the layer above keeps for this database (see [`super::Database::extension`]).
+    pub(super) extension: super::Extension,
 }
 
 fn pragmas(busy_ms: u128, cache_kib: u32) -> String {
@@ -87,7 +84,7 @@ impl Lite {
             .map_err(|e| DbError::Internal(e.to_string()))?;
         Ok(Self {
             pool,
-            group: Default::default(),
+            extension: Default::default(),
         })
     }
 
@@ -141,26 +138,23 @@ impl Lite {
         .await
     }
 
-    pub(super) async fn apply(
+    /// One unit of work (see [`super::port`]) in one `BEGIN IMMEDIATE` transaction.
+    pub(super) async fn transact<T, F>(
         &self,
-        id: &MessageId,
-        event: &Event,
-        options: SyncOptions,
-    ) -> Result<Outcome, DbError> {
-        let (id, event) = (id.clone(), event.clone());
+        request: Request,
+        plan: F,
+    ) -> Result<(T, Deleted), DbError>
+    where
+        F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError> + Send + 'static,
+        T: Send + 'static,
+    {
         self.run(move |conn| {
-            Ok(conn.immediate_transaction(|c| steps::apply(c, &id, &event, options))?)
-        })
-        .await
-    }
-
-    pub(super) async fn apply_batch(
-        &self,
-        batch: std::sync::Arc<[(MessageId, Event)]>,
-        options: SyncOptions,
-    ) -> Result<Vec<Outcome>, DbError> {
-        self.run(move |conn| {
-            Ok(conn.immediate_transaction(|c| steps::apply_batch(c, &batch, options))?)
+            conn.immediate_transaction(|c| {
+                let snapshot = port::read(c, &request)?;
+                let (writes, value) = plan(&snapshot)?;
+                let deleted = port::write(c, &writes)?;
+                Ok((value, deleted))
+            })
         })
         .await
     }
@@ -206,22 +200,9 @@ impl Lite {
         .await
     }
 
-    pub(super) async fn retry_pending_deletes(&self) -> Result<PendingDeletes, DbError> {
-        self.run(|conn| {
-            // The longest-waiting first, so that deletes refused for good never starve the
-            // rest; each retry in its own transaction.
-            let pending = steps::pending_deletes(conn, 100)?;
-            let mut report = PendingDeletes::default();
-            for user in pending {
-                match conn.immediate_transaction(|c| steps::retry_delete(c, &user))? {
-                    Some(true) => report.completed += 1,
-                    Some(false) => report.still_pending += 1,
-                    None => {}
-                }
-            }
-            Ok(report)
-        })
-        .await
+    pub(super) async fn pending_deletes(&self, limit: i64) -> Result<Vec<String>, DbError> {
+        self.run(move |conn| Ok(port::pending_deletes(conn, limit)?))
+            .await
     }
 }
 

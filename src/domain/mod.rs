@@ -7,9 +7,11 @@
 //! unknown fields are always accepted.
 
 mod event;
+mod outcome;
 mod user;
 
 pub use event::{Event, EventError};
+pub use outcome::Outcome;
 pub use user::{ClerkUserId, EmailAddress, Role, UserChange};
 
 /// Lowercase hex, two digits a byte: how digests and derived ids are written (stored

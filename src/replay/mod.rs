@@ -328,7 +328,7 @@ async fn flush(
         .map(|p| (p.location, (p.id, p.event)))
         .unzip();
     let pairs: Arc<[(MessageId, Event)]> = pairs.into();
-    let decided = match db.apply_batch(Arc::clone(&pairs), sync).await {
+    let decided = match crate::sync::apply_batch(db, Arc::clone(&pairs), sync).await {
         Ok(outcomes) => {
             for outcome in outcomes {
                 summary.count(outcome);

@@ -19,57 +19,33 @@
 //!    `<id>@no-email.invalid` (or, when configured, is skipped: `ignored`).
 //! 5. **Role** only from `public_metadata.role`; otherwise the column is left alone.
 //!
-//! Concurrent deliveries serialise in the database (the user's bookkeeping row lock, then
-//! advisory locks on the addresses involved, in one global order), never in memory, so
-//! several instances may share one database.
+//! Each rule has one implementation, in [`plan`], named for it: dedup
+//! (`Walk::deliver`), tombstones and deferred deletes (`Walk::delete`,
+//! `Walk::finish_delete`), last write wins ([`plan::newer`]), the role rule
+//! ([`plan::role_after`]), the placeholders ([`plan::no_email`], [`plan::displaced`]), the
+//! newest claim (`Walk::claim`, `holder_loses`) and giving an address back
+//! (`Walk::settle`).
+//!
+//! How a delivery is applied: the planner says what to lock and read ([`plan::request`]);
+//! the database takes those locks (the users' bookkeeping rows, then advisory locks on the
+//! addresses involved, in one global order) and reads a snapshot under them; the planner
+//! walks the deliveries over it ([`plan::plan`]) and the database writes the result and
+//! commits, all in one transaction (see [`crate::db::port`]). One delivery, a group of
+//! concurrent ones ([`group`]), a replay or backfill batch, a prune and a deferred
+//! delete's retry all take this one path. Concurrent deliveries serialise in the database,
+//! never in memory, so several instances may share one database.
 
-pub mod batch;
 pub mod dead_letter;
+mod group;
+pub mod plan;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::db::{Database, DbError};
 use crate::domain::{Event, MessageId};
 
-/// What a delivery did; the answer's body names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// The change was written.
-    Applied,
-    /// This `svix-id` was seen before; nothing was done.
-    Duplicate,
-    /// A newer version or a tombstone was already applied; nothing was written.
-    Stale,
-    /// An event type clerk-sync does not apply (or a user without email, when skipped).
-    Ignored,
-    /// The tombstone was written but the application's foreign keys still hold the row.
-    Deferred,
-}
-
-impl Outcome {
-    /// The outcome's name as stored and answered.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Stale => "stale",
-            Outcome::Ignored => "ignored",
-            Outcome::Deferred => "deferred",
-        }
-    }
-
-    /// Parses a stored outcome name.
-    pub fn parse(raw: &str) -> Option<Self> {
-        [
-            Outcome::Applied,
-            Outcome::Duplicate,
-            Outcome::Stale,
-            Outcome::Ignored,
-            Outcome::Deferred,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == raw)
-    }
-}
+pub use crate::domain::Outcome;
 
 /// Settings that change how deliveries are applied.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,22 +62,196 @@ pub enum Dedup {
     /// By its `svix-id`: every delivery is recorded in `deliveries` (webhooks, replay).
     #[default]
     ById,
-    /// By its content, for batches of users read from Clerk's API (backfill), which are
-    /// versions of a user rather than messages: one equal to the newest applied version
-    /// (same `updated_at`, same digest) is the duplicate, and the batch records nothing in
-    /// `deliveries`. A version the batch decides is compared with the newest applied one,
-    /// whichever path applied it. Deliveries it leaves to the one-by-one path (a change to
-    /// a contested address, a user skipped for want of an email, a delete) go the
-    /// single-delivery way: recorded by id, an equal version there is `stale`.
+    /// By its content, for users read from Clerk's API (backfill), which are versions of a
+    /// user rather than messages: one equal to the newest applied version (same
+    /// `updated_at`, same digest) is the duplicate, whichever path applied it, and nothing
+    /// is recorded in `deliveries`.
     ByVersion,
 }
 
-/// Applies one verified delivery; see the module documentation for the rules.
+/// A batch that failed after its first `decided.len()` deliveries were committed (none, unless
+/// it had to be split); the rest were rolled back.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// The outcomes of the deliveries committed before the failure, in order.
+    pub decided: Vec<Outcome>,
+    /// Why the rest failed.
+    pub error: DbError,
+}
+
+impl From<DbError> for BatchFailure {
+    fn from(error: DbError) -> Self {
+        Self {
+            decided: Vec::new(),
+            error,
+        }
+    }
+}
+
+/// Deferred deletes retried in the background.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingDeletes {
+    /// Completed now.
+    pub completed: usize,
+    /// Still refused by the application's foreign keys.
+    pub still_pending: usize,
+}
+
+/// What this layer keeps for one database.
+struct Engine {
+    /// The committers, started on first use.
+    group: OnceLock<group::GroupCommit>,
+    /// Most deliveries one batch transaction takes: lowered when the server's lock table
+    /// could not hold a batch's address locks (see [`apply_batch`]).
+    batch_cap: AtomicUsize,
+}
+
+fn engine(db: &Database) -> Arc<Engine> {
+    db.extension(|| Engine {
+        group: OnceLock::new(),
+        batch_cap: AtomicUsize::new(usize::MAX),
+    })
+}
+
+/// The smallest batch split further when the server's lock table is full.
+const SMALLEST_SPLIT: usize = 64;
+
+/// Applies one verified delivery; see the module documentation for the rules. When
+/// deliveries wait for the database, they are applied together (see [`group`]); the answer
+/// comes only once the change is committed.
 pub async fn ingest(
     db: &Database,
     id: &MessageId,
     event: &Event,
     options: SyncOptions,
 ) -> Result<Outcome, DbError> {
-    db.apply(id, event, options).await
+    let committers = db.committers();
+    if committers == 0 {
+        return apply_one(db, id, event, options).await;
+    }
+    let engine = engine(db);
+    engine
+        .group
+        .get_or_init(|| group::GroupCommit::start(db.clone(), committers))
+        .apply(id.clone(), event.clone(), options)
+        .await
+}
+
+/// Transactions that carried several deliveries so far (group commit), and how many
+/// deliveries they carried.
+pub fn shared_commits(db: &Database) -> (u64, u64) {
+    engine(db)
+        .group
+        .get()
+        .map_or((0, 0), group::GroupCommit::shared_commits)
+}
+
+/// Applies one delivery in a transaction of its own.
+async fn apply_one(
+    db: &Database,
+    id: &MessageId,
+    event: &Event,
+    options: SyncOptions,
+) -> Result<Outcome, DbError> {
+    let batch: Arc<[(MessageId, Event)]> = Arc::from(vec![(id.clone(), event.clone())]);
+    let outcomes = apply_together(db, batch, options).await?;
+    outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| DbError::Internal("a delivery was not decided".into()))
+}
+
+/// Applies deliveries in order in ONE transaction, each by the rules; the i-th outcome
+/// answers the i-th delivery. A failure rolls all of them back.
+async fn apply_together(
+    db: &Database,
+    batch: Arc<[(MessageId, Event)]>,
+    options: SyncOptions,
+) -> Result<Vec<Outcome>, DbError> {
+    let request = plan::request(&batch, options);
+    let (planned, deleted) = db
+        .transact(request, move |snapshot| {
+            let plan = plan::plan(&batch, snapshot, options)
+                .map_err(|e| DbError::Internal(e.to_string()))?;
+            Ok((plan.writes, plan.outcomes))
+        })
+        .await?;
+    Ok(planned.iter().map(|p| p.resolve(&deleted)).collect())
+}
+
+/// Applies deliveries in order (replay, backfill), in one transaction — or, when the
+/// server's lock table cannot hold the advisory locks of that many addresses at once (each
+/// address of a batch holds one until commit; PostgreSQL's default table holds 64 per
+/// connection), in consecutive transactions of half the size, down to [`SMALLEST_SPLIT`];
+/// the size that fits is kept for later batches. A failed transaction rolled back whole,
+/// so splitting changes no outcome. On failure, the deliveries before
+/// [`BatchFailure::decided`]'s end were committed, with those outcomes, and the rest rolled
+/// back: the caller applies the rest one by one.
+pub async fn apply_batch(
+    db: &Database,
+    batch: Arc<[(MessageId, Event)]>,
+    options: SyncOptions,
+) -> Result<Vec<Outcome>, BatchFailure> {
+    let engine = engine(db);
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut start = 0;
+    while start < batch.len() {
+        let cap = engine.batch_cap.load(Ordering::Relaxed);
+        let end = start + cap.min(batch.len() - start);
+        let chunk: Arc<[(MessageId, Event)]> = if start == 0 && end == batch.len() {
+            Arc::clone(&batch)
+        } else {
+            Arc::from(&batch[start..end])
+        };
+        match apply_together(db, chunk, options).await {
+            Ok(decided) => {
+                outcomes.extend(decided);
+                start = end;
+            }
+            Err(e) if e.is_out_of_lock_space() && end - start > SMALLEST_SPLIT => {
+                let smaller = ((end - start) / 2).max(SMALLEST_SPLIT);
+                engine.batch_cap.fetch_min(smaller, Ordering::Relaxed);
+                tracing::warn!(
+                    deliveries = end - start,
+                    now = smaller,
+                    "the server's lock table cannot hold the address locks of this many \
+                     deliveries in one transaction: splitting batches (raising \
+                     max_locks_per_transaction allows larger ones)"
+                );
+            }
+            Err(error) => {
+                return Err(BatchFailure {
+                    decided: outcomes,
+                    error,
+                })
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Retries the deletes the application's foreign keys refused so far, the longest-waiting
+/// first (so that deletes refused for good never starve the rest), each in a transaction
+/// of its own.
+pub async fn retry_pending_deletes(db: &Database) -> Result<PendingDeletes, DbError> {
+    let mut report = PendingDeletes::default();
+    for user in db.pending_deletes(100).await? {
+        let request = plan::retry_request(&user);
+        let (planned, deleted) = db
+            .transact(request, move |snapshot| {
+                match plan::plan_retry(&user, snapshot)
+                    .map_err(|e| DbError::Internal(e.to_string()))?
+                {
+                    Some(plan) => Ok((plan.writes, plan.outcomes)),
+                    None => Ok((Default::default(), Vec::new())),
+                }
+            })
+            .await?;
+        match planned.first().map(|p| p.resolve(&deleted)) {
+            Some(Outcome::Applied) => report.completed += 1,
+            Some(_) => report.still_pending += 1,
+            None => {}
+        }
+    }
+    Ok(report)
 }

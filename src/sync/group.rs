@@ -2,8 +2,9 @@
 //! in one transaction, when a committer frees up.
 //!
 //! Each committer takes the oldest waiting delivery and, with it, whatever else is waiting
-//! (up to [`MOST_PER_COMMIT`]). Alone, a delivery takes the single-delivery path; together,
-//! they take `Database::apply_group`, which decides each exactly as one by one would. Every
+//! (up to [`MOST_PER_COMMIT`]). Alone, a delivery is a unit of work of its own; together,
+//! they are one unit of work, planned by the same walk that decides each exactly as one by
+//! one would. Every
 //! delivery is answered only after the transaction holding it committed. If the shared
 //! transaction fails, each of its deliveries is applied again in a transaction of its own,
 //! so one bad delivery never fails its neighbours. A delivery whose caller stopped waiting
@@ -11,19 +12,17 @@
 //! the sender retries it anyway.
 //!
 //! SQLite has one committer (one writer): a burst costs one fsync per commit instead of one
-//! per delivery, and a group goes through the batch planner. PostgreSQL has two by default
-//! (`--committers N`, 0 for a transaction per delivery): a group is one statement, each
-//! delivery through `clerk_sync.apply_delivery`, which measured at about 40 % of the
-//! server CPU per delivery of a transaction each (see BENCHMARKS.md).
+//! per delivery. PostgreSQL has two by default (`--committers N`, 0 for a transaction per
+//! delivery).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{Database, DbError};
-use crate::domain::{Event, MessageId};
-use crate::sync::{Outcome, SyncOptions};
+use crate::db::{Database, DbError};
+use crate::domain::{Event, MessageId, Outcome};
+use crate::sync::SyncOptions;
 
 /// Most deliveries one transaction takes.
 pub(super) const MOST_PER_COMMIT: usize = 64;
@@ -129,7 +128,7 @@ async fn commit_loop(db: Database, waiting: Arc<Mutex<mpsc::Receiver<Job>>>, sha
 async fn commit(db: &Database, mut jobs: Vec<Job>, options: SyncOptions, shared: &Shared) {
     if jobs.len() == 1 {
         if let Some(job) = jobs.pop() {
-            let result = db.apply_now(&job.id, &job.event, job.options).await;
+            let result = super::apply_one(db, &job.id, &job.event, job.options).await;
             let _ = job.reply.send(result);
         }
         return;
@@ -138,7 +137,7 @@ async fn commit(db: &Database, mut jobs: Vec<Job>, options: SyncOptions, shared:
         .iter()
         .map(|job| (job.id.clone(), job.event.clone()))
         .collect();
-    if let Ok(outcomes) = db.apply_group(group, options).await {
+    if let Ok(outcomes) = super::apply_together(db, group.into(), options).await {
         shared.commits.fetch_add(1, Ordering::Relaxed);
         shared
             .deliveries
@@ -156,7 +155,7 @@ async fn commit(db: &Database, mut jobs: Vec<Job>, options: SyncOptions, shared:
     for job in jobs {
         let db = db.clone();
         tokio::spawn(async move {
-            let result = db.apply_now(&job.id, &job.event, job.options).await;
+            let result = super::apply_one(&db, &job.id, &job.event, job.options).await;
             let _ = job.reply.send(result);
         });
     }

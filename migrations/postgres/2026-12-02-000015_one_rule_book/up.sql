@@ -1,0 +1,152 @@
+-- One rule-book: the rules of a delivery are decided in Rust (src/sync/plan.rs); what stays
+-- here only executes a plan. `lock_and_read` takes the locks a set of deliveries needs and
+-- reads the snapshot the planner asks for; `write_plan` writes what the planner decided.
+-- Neither looks at a version, a digest, a role or an address to choose what to write.
+-- The functions that decided the rules in SQL are dropped (the down migration restores them).
+
+DROP FUNCTION clerk_sync.apply_batch(TEXT[], TEXT[], TEXT[], TEXT[], BIGINT[], TEXT[], TEXT[], TEXT[], TEXT[], TIMESTAMP[], TIMESTAMP[], BOOLEAN);
+DROP FUNCTION clerk_sync.apply_delivery(TEXT, TEXT, TEXT, TEXT, BIGINT, TEXT, TEXT, TEXT, TEXT, TIMESTAMP, TIMESTAMP, BOOLEAN);
+DROP FUNCTION clerk_sync.retry_delete(TEXT);
+DROP FUNCTION clerk_sync.finish_delete(TEXT);
+DROP FUNCTION clerk_sync.settle_address(TEXT);
+DROP FUNCTION clerk_sync.lock_addresses(TEXT, TEXT, TEXT);
+
+-- Locks, then reads, in one round trip:
+-- 1. the bookkeeping rows of p_users (sorted by the caller, byte order), each locked where
+--    it exists (`DO UPDATE ... WHERE false` locks without writing) and made where it does not;
+-- 2. an advisory lock on every address involved (p_claims, and what those users' bookkeeping
+--    claims and their rows hold), in byte order;
+-- 3. the snapshot, one row per item: 'a' a locked address; 'r' a delivery id of p_ids
+--    already recorded; 'b' a bookkeeping row and 'w' an application row, of the users, of
+--    the holders of the locked addresses and of their claimants. A 'b' row's flags: 1
+--    tombstoned, 2 delete pending, 4 role set by a webhook.
+CREATE FUNCTION clerk_sync.lock_and_read(p_users TEXT[], p_claims TEXT[], p_ids TEXT[])
+RETURNS TABLE (kind TEXT, key TEXT, address TEXT, version BIGINT, digest TEXT, flags INT, updated_ms BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_addresses TEXT[];
+    v_locked BIGINT;
+BEGIN
+    IF cardinality(p_users) > 0 THEN
+        INSERT INTO clerk_sync.users AS s (user_id, version, digest)
+        SELECT u, -1, '' FROM unnest(p_users) AS u ORDER BY u COLLATE "C"
+        ON CONFLICT (user_id) DO UPDATE SET version = s.version WHERE false;
+    END IF;
+    SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') INTO v_addresses FROM (
+        SELECT unnest(p_claims) AS a
+        UNION SELECT email FROM clerk_sync.users WHERE user_id = ANY(p_users)
+        UNION SELECT mail_address FROM "User" WHERE id = ANY(p_users)
+    ) AS involved WHERE a IS NOT NULL;
+    SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) INTO v_locked
+      FROM unnest(v_addresses) AS a;
+    RETURN QUERY
+    WITH ids AS (
+        SELECT unnest(p_users) AS id
+        UNION SELECT u.id FROM "User" u WHERE u.mail_address = ANY(v_addresses)
+        UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY(v_addresses)
+    )
+    SELECT 'a'::TEXT, a, NULL::TEXT, NULL::BIGINT, NULL::TEXT, NULL::INT, NULL::BIGINT
+      FROM unnest(v_addresses) AS a
+    UNION ALL
+    SELECT 'r', d.svix_id, NULL, NULL, NULL, NULL, NULL
+      FROM clerk_sync.deliveries d WHERE d.svix_id = ANY(p_ids)
+    UNION ALL
+    SELECT 'b', s.user_id, s.email, s.version, s.digest,
+           (CASE WHEN s.deleted_at IS NOT NULL THEN 1 ELSE 0 END)
+           + (CASE WHEN s.delete_pending THEN 2 ELSE 0 END)
+           + (CASE WHEN s.role_from_webhook THEN 4 ELSE 0 END),
+           NULL
+      FROM clerk_sync.users s JOIN ids ON s.user_id = ids.id
+    UNION ALL
+    SELECT 'w', u.id, u.mail_address, NULL, NULL, NULL,
+           floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT
+      FROM "User" u JOIN ids ON u.id = ids.id;
+END $$;
+
+-- Writes a plan, in order: bookkeeping; rows moved out of the way of another row of the
+-- plan; rows written (with their role, or keeping their own); rows moved; deletes tried,
+-- each where the application's foreign keys allow (`delete_pending` says where they
+-- refused); deliveries recorded, a delivery's outcome being d_refused instead of d_outcome
+-- where the delete of its user was refused. Returns the users whose rows were deleted.
+-- A delivery recorded meanwhile by another transaction fails the whole plan as a
+-- serialisation failure: retried, it is a duplicate.
+CREATE FUNCTION clerk_sync.write_plan(
+    b_user TEXT[], b_version BIGINT[], b_digest TEXT[], b_email TEXT[], b_role BOOLEAN[],
+    b_tombstone BOOLEAN[], b_attempted BOOLEAN[],
+    p_vacate TEXT[],
+    r_id TEXT[], r_name TEXT[], r_address TEXT[], r_role TEXT[], r_created TIMESTAMP[], r_updated TIMESTAMP[],
+    m_id TEXT[], m_address TEXT[],
+    p_deletes TEXT[],
+    d_id TEXT[], d_type TEXT[], d_user TEXT[], d_outcome TEXT[], d_refused TEXT[]
+) RETURNS TEXT[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_user TEXT;
+    v_done TEXT[] := '{}';
+    v_count BIGINT;
+BEGIN
+    IF cardinality(b_user) > 0 THEN
+        UPDATE clerk_sync.users s
+           SET version = n.version, digest = n.digest, email = n.email,
+               role_from_webhook = n.role,
+               deleted_at = CASE WHEN n.tombstone THEN COALESCE(s.deleted_at, now()) ELSE s.deleted_at END,
+               delete_attempted_at = CASE WHEN n.attempted THEN now() ELSE s.delete_attempted_at END
+          FROM unnest(b_user, b_version, b_digest, b_email, b_role, b_tombstone, b_attempted)
+               AS n(user_id, version, digest, email, role, tombstone, attempted)
+         WHERE s.user_id = n.user_id;
+    END IF;
+    IF cardinality(p_vacate) > 0 THEN
+        UPDATE "User" SET mail_address = id || '@moving.invalid' WHERE id = ANY(p_vacate);
+    END IF;
+    IF cardinality(r_id) > 0 THEN
+        INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
+        SELECT n.id, n.name, n.address, n.role::"Role", n.created, n.updated
+          FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated)
+               AS n(id, name, address, role, created, updated)
+         WHERE n.role IS NOT NULL
+        ON CONFLICT (id) DO UPDATE
+           SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address, role = EXCLUDED.role,
+               "createdAt" = EXCLUDED."createdAt", "updatedAt" = EXCLUDED."updatedAt";
+        INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
+        SELECT n.id, n.name, n.address, 'USER'::"Role", n.created, n.updated
+          FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated)
+               AS n(id, name, address, role, created, updated)
+         WHERE n.role IS NULL
+        ON CONFLICT (id) DO UPDATE
+           SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address,
+               "createdAt" = EXCLUDED."createdAt", "updatedAt" = EXCLUDED."updatedAt";
+    END IF;
+    IF cardinality(m_id) > 0 THEN
+        UPDATE "User" u SET mail_address = n.address
+          FROM unnest(m_id, m_address) AS n(id, address)
+         WHERE u.id = n.id;
+    END IF;
+    FOREACH v_user IN ARRAY p_deletes LOOP
+        BEGIN
+            -- A foreign key the application declared DEFERRABLE would only fail at COMMIT,
+            -- beyond this handler: check it now.
+            SET CONSTRAINTS ALL IMMEDIATE;
+            DELETE FROM "User" WHERE id = v_user;
+            v_done := v_done || v_user;
+        EXCEPTION WHEN foreign_key_violation THEN
+            NULL;
+        END;
+        UPDATE clerk_sync.users SET delete_pending = NOT (v_user = ANY(v_done))
+         WHERE user_id = v_user;
+    END LOOP;
+    IF cardinality(d_id) > 0 THEN
+        INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome)
+        SELECT n.id, n.type, n.usr,
+               CASE WHEN n.refused IS NOT NULL AND NOT (n.usr = ANY(v_done)) THEN n.refused
+                    ELSE n.outcome END
+          FROM unnest(d_id, d_type, d_user, d_outcome, d_refused)
+               AS n(id, type, usr, outcome, refused)
+        ON CONFLICT (svix_id) DO NOTHING;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        IF v_count <> cardinality(d_id) THEN
+            RAISE EXCEPTION 'a delivery of the plan was recorded concurrently; retry'
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+    END IF;
+    RETURN v_done;
+END $$;

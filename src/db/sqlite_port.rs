@@ -1,0 +1,329 @@
+//! The port on SQLite: read a snapshot, write the planned changes (see [`super::port`]).
+//! SQLite serialises writers, so the caller's `BEGIN IMMEDIATE` transaction is the only
+//! lock. Every statement is built with diesel's query builder, so that it is prepared once
+//! per connection and reused (raw SQL would be parsed again each time).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::upsert::excluded;
+
+use super::port::{moving, AppRow, Bookkeeping, Deleted, Request, Snapshot, Writes};
+use crate::domain::Role;
+
+mod schema {
+    diesel::table! {
+        /// The application's table, as Prisma created it on SQLite.
+        #[sql_name = "User"]
+        app_user (id) {
+            id -> Text,
+            name -> Nullable<Text>,
+            mail_address -> Text,
+            role -> Text,
+            #[sql_name = "createdAt"]
+            created_at -> Text,
+            #[sql_name = "updatedAt"]
+            updated_at -> Text,
+        }
+    }
+
+    diesel::table! {
+        clerk_sync_deliveries (svix_id) {
+            svix_id -> Text,
+            event_type -> Text,
+            user_id -> Nullable<Text>,
+            outcome -> Text,
+            received_at -> Text,
+        }
+    }
+
+    diesel::table! {
+        clerk_sync_users (user_id) {
+            user_id -> Text,
+            version -> BigInt,
+            digest -> Text,
+            email -> Nullable<Text>,
+            deleted_at -> Nullable<Text>,
+            delete_pending -> Bool,
+            delete_attempted_at -> Nullable<Text>,
+            role_from_webhook -> Bool,
+        }
+    }
+}
+
+use schema::app_user as u;
+use schema::clerk_sync_deliveries as d;
+use schema::clerk_sync_users as s;
+
+/// Prisma's SQLite date format.
+pub fn prisma_date(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
+}
+
+/// A date the application wrote, in ms (0 when unreadable).
+fn app_date_ms(text: &str) -> i64 {
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|d| d.with_timezone(&Utc))
+        .or_else(|_| {
+            NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc())
+        });
+    parsed.map(|d| d.timestamp_millis()).unwrap_or(0)
+}
+
+type BookkeepingColumns = (
+    s::user_id,
+    s::version,
+    s::digest,
+    s::email,
+    diesel::dsl::IsNotNull<s::deleted_at>,
+    s::delete_pending,
+    s::role_from_webhook,
+);
+
+fn bookkeeping() -> BookkeepingColumns {
+    (
+        s::user_id,
+        s::version,
+        s::digest,
+        s::email,
+        s::deleted_at.is_not_null(),
+        s::delete_pending,
+        s::role_from_webhook,
+    )
+}
+
+type BookkeepingRow = (String, i64, String, Option<String>, bool, bool, bool);
+
+fn note_bookkeeping(snapshot: &mut Snapshot, row: BookkeepingRow) {
+    let (user, version, digest, email, deleted, delete_pending, role_from_webhook) = row;
+    snapshot.users.insert(
+        user,
+        Bookkeeping {
+            version,
+            digest,
+            email,
+            deleted,
+            delete_pending,
+            role_from_webhook,
+        },
+    );
+}
+
+fn note_row(snapshot: &mut Snapshot, (id, address, updated_at): (String, String, String)) {
+    let updated_ms = app_date_ms(&updated_at);
+    snapshot.rows.insert(
+        id,
+        AppRow {
+            address,
+            updated_ms,
+        },
+    );
+}
+
+/// Makes the request's bookkeeping rows where absent and reads the snapshot (the caller
+/// holds the transaction).
+pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
+    let mut snapshot = Snapshot::default();
+    let mut addresses: Vec<String> = request.claims.clone();
+    for user in &request.users {
+        diesel::insert_into(s::table)
+            .values((s::user_id.eq(user), s::version.eq(-1_i64), s::digest.eq("")))
+            .on_conflict(s::user_id)
+            .do_nothing()
+            .execute(conn)?;
+        let row: BookkeepingRow = s::table.find(user).select(bookkeeping()).first(conn)?;
+        addresses.extend(row.3.clone());
+        note_bookkeeping(&mut snapshot, row);
+        let row: Option<(String, String, String)> = u::table
+            .find(user)
+            .select((u::id, u::mail_address, u::updated_at))
+            .first(conn)
+            .optional()?;
+        if let Some(row) = row {
+            addresses.push(row.1.clone());
+            note_row(&mut snapshot, row);
+        }
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+    for address in &addresses {
+        let holder: Option<(String, String, String)> = u::table
+            .filter(u::mail_address.eq(address))
+            .select((u::id, u::mail_address, u::updated_at))
+            .first(conn)
+            .optional()?;
+        if let Some(holder) = holder {
+            if !snapshot.users.contains_key(&holder.0) {
+                let bookkeeping: Option<BookkeepingRow> = s::table
+                    .find(&holder.0)
+                    .select(bookkeeping())
+                    .first(conn)
+                    .optional()?;
+                if let Some(row) = bookkeeping {
+                    note_bookkeeping(&mut snapshot, row);
+                }
+            }
+            note_row(&mut snapshot, holder);
+        }
+        let claimants: Vec<BookkeepingRow> = s::table
+            .filter(s::email.eq(address))
+            .select(bookkeeping())
+            .load(conn)?;
+        for claimant in claimants {
+            if !snapshot.rows.contains_key(&claimant.0) {
+                let row: Option<(String, String, String)> = u::table
+                    .find(&claimant.0)
+                    .select((u::id, u::mail_address, u::updated_at))
+                    .first(conn)
+                    .optional()?;
+                if let Some(row) = row {
+                    note_row(&mut snapshot, row);
+                }
+            }
+            if !snapshot.users.contains_key(&claimant.0) {
+                note_bookkeeping(&mut snapshot, claimant);
+            }
+        }
+    }
+    snapshot.addresses = addresses.into_iter().collect();
+    for id in &request.ids {
+        let recorded: Option<String> = d::table
+            .find(id)
+            .select(d::svix_id)
+            .first(conn)
+            .optional()?;
+        snapshot.recorded.extend(recorded);
+    }
+    Ok(snapshot)
+}
+
+/// Inserts application rows, or updates them; the role only when `$set_role` (else a new row
+/// gets what `$values` says and an existing one keeps its own).
+macro_rules! upsert_row {
+    ($conn:expr, $values:expr, $set_role:expr) => {{
+        let upsert = diesel::insert_into(u::table)
+            .values($values)
+            .on_conflict(u::id)
+            .do_update();
+        if $set_role {
+            upsert
+                .set((
+                    u::name.eq(excluded(u::name)),
+                    u::mail_address.eq(excluded(u::mail_address)),
+                    u::role.eq(excluded(u::role)),
+                    u::created_at.eq(excluded(u::created_at)),
+                    u::updated_at.eq(excluded(u::updated_at)),
+                ))
+                .execute($conn)?;
+        } else {
+            upsert
+                .set((
+                    u::name.eq(excluded(u::name)),
+                    u::mail_address.eq(excluded(u::mail_address)),
+                    u::created_at.eq(excluded(u::created_at)),
+                    u::updated_at.eq(excluded(u::updated_at)),
+                ))
+                .execute($conn)?;
+        }
+    }};
+}
+
+/// Writes `writes` in the port's order (the caller holds the transaction); answers which
+/// deletes went through.
+pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Deleted> {
+    let now = prisma_date(Utc::now());
+    for b in &writes.bookkeeping {
+        diesel::update(s::table.find(&b.user_id))
+            .set((
+                s::version.eq(b.version),
+                s::digest.eq(&b.digest),
+                s::email.eq(b.email.as_deref()),
+                s::role_from_webhook.eq(b.role_from_webhook),
+            ))
+            .execute(conn)?;
+        if b.tombstone {
+            diesel::update(s::table.find(&b.user_id).filter(s::deleted_at.is_null()))
+                .set(s::deleted_at.eq(&now))
+                .execute(conn)?;
+        }
+        if b.attempted {
+            diesel::update(s::table.find(&b.user_id))
+                .set(s::delete_attempted_at.eq(&now))
+                .execute(conn)?;
+        }
+    }
+    for id in &writes.vacate {
+        diesel::update(u::table.find(id))
+            .set(u::mail_address.eq(moving(id)))
+            .execute(conn)?;
+    }
+    for row in &writes.rows {
+        let values = (
+            u::id.eq(&row.id),
+            u::name.eq(row.name.as_deref()),
+            u::mail_address.eq(&row.address),
+            u::role.eq(row.role.unwrap_or(Role::User).as_db()),
+            u::created_at.eq(prisma_date(row.created_at)),
+            u::updated_at.eq(prisma_date(row.updated_at)),
+        );
+        upsert_row!(conn, values, row.role.is_some());
+    }
+    for (id, address) in &writes.moves {
+        diesel::update(u::table.find(id))
+            .set(u::mail_address.eq(address))
+            .execute(conn)?;
+    }
+    let mut deleted = Deleted::default();
+    for user in &writes.deletes {
+        // A savepoint, so that a refused delete leaves the rest of the transaction intact.
+        let attempt = conn.transaction(|c| diesel::delete(u::table.find(user)).execute(c));
+        let done = match attempt {
+            Ok(_) => true,
+            // SQLite reports the violation with the plain (not extended) error code, so diesel
+            // does not classify it; its message is fixed by SQLite.
+            Err(DieselError::DatabaseError(kind, info))
+                if kind == DatabaseErrorKind::ForeignKeyViolation
+                    || info.message().contains("FOREIGN KEY constraint failed") =>
+            {
+                false
+            }
+            Err(other) => return Err(other),
+        };
+        diesel::update(s::table.find(user))
+            .set(s::delete_pending.eq(!done))
+            .execute(conn)?;
+        if done {
+            deleted.0.insert(user.clone());
+        }
+    }
+    for record in &writes.record {
+        let refused = record
+            .user_id
+            .as_ref()
+            .is_some_and(|user| !deleted.0.contains(user));
+        let outcome = match record.if_refused {
+            Some(instead) if refused => instead,
+            _ => record.outcome,
+        };
+        diesel::insert_into(d::table)
+            .values((
+                d::svix_id.eq(&record.svix_id),
+                d::event_type.eq(&record.event_type),
+                d::user_id.eq(record.user_id.as_deref()),
+                d::outcome.eq(outcome.as_str()),
+                d::received_at.eq(&now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(deleted)
+}
+
+/// Deferred deletes, the longest-waiting first (SQLite sorts NULL first).
+pub fn pending_deletes(conn: &mut SqliteConnection, limit: i64) -> QueryResult<Vec<String>> {
+    s::table
+        .filter(s::delete_pending.eq(true))
+        .order((s::delete_attempted_at.asc(), s::user_id.asc()))
+        .select(s::user_id)
+        .limit(limit)
+        .load(conn)
+}

@@ -1,0 +1,685 @@
+//! The planner: every rule of [`crate::sync`], decided once, here.
+//!
+//! [`plan`] takes deliveries in order and the [`Snapshot`] a backend read under their locks,
+//! and walks the deliveries one after another over an in-memory copy of the rows and
+//! bookkeeping they can touch, exactly as applying them one by one would. It returns the
+//! outcome of each delivery and the net [`Writes`]. One delivery is a batch of one; a
+//! group commit, a replay or backfill batch, a prune and a deferred delete's retry are all
+//! planned by the same walk. No I/O, no database type, nothing async.
+//!
+//! Each rule has one function, named for it:
+//! dedup ([`Walk::deliver`]), tombstones and deferred deletes ([`Walk::delete`],
+//! [`Walk::finish_delete`]), last write wins with the digest tie-break ([`newer`]), the
+//! skip-without-email option and the role rule ([`role_after`]) in [`Walk::upsert`], the
+//! no-email placeholder ([`no_email`]), the newest claim on an address ([`Walk::claim`],
+//! [`holder_loses`]) with its displaced placeholder ([`displaced`]), and giving an address
+//! back to its newest remaining claimant ([`Walk::settle`]).
+
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use crate::db::port::{
+    AppRow, Bookkeeping, BookkeepingWrite, Record, Request, RowWrite, Snapshot, Writes,
+};
+use crate::domain::{Event, MessageId, Outcome, Role, UserChange};
+use crate::sync::{Dedup, SyncOptions};
+
+/// A delivery's outcome as planned: known now, or hanging on whether the application's
+/// foreign keys let a planned delete through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// Known.
+    Known(Outcome),
+    /// `done` if the delete of `user` went through, else `refused`.
+    OnDelete {
+        /// The user whose delete decides.
+        user: String,
+        /// The outcome when it went through.
+        done: Outcome,
+        /// The outcome when the foreign keys refused it.
+        refused: Outcome,
+    },
+}
+
+impl Planned {
+    /// The outcome, once the deletes that went through are known.
+    pub fn resolve(&self, deleted: &crate::db::port::Deleted) -> Outcome {
+        match self {
+            Planned::Known(outcome) => *outcome,
+            Planned::OnDelete {
+                user,
+                done,
+                refused,
+            } => {
+                if deleted.0.contains(user) {
+                    *done
+                } else {
+                    *refused
+                }
+            }
+        }
+    }
+}
+
+/// A plan that cannot be made: the snapshot lacks what the walk needs (a backend that did
+/// not read what its [`Request`] asked for).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the snapshot read for the plan is incomplete: {0}")]
+pub struct Incomplete(String);
+
+/// What to write for some deliveries, and what each did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The i-th delivery's outcome.
+    pub outcomes: Vec<Planned>,
+    /// The writes.
+    pub writes: Writes,
+}
+
+/// What to lock and read before planning `batch`.
+pub fn request(batch: &[(MessageId, Event)], options: SyncOptions) -> Request {
+    let mut users: Vec<String> = batch
+        .iter()
+        .filter_map(|(_, e)| e.user_id().map(|u| u.as_str().to_owned()))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut claims: Vec<String> = batch
+        .iter()
+        .filter_map(|(_, e)| change_of(e).and_then(|c| c.email.as_ref()))
+        .map(|e| e.as_str().to_owned())
+        .collect();
+    claims.sort_unstable();
+    claims.dedup();
+    let ids = match options.dedup {
+        Dedup::ById => batch.iter().map(|(id, _)| id.as_str().to_owned()).collect(),
+        Dedup::ByVersion => Vec::new(),
+    };
+    Request { users, claims, ids }
+}
+
+/// What to lock and read before retrying `user`'s deferred delete.
+pub fn retry_request(user: &str) -> Request {
+    Request {
+        users: vec![user.to_owned()],
+        ..Request::default()
+    }
+}
+
+/// Plans `batch`, in order, over `snapshot`; see the module documentation.
+pub fn plan(
+    batch: &[(MessageId, Event)],
+    snapshot: &Snapshot,
+    options: SyncOptions,
+) -> Result<Plan, Incomplete> {
+    let mut walk = Walk::new(snapshot, options);
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (id, event) in batch {
+        outcomes.push(walk.deliver(id, event)?);
+    }
+    Ok(Plan {
+        outcomes,
+        writes: walk.finish(),
+    })
+}
+
+/// Plans one retry of `user`'s deferred delete; none when it is not pending.
+pub fn plan_retry(user: &str, snapshot: &Snapshot) -> Result<Option<Plan>, Incomplete> {
+    let mut walk = Walk::new(snapshot, SyncOptions::default());
+    let state = walk.user(user)?;
+    if !state.deleted || state.pending != Pending::Yes {
+        return Ok(None);
+    }
+    walk.touch_user(user).attempted = true;
+    let outcome = walk.finish_delete(user)?;
+    Ok(Some(Plan {
+        outcomes: vec![outcome],
+        writes: walk.finish(),
+    }))
+}
+
+/// **Last write wins**: a version applies only over an older one; two versions with the
+/// same `updated_at` are ordered by their digests (byte order), so the result never
+/// depends on the order they arrive in.
+pub fn newer(change: &UserChange, than: (i64, &str)) -> bool {
+    (change.version, change.digest.as_str()) > than
+}
+
+/// **The role rule**: `public_metadata.role` when named; when not, a role an earlier
+/// webhook set goes back to `USER`, and one the application set is left alone (none).
+pub fn role_after(named: Option<Role>, set_by_webhook: bool) -> Option<Role> {
+    match named {
+        Some(role) => Some(role),
+        None if set_by_webhook => Some(Role::User),
+        None => None,
+    }
+}
+
+/// **The no-email placeholder**: what the row of a user without an address holds.
+pub fn no_email(user: &str) -> String {
+    format!("{user}@no-email.invalid")
+}
+
+/// **The displaced placeholder**: what a row holds once it lost its address to a newer
+/// claim.
+pub fn displaced(user: &str) -> String {
+    format!("{user}@displaced.invalid")
+}
+
+/// How new a holder is: the newest version clerk-sync applied for it, or, for a row the
+/// application wrote itself, its `updatedAt` to the second (the precision both backends
+/// keep alike).
+fn holder_version(bookkeeping: Option<&Bookkeeping>, row: &AppRow) -> i64 {
+    match bookkeeping {
+        Some(b) if b.version >= 0 => b.version,
+        _ => row.updated_ms.div_euclid(1000) * 1000,
+    }
+}
+
+/// **The newest claim on an address**: whether the row holding `address` gives it up to
+/// `claimant` at `version`. A tombstoned holder always does; so does a holder whose own
+/// newest version claims another address; otherwise the older one loses (the user id
+/// settling equal versions).
+fn holder_loses(
+    holder: &str,
+    bookkeeping: Option<&Bookkeeping>,
+    row: &AppRow,
+    address: &str,
+    claimant: &str,
+    version: i64,
+) -> bool {
+    let dead = bookkeeping.is_some_and(|b| b.deleted);
+    let known = bookkeeping.is_some_and(|b| b.version >= 0);
+    let claims_another = known && bookkeeping.and_then(|b| b.email.as_deref()) != Some(address);
+    dead || claims_another || (holder_version(bookkeeping, row), holder) < (version, claimant)
+}
+
+fn change_of(event: &Event) -> Option<&UserChange> {
+    match event {
+        Event::Upsert { change, .. } => Some(change),
+        _ => None,
+    }
+}
+
+/// Whether a user's refused delete is still to be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    No,
+    Yes,
+    /// Tried in this plan: pending exactly when the foreign keys refuse.
+    IfRefused,
+}
+
+/// A user's bookkeeping as the walk goes.
+#[derive(Debug, Clone)]
+struct State {
+    version: i64,
+    digest: String,
+    email: Option<String>,
+    deleted: bool,
+    pending: Pending,
+    role_from_webhook: bool,
+}
+
+impl From<&Bookkeeping> for State {
+    fn from(b: &Bookkeeping) -> Self {
+        State {
+            version: b.version,
+            digest: b.digest.clone(),
+            email: b.email.clone(),
+            deleted: b.deleted,
+            pending: if b.delete_pending {
+                Pending::Yes
+            } else {
+                Pending::No
+            },
+            role_from_webhook: b.role_from_webhook,
+        }
+    }
+}
+
+impl State {
+    fn as_bookkeeping(&self) -> Bookkeeping {
+        Bookkeeping {
+            version: self.version,
+            digest: self.digest.clone(),
+            email: self.email.clone(),
+            deleted: self.deleted,
+            delete_pending: self.pending != Pending::No,
+            role_from_webhook: self.role_from_webhook,
+        }
+    }
+}
+
+/// What the walk writes to a user's bookkeeping beyond its fields.
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks {
+    tombstone: bool,
+    attempted: bool,
+}
+
+/// A row as the walk goes.
+#[derive(Debug, Clone)]
+struct Row {
+    address: String,
+    updated_ms: i64,
+    /// The fields written by the newest applied version of this plan, if any.
+    full: Option<RowWrite>,
+}
+
+/// The walk over one snapshot.
+struct Walk<'s> {
+    snapshot: &'s Snapshot,
+    options: SyncOptions,
+    users: HashMap<String, State>,
+    rows: HashMap<String, Row>,
+    /// Who holds each address of the walk.
+    holders: HashMap<String, String>,
+    /// Who claims each locked address.
+    claimants: HashMap<String, HashSet<String>>,
+    /// Ids delivered so far in this plan.
+    seen: HashSet<String>,
+    /// Users whose bookkeeping changed, and how.
+    touched_users: BTreeMap<String, Marks>,
+    /// Rows whose address or fields changed.
+    touched_rows: HashSet<String>,
+    deletes: Vec<String>,
+    record: Vec<Record>,
+}
+
+impl<'s> Walk<'s> {
+    fn new(snapshot: &'s Snapshot, options: SyncOptions) -> Self {
+        let mut holders = HashMap::with_capacity(snapshot.rows.len());
+        let mut rows = HashMap::with_capacity(snapshot.rows.len());
+        for (id, row) in &snapshot.rows {
+            holders.insert(row.address.clone(), id.clone());
+            rows.insert(
+                id.clone(),
+                Row {
+                    address: row.address.clone(),
+                    updated_ms: row.updated_ms,
+                    full: None,
+                },
+            );
+        }
+        let mut claimants: HashMap<String, HashSet<String>> = HashMap::new();
+        for (user, b) in &snapshot.users {
+            if let Some(email) = &b.email {
+                if snapshot.addresses.contains(email) {
+                    claimants
+                        .entry(email.clone())
+                        .or_default()
+                        .insert(user.clone());
+                }
+            }
+        }
+        Walk {
+            snapshot,
+            options,
+            users: snapshot
+                .users
+                .iter()
+                .map(|(u, b)| (u.clone(), State::from(b)))
+                .collect(),
+            rows,
+            holders,
+            claimants,
+            seen: HashSet::new(),
+            touched_users: BTreeMap::new(),
+            touched_rows: HashSet::new(),
+            deletes: Vec::new(),
+            record: Vec::new(),
+        }
+    }
+
+    fn user(&self, user: &str) -> Result<&State, Incomplete> {
+        self.users
+            .get(user)
+            .ok_or_else(|| Incomplete(format!("no bookkeeping row for {user}")))
+    }
+
+    fn user_mut(&mut self, user: &str) -> Result<&mut State, Incomplete> {
+        self.users
+            .get_mut(user)
+            .ok_or_else(|| Incomplete(format!("no bookkeeping row for {user}")))
+    }
+
+    fn touch_user(&mut self, user: &str) -> &mut Marks {
+        self.touched_users.entry(user.to_owned()).or_default()
+    }
+
+    /// The address is one the walk knows every holder and claimant of: locked, or a
+    /// placeholder (`.invalid` addresses are never claims, and only their user's row can
+    /// hold one).
+    fn covers(&self, address: &str) -> bool {
+        self.snapshot.addresses.contains(address) || address.ends_with(".invalid")
+    }
+
+    /// **Dedup**: a delivery whose id was recorded before, or delivered earlier in this
+    /// plan, is a duplicate and changes nothing; by version (users read from Clerk's API),
+    /// nothing is recorded and a repeat is told by its content instead (see [`Dedup`]).
+    fn deliver(&mut self, id: &MessageId, event: &Event) -> Result<Planned, Incomplete> {
+        let by_id = self.options.dedup == Dedup::ById;
+        if by_id
+            && (self.snapshot.recorded.contains(id.as_str())
+                || !self.seen.insert(id.as_str().to_owned()))
+        {
+            return Ok(Planned::Known(Outcome::Duplicate));
+        }
+        let planned = match event {
+            Event::Ignored { .. } => Planned::Known(Outcome::Ignored),
+            Event::Delete { id: user } => self.delete(user.as_str())?,
+            Event::Upsert { change, .. } => Planned::Known(self.upsert(change)?),
+        };
+        if by_id {
+            let (outcome, if_refused) = match &planned {
+                Planned::Known(outcome) => (*outcome, None),
+                Planned::OnDelete { done, refused, .. } => (*done, Some(*refused)),
+            };
+            self.record.push(Record {
+                svix_id: id.as_str().to_owned(),
+                event_type: event.event_type().to_owned(),
+                user_id: event.user_id().map(|u| u.as_str().to_owned()),
+                outcome,
+                if_refused,
+            });
+        }
+        Ok(planned)
+    }
+
+    /// `user.created` / `user.updated`.
+    fn upsert(&mut self, change: &UserChange) -> Result<Outcome, Incomplete> {
+        let user = change.id.as_str();
+        let current = self.user(user)?.clone();
+        // **Tombstones**: Clerk never reuses a user id, so nothing revives a deleted user.
+        if current.deleted {
+            return Ok(Outcome::Stale);
+        }
+        if !newer(change, (current.version, current.digest.as_str())) {
+            let repeat = self.options.dedup == Dedup::ByVersion
+                && (change.version, change.digest.as_str())
+                    == (current.version, current.digest.as_str());
+            return Ok(if repeat {
+                Outcome::Duplicate
+            } else {
+                Outcome::Stale
+            });
+        }
+        // **Skip without email**, when configured.
+        if change.email.is_none() && self.options.skip_users_without_email {
+            return Ok(Outcome::Ignored);
+        }
+        let email = change.email.as_ref().map(|e| e.as_str().to_owned());
+        let row_address = self.rows.get(user).map(|r| r.address.clone());
+        let role = role_after(change.role, current.role_from_webhook);
+
+        // The bookkeeping: this version is the newest applied, with its claim.
+        self.set_claim(user, current.email.as_deref(), email.as_deref());
+        let state = self.user_mut(user)?;
+        state.version = change.version;
+        state.digest = change.digest.clone();
+        state.email = email.clone();
+        state.role_from_webhook = change.role.is_some();
+        self.touch_user(user);
+
+        let address = match &email {
+            None => no_email(user),
+            Some(email) => self.claim(change, email)?,
+        };
+        self.write_row(change, &address, role);
+
+        // Addresses this user let go of return to their newest remaining claimant.
+        let mut released: Vec<String> = [current.email, row_address]
+            .into_iter()
+            .flatten()
+            .filter(|a| *a != address)
+            .collect();
+        released.dedup();
+        for old in released {
+            self.settle(&old)?;
+        }
+        Ok(Outcome::Applied)
+    }
+
+    /// Moves `user`'s claim from `from` to `to` in the claimants of the locked addresses.
+    fn set_claim(&mut self, user: &str, from: Option<&str>, to: Option<&str>) {
+        if from == to {
+            return;
+        }
+        if let Some(from) = from {
+            if let Some(users) = self.claimants.get_mut(from) {
+                users.remove(user);
+            }
+        }
+        if let Some(to) = to {
+            self.claimants
+                .entry(to.to_owned())
+                .or_default()
+                .insert(user.to_owned());
+        }
+    }
+
+    /// Settles who gets `email` between the incoming user and its current holder, if any;
+    /// returns the address the incoming user's row takes.
+    fn claim(&mut self, change: &UserChange, email: &str) -> Result<String, Incomplete> {
+        let user = change.id.as_str();
+        if !self.covers(email) {
+            return Err(Incomplete(format!(
+                "the claimed address of {user} is not locked"
+            )));
+        }
+        let Some(holder) = self
+            .holders
+            .get(email)
+            .filter(|h| h.as_str() != user)
+            .cloned()
+        else {
+            return Ok(email.to_owned());
+        };
+        let row = self
+            .rows
+            .get(&holder)
+            .map(|r| AppRow {
+                address: r.address.clone(),
+                updated_ms: r.updated_ms,
+            })
+            .ok_or_else(|| Incomplete(format!("no row for the holder {holder}")))?;
+        let bookkeeping = self.users.get(&holder).map(State::as_bookkeeping);
+        if holder_loses(
+            &holder,
+            bookkeeping.as_ref(),
+            &row,
+            email,
+            user,
+            change.version,
+        ) {
+            self.move_row(&holder, displaced(&holder));
+            Ok(email.to_owned())
+        } else {
+            Ok(displaced(user))
+        }
+    }
+
+    /// Writes the row of the version just applied.
+    fn write_row(&mut self, change: &UserChange, address: &str, role: Option<Role>) {
+        let user = change.id.as_str();
+        let previous_role = self
+            .rows
+            .get(user)
+            .and_then(|row| row.full.as_ref())
+            .and_then(|full| full.role);
+        // A version that leaves the role alone keeps what an earlier version of this plan
+        // wrote.
+        let full = RowWrite {
+            id: user.to_owned(),
+            name: change.name.clone(),
+            address: address.to_owned(),
+            role: role.or(previous_role),
+            created_at: change.created_at,
+            updated_at: change.updated_at,
+        };
+        match self.rows.get_mut(user) {
+            Some(row) => {
+                row.full = Some(full);
+                row.updated_ms = change.updated_at.timestamp_millis();
+            }
+            None => {
+                self.rows.insert(
+                    user.to_owned(),
+                    Row {
+                        // Takes the address below.
+                        address: String::new(),
+                        updated_ms: change.updated_at.timestamp_millis(),
+                        full: Some(full),
+                    },
+                );
+            }
+        }
+        self.move_row(user, address.to_owned());
+        self.touched_rows.insert(user.to_owned());
+    }
+
+    /// Moves `id`'s row to `address`.
+    fn move_row(&mut self, id: &str, address: String) {
+        let Some(row) = self.rows.get_mut(id) else {
+            return;
+        };
+        if row.address == address {
+            return;
+        }
+        if self.holders.get(&row.address).is_some_and(|h| h == id) {
+            self.holders.remove(&row.address);
+        }
+        row.address.clone_from(&address);
+        if let Some(full) = &mut row.full {
+            full.address.clone_from(&address);
+        }
+        self.holders.insert(address, id.to_owned());
+        self.touched_rows.insert(id.to_owned());
+    }
+
+    /// **Giving an address back**: once nobody live holds `address`, its newest live
+    /// claimant whose row does not hold it gets it (a tombstoned holder, kept only for the
+    /// application's foreign keys, always gives it up).
+    fn settle(&mut self, address: &str) -> Result<(), Incomplete> {
+        if !self.covers(address) {
+            return Err(Incomplete(format!(
+                "a released address is not locked: {address:?}"
+            )));
+        }
+        let Some(claimants) = self.claimants.get(address) else {
+            return Ok(());
+        };
+        let best = claimants
+            .iter()
+            .filter_map(|c| {
+                let state = self.users.get(c)?;
+                let row = self.rows.get(c)?;
+                (!state.deleted && state.version >= 0 && row.address != address)
+                    .then_some((state.version, c.as_str()))
+            })
+            .max()
+            .map(|(_, c)| c.to_owned());
+        let Some(best) = best else { return Ok(()) };
+        if let Some(holder) = self.holders.get(address).cloned() {
+            let dead = self.users.get(&holder).is_some_and(|s| s.deleted);
+            if !dead {
+                return Ok(());
+            }
+            self.move_row(&holder, displaced(&holder));
+        }
+        self.move_row(&best, address.to_owned());
+        Ok(())
+    }
+
+    /// `user.deleted`: the tombstone, then the row's delete.
+    fn delete(&mut self, user: &str) -> Result<Planned, Incomplete> {
+        let state = self.user(user)?.clone();
+        if state.deleted {
+            match state.pending {
+                Pending::No => return Ok(Planned::Known(Outcome::Stale)),
+                // Tried in this plan already: the same foreign keys answer the same way.
+                Pending::IfRefused => {
+                    return Ok(Planned::OnDelete {
+                        user: user.to_owned(),
+                        done: Outcome::Stale,
+                        refused: Outcome::Deferred,
+                    })
+                }
+                Pending::Yes => {}
+            }
+        } else {
+            self.user_mut(user)?.deleted = true;
+            self.touch_user(user).tombstone = true;
+        }
+        self.finish_delete(user)
+    }
+
+    /// **Deferred deletes**: the tombstoned user's row is deleted where the application's
+    /// foreign keys allow, and kept (the delete retried later) where they refuse; either
+    /// way its address goes to its newest remaining claimant.
+    fn finish_delete(&mut self, user: &str) -> Result<Planned, Incomplete> {
+        self.user_mut(user)?.pending = Pending::IfRefused;
+        self.touch_user(user);
+        if !self.deletes.iter().any(|d| d == user) {
+            self.deletes.push(user.to_owned());
+        }
+        if let Some(address) = self.rows.get(user).map(|r| r.address.clone()) {
+            self.settle(&address)?;
+        }
+        Ok(Planned::OnDelete {
+            user: user.to_owned(),
+            done: Outcome::Applied,
+            refused: Outcome::Deferred,
+        })
+    }
+
+    /// The net writes.
+    fn finish(self) -> Writes {
+        let mut writes = Writes::default();
+        for (user, marks) in &self.touched_users {
+            let Some(state) = self.users.get(user) else {
+                continue;
+            };
+            writes.bookkeeping.push(BookkeepingWrite {
+                user_id: user.clone(),
+                version: state.version,
+                digest: state.digest.clone(),
+                email: state.email.clone(),
+                role_from_webhook: state.role_from_webhook,
+                tombstone: marks.tombstone,
+                attempted: marks.attempted,
+            });
+        }
+        let mut touched: Vec<&String> = self.touched_rows.iter().collect();
+        touched.sort_unstable();
+        // A row leaving an address another written row takes moves out of the way first.
+        let taken: HashSet<&str> = touched
+            .iter()
+            .filter_map(|id| self.rows.get(*id))
+            .map(|row| row.address.as_str())
+            .collect();
+        for id in &touched {
+            let Some(row) = self.rows.get(*id) else {
+                continue;
+            };
+            let before = self.snapshot.rows.get(*id).map(|r| r.address.as_str());
+            if let Some(before) = before {
+                if before != row.address && taken.contains(before) {
+                    writes.vacate.push((*id).clone());
+                }
+            }
+            match &row.full {
+                Some(full) => writes.rows.push(full.clone()),
+                None if before != Some(row.address.as_str()) => {
+                    writes.moves.push(((*id).clone(), row.address.clone()));
+                }
+                None => {}
+            }
+        }
+        writes.deletes = self.deletes;
+        writes.record = self.record;
+        writes
+    }
+}
