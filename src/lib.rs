@@ -14,6 +14,7 @@ pub mod routes;
 pub mod secrets;
 pub mod session;
 pub mod startup;
+pub mod state;
 pub mod sync;
 pub mod telemetry;
 pub mod verify;

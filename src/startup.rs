@@ -6,29 +6,8 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::db::{Database, DeadLetterLimits};
-use crate::metrics::Metrics;
-use crate::secrets::{Reload, SigningSecrets};
-use crate::sync::SyncOptions;
-
-/// What every handler shares; passed in `web::Data`, never global.
-#[derive(Debug)]
-pub struct AppState {
-    /// The database pool.
-    pub db: Database,
-    /// The signing secrets in force (re-read from their file, if they come from one).
-    pub secrets: SigningSecrets,
-    /// How deliveries are applied.
-    pub sync: SyncOptions,
-    /// Longest a delivery may take before it is answered 503.
-    pub deadline: Duration,
-    /// The app's metrics.
-    pub metrics: Metrics,
-    /// How many dead letters are kept at most.
-    pub dead_letters: DeadLetterLimits,
-    /// The on-demand session sync (`POST /api/auth/sync`), when a secret key is configured.
-    pub session: Option<crate::session::SessionSync>,
-}
+use crate::secrets::Reload;
+pub use crate::state::{AppState, BodyTimeout};
 
 /// How the server is run.
 #[derive(Debug, Clone)]
@@ -45,10 +24,6 @@ pub struct ServerSettings {
     /// idle keep-alive connection stays open; past it the connection is cut (408).
     pub client_timeout: Duration,
 }
-
-/// How long a request's body may take to arrive (see [`ServerSettings::client_timeout`]).
-#[derive(Debug, Clone, Copy)]
-pub struct BodyTimeout(pub Duration);
 
 /// A bound, not yet running server: the public listener and, with `--internal-bind`, the
 /// internal one.

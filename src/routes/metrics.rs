@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The exposition.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

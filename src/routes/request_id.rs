@@ -26,7 +26,7 @@ pub async fn attach(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let state = request
-        .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
         .cloned();
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.path());
     let mut response = next.call(request).instrument(span).await?;

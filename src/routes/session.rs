@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::db::{AppUser, DbError};
 use crate::domain::ClerkUserId;
 use crate::session::{SessionOutcome, SessionSync, SyncError, TokenError};
-use crate::startup::{AppState, BodyTimeout};
+use crate::state::{AppState, BodyTimeout};
 
 /// Largest body accepted: `{"userId": "user_…"}` needs a few dozen bytes.
 const BODY_LIMIT: usize = 4 * 1024;

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::db::DbError;
 use crate::domain::{Event, EventError, MessageId};
-use crate::startup::{AppState, BodyTimeout};
+use crate::state::{AppState, BodyTimeout};
 use crate::sync;
 use crate::sync::dead_letter::{self, Reason};
 use crate::verify::{self, SignatureError};
