@@ -574,7 +574,7 @@ impl Mapping {
                 );
             }
         }
-        let groups: [(&str, fn(&Fill) -> bool); 3] = [
+        let groups: [(&str, FillTest); 3] = [
             ("written", |f| {
                 !matches!(f, Fill::Database | Fill::NotWritten)
             }),
@@ -614,6 +614,9 @@ impl Mapping {
         out
     }
 }
+
+/// Whether a fill belongs to a group of the report.
+type FillTest = fn(&Fill) -> bool;
 
 fn describe_type(c: &Column) -> String {
     let mut ty = c.kind.to_string();
