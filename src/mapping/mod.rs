@@ -556,7 +556,11 @@ impl Mapping {
             "key: \"{}\", {} ({})",
             self.key.column, self.key.generation, self.key.reason
         );
-        let _ = writeln!(out, "Clerk id: \"{}\"", self.clerk_id);
+        let why = self
+            .clerk_id_column()
+            .map(|c| format!(" ({})", c.reason))
+            .unwrap_or_default();
+        let _ = writeln!(out, "Clerk id: \"{}\"{why}", self.clerk_id);
         match &self.delete {
             Delete::Hard => {
                 let _ = writeln!(out, "delete: the row is deleted");
@@ -1101,7 +1105,7 @@ impl Resolver<'_> {
     }
 
     fn run(self) -> Result<Mapping, MappingError> {
-        let (clerk_field, _clerk_reason) = self.clerk_id_field()?;
+        let (clerk_field, clerk_reason) = self.clerk_id_field()?;
         let id = self.id_field()?.ok_or_else(|| MappingError::Model {
             message: format!("{} has no @id", self.model.name),
             line: None,
@@ -1149,7 +1153,14 @@ impl Resolver<'_> {
                 fill: Fill::NotWritten,
                 reason: Reason::Nothing,
             };
-            match self.fill(field, &column, id, clerk_field, &key, &soft_columns)? {
+            match self.fill(
+                field,
+                &column,
+                id,
+                (clerk_field, &clerk_reason),
+                &key,
+                &soft_columns,
+            )? {
                 Some((fill, reason)) => {
                     column.fill = fill;
                     column.reason = reason;
@@ -1211,7 +1222,7 @@ impl Resolver<'_> {
         field: &prisma::Field,
         column: &Column,
         id: &prisma::Field,
-        clerk_field: &prisma::Field,
+        (clerk_field, clerk_reason): (&prisma::Field, &Reason),
         key: &Key,
         soft_columns: &[&str],
     ) -> Result<Option<(Fill, Reason)>, MappingError> {
@@ -1226,8 +1237,7 @@ impl Resolver<'_> {
             return Ok(Some((fill, key.reason.clone())));
         }
         if field.name == clerk_field.name {
-            let (_, reason) = self.clerk_id_field()?;
-            return Ok(Some((Fill::ClerkId, reason)));
+            return Ok(Some((Fill::ClerkId, clerk_reason.clone())));
         }
         if let Some(rule) = self.user.field(&field.name) {
             let line = Some(rule.line);

@@ -565,3 +565,16 @@ fn the_report_lists_every_column_with_its_source_and_reason() -> TestResult {
     assert!(report.contains("clerk-sync.toml line 2"), "{report}");
     Ok(())
 }
+
+#[test]
+fn load_reads_the_schema_and_config_files() -> TestResult {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/prisma");
+    let m = load(&dir.join("cuid-clerkid.prisma"), None)?;
+    assert_eq!(m.clerk_id, "clerkId");
+    let missing = load(&dir.join("no-such.prisma"), None);
+    assert!(
+        matches!(&missing, Err(MappingError::Read { path, .. }) if path.ends_with("no-such.prisma")),
+        "{missing:?}"
+    );
+    Ok(())
+}
