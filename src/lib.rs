@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod db;
 pub mod domain;
+pub mod mapping;
 pub mod metrics;
 pub mod probe;
 pub mod replay;
