@@ -3,7 +3,7 @@
 //! The walk pages `GET /v1/users` in creation order with a cursor (`starting_after` the last
 //! user seen, never a `limit` above 500), so users created meanwhile land at the end and are
 //! walked too, and users deleted meanwhile shift nothing. Each user object becomes the
-//! `user.updated` that would carry it and is applied with [`Database::apply_batch`]: the
+//! `user.updated` that would carry it and is applied with [`crate::sync::apply_bulk`]: the
 //! pages fetched while the database was busy go together into one transaction (up to
 //! [`Database::preferred_batch`] users), and up to `concurrency` transactions run at once:
 //! last write wins on Clerk's `updated_at`, tombstones hold, and the email and role rules
@@ -38,7 +38,7 @@ use serde::Deserialize;
 
 use crate::db::{Database, DbError, Walk, WalkCounts};
 use crate::domain::{ClerkUserId, Event, MessageId};
-use crate::sync::{Dedup, Outcome, SyncOptions};
+use crate::sync::{Dedup, Outcome, SyncOptions, WhenUnavailable};
 use client::{ApiError, Client};
 
 /// How far before the walk's start a user's Clerk times must lie for `--prune` to delete it.
@@ -336,34 +336,16 @@ async fn apply_page(
         return Ok(());
     }
     let n = items.len() as u64;
-    // On a task of its own, so that a caller that stops waiting never abandons the
-    // transaction half-way: it commits or rolls back by itself.
     let items: std::sync::Arc<[(MessageId, Event)]> = items.into();
-    let batch = {
-        let (db, items) = (db.clone(), std::sync::Arc::clone(&items));
-        tokio::spawn(async move { crate::sync::apply_batch(&db, items, sync).await })
-    };
-    let applied = batch
-        .await
-        .unwrap_or_else(|e| Err(DbError::Internal(format!("database task failed: {e}")).into()));
-    let decided = match applied {
-        Ok(outcomes) => {
-            for outcome in outcomes {
-                summary.count(outcome);
-            }
-            progress.advance(n);
-            return Ok(());
-        }
-        Err(failure) => {
-            tracing::warn!(error = %failure.error, committed = failure.decided.len(), "pages failed as a whole: applying the rest of their users one by one");
-            for &outcome in &failure.decided {
-                summary.count(outcome);
-            }
-            failure.decided.len()
-        }
-    };
-    for (id, event) in items.iter().skip(decided) {
-        match apply_one(db, id, event, sync).await {
+    let results = crate::sync::apply_bulk(
+        db,
+        std::sync::Arc::clone(&items),
+        sync,
+        WhenUnavailable::Stop,
+    )
+    .await;
+    for ((_, event), result) in items.iter().zip(results) {
+        match result {
             Ok(outcome) => summary.count(outcome),
             Err(DbError::Unavailable(reason)) => return Err(DbError::Unavailable(reason)),
             Err(e) => {
@@ -375,25 +357,6 @@ async fn apply_page(
     }
     progress.advance(n);
     Ok(())
-}
-
-async fn apply_one(
-    db: &Database,
-    id: &MessageId,
-    event: &Event,
-    sync: SyncOptions,
-) -> Result<Outcome, DbError> {
-    let mut delay = Duration::from_millis(200);
-    for _ in 0..4 {
-        match crate::sync::ingest(db, id, event, sync).await {
-            Err(DbError::Unavailable(_)) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            other => return other,
-        }
-    }
-    crate::sync::ingest(db, id, event, sync).await
 }
 
 /// `--dry-run`: what applying the page would do, from the bookkeeping alone.
@@ -780,28 +743,24 @@ async fn prune(
     }
     tracing::info!(users = deletes.len(), "pruning users Clerk no longer has");
     for chunk in deletes.chunks(options.page_size.max(1) as usize) {
-        let outcomes = match crate::sync::apply_batch(db, chunk.into(), options.sync).await {
-            Ok(outcomes) => outcomes,
-            Err(failure) => {
-                let mut outcomes = failure.decided;
-                for (id, event) in chunk.iter().skip(outcomes.len()) {
-                    match apply_one(db, id, event, options.sync).await {
-                        Ok(outcome) => outcomes.push(outcome),
-                        Err(e) => {
-                            summary.prune_skipped = Some(format!("pruning: {e}"));
-                            let user = event.user_id().map(ClerkUserId::as_str).unwrap_or("?");
-                            progress.note(&format!("{user}: not pruned: {e}"));
-                        }
-                    }
+        let chunk: std::sync::Arc<[(MessageId, Event)]> = chunk.into();
+        let results = crate::sync::apply_bulk(
+            db,
+            std::sync::Arc::clone(&chunk),
+            options.sync,
+            WhenUnavailable::Continue,
+        )
+        .await;
+        for ((_, event), result) in chunk.iter().zip(results) {
+            match result {
+                Ok(Outcome::Applied) => summary.pruned += 1,
+                Ok(Outcome::Deferred) => summary.deferred += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    summary.prune_skipped = Some(format!("pruning: {e}"));
+                    let user = event.user_id().map(ClerkUserId::as_str).unwrap_or("?");
+                    progress.note(&format!("{user}: not pruned: {e}"));
                 }
-                outcomes
-            }
-        };
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Applied => summary.pruned += 1,
-                Outcome::Deferred => summary.deferred += 1,
-                _ => {}
             }
         }
     }

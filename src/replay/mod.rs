@@ -19,9 +19,9 @@ use sha2::{Digest, Sha256};
 
 pub use input::{read, Item, Located};
 
-use crate::db::{Database, DbError};
+use crate::db::Database;
 use crate::domain::{Event, MessageId};
-use crate::sync::{Outcome, SyncOptions};
+use crate::sync::{Outcome, SyncOptions, WhenUnavailable};
 use crate::verify::Verifier;
 
 /// What happened to each replayed delivery.
@@ -328,31 +328,9 @@ async fn flush(
         .map(|p| (p.location, (p.id, p.event)))
         .unzip();
     let pairs: Arc<[(MessageId, Event)]> = pairs.into();
-    let decided = match crate::sync::apply_batch(db, Arc::clone(&pairs), sync).await {
-        Ok(outcomes) => {
-            for outcome in outcomes {
-                summary.count(outcome);
-                reporter.advance();
-            }
-            return summary;
-        }
-        Err(failure) => {
-            tracing::warn!(
-                error = %failure.error,
-                deliveries = pairs.len(),
-                committed = failure.decided.len(),
-                "a batch failed as a whole: applying the rest of its deliveries one by one"
-            );
-            for &outcome in &failure.decided {
-                summary.count(outcome);
-                reporter.advance();
-            }
-            failure.decided.len()
-        }
-    };
-    // Something in the batch failed: the rest one by one, so that only the culprit fails.
-    for (location, (id, event)) in locations.iter().zip(pairs.iter()).skip(decided) {
-        match apply_with_retries(db, id, event, sync).await {
+    let results = crate::sync::apply_bulk(db, pairs, sync, WhenUnavailable::Continue).await;
+    for (location, result) in locations.iter().zip(results) {
+        match result {
             Ok(outcome) => summary.count(outcome),
             Err(e) => {
                 summary.failed += 1;
@@ -362,25 +340,6 @@ async fn flush(
         reporter.advance();
     }
     summary
-}
-
-async fn apply_with_retries(
-    db: &Database,
-    id: &MessageId,
-    event: &Event,
-    sync: SyncOptions,
-) -> Result<Outcome, DbError> {
-    let mut delay = Duration::from_millis(200);
-    for _ in 0..4 {
-        match crate::sync::ingest(db, id, event, sync).await {
-            Err(DbError::Unavailable(_)) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            other => return other,
-        }
-    }
-    crate::sync::ingest(db, id, event, sync).await
 }
 
 /// Where a delivery came from, and what became of it.

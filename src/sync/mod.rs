@@ -255,3 +255,76 @@ pub async fn retry_pending_deletes(db: &Database) -> Result<PendingDeletes, DbEr
     }
     Ok(report)
 }
+
+/// What to do when a delivery of a bulk batch still finds the database unavailable after
+/// its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenUnavailable {
+    /// Go on with the next delivery (replay: each is reported on its own).
+    Continue,
+    /// Stop there: the results end with that delivery's (backfill: the walk stops, to
+    /// resume later).
+    Stop,
+}
+
+/// The apply stage that replay and backfill share: `batch` in one transaction (see
+/// [`apply_batch`]); when that fails, the deliveries it did not commit one by one, each
+/// retried while the database is unavailable, so that one bad delivery never fails its
+/// neighbours. On a task of its own, so that a caller that stops waiting never abandons a
+/// transaction half-way. The i-th result is the i-th delivery's.
+pub async fn apply_bulk(
+    db: &Database,
+    batch: Arc<[(MessageId, Event)]>,
+    options: SyncOptions,
+    when_unavailable: WhenUnavailable,
+) -> Vec<Result<Outcome, DbError>> {
+    let applied = {
+        let (db, batch) = (db.clone(), Arc::clone(&batch));
+        tokio::spawn(async move { apply_batch(&db, batch, options).await })
+            .await
+            .unwrap_or_else(|e| Err(DbError::Internal(format!("database task failed: {e}")).into()))
+    };
+    let failure = match applied {
+        Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+        Err(failure) => failure,
+    };
+    tracing::warn!(
+        error = %failure.error,
+        deliveries = batch.len(),
+        committed = failure.decided.len(),
+        "a batch failed as a whole: applying the rest of its deliveries one by one"
+    );
+    let mut results: Vec<Result<Outcome, DbError>> =
+        failure.decided.iter().copied().map(Ok).collect();
+    for (id, event) in batch.iter().skip(results.len()) {
+        let result = ingest_with_retries(db, id, event, options).await;
+        let stop = when_unavailable == WhenUnavailable::Stop
+            && matches!(result, Err(DbError::Unavailable(_)));
+        results.push(result);
+        if stop {
+            break;
+        }
+    }
+    results
+}
+
+/// [`ingest`], retried with a growing pause (0.2 s to 1.6 s) while the database is
+/// unavailable.
+pub async fn ingest_with_retries(
+    db: &Database,
+    id: &MessageId,
+    event: &Event,
+    options: SyncOptions,
+) -> Result<Outcome, DbError> {
+    let mut delay = std::time::Duration::from_millis(200);
+    for _ in 0..4 {
+        match ingest(db, id, event, options).await {
+            Err(DbError::Unavailable(_)) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    ingest(db, id, event, options).await
+}
