@@ -6,6 +6,6 @@
 -- trips.)
 \set u random(1, 20000)
 BEGIN;
-SELECT * FROM clerk_sync.lock_and_read(ARRAY['user_pgb' || :u], ARRAY['pgb' || :u || '@example.com'], ARRAY[md5(random()::text)]);
-SELECT clerk_sync.write_plan(ARRAY['user_pgb' || :u], ARRAY[(extract(epoch FROM clock_timestamp()) * 1000000)::bigint], ARRAY[md5(random()::text)], ARRAY['pgb' || :u || '@example.com'], ARRAY[false], ARRAY[false], ARRAY[false], '{}'::text[], ARRAY['user_pgb' || :u], ARRAY['Bench User'], ARRAY['pgb' || :u || '@example.com'], ARRAY[NULL::text], ARRAY[now()::timestamp], ARRAY[now()::timestamp], '{}'::text[], '{}'::text[], '{}'::text[], ARRAY[md5(random()::text)], ARRAY['user.updated'], ARRAY['user_pgb' || :u], ARRAY['applied'], ARRAY[NULL::text]);
+SELECT clerk_sync.lock_and_read(ARRAY['user_pgb' || :u], ARRAY[-1::bigint], ARRAY[''], ARRAY[NULL::text], ARRAY[false], ARRAY['pgb' || :u || '@example.com'], ARRAY[md5(random()::text)]);
+SELECT clerk_sync.write_plan(ARRAY['user_pgb' || :u], ARRAY[(extract(epoch FROM clock_timestamp()) * 1000000)::bigint], ARRAY[md5(random()::text)], ARRAY['pgb' || :u || '@example.com'], ARRAY[false], ARRAY[false], ARRAY[false], '{}'::text[], ARRAY['user_pgb' || :u], ARRAY['Bench User'], ARRAY['pgb' || :u || '@example.com'], ARRAY[NULL::text], ARRAY[now()::timestamp], ARRAY[now()::timestamp], ARRAY[false], '{}'::text[], '{}'::text[], '{}'::text[], ARRAY[md5(random()::text)], ARRAY['user.updated'], ARRAY['user_pgb' || :u], ARRAY['applied'], ARRAY[NULL::text]);
 COMMIT;

@@ -29,6 +29,11 @@ use crate::domain::{Outcome, Role};
 pub struct Request {
     /// The users whose bookkeeping rows to lock (made where absent): sorted, no repeats.
     pub users: Vec<String>,
+    /// For each of [`Self::users`], what its row holds if it has to be made now: what the
+    /// user most likely ends the unit of work with, so that a new user's row is written
+    /// once. (To the rules, a row made now is a user clerk-sync has applied nothing for;
+    /// see [`Snapshot::made`].)
+    pub initial: Vec<Bookkeeping>,
     /// The addresses the deliveries claim; locked with those the users' bookkeeping
     /// claims and their rows hold.
     pub claims: Vec<String>,
@@ -84,6 +89,9 @@ pub struct Snapshot {
     pub addresses: HashSet<String>,
     /// The request's delivery ids already recorded.
     pub recorded: HashSet<String>,
+    /// The request's users whose bookkeeping rows were made now (with their
+    /// [`Request::initial`] values, which [`Self::users`] shows as stored).
+    pub made: HashSet<String>,
     /// Bookkeeping rows: the request's users (all of them), and the holders and claimants
     /// of the locked addresses (where they have one).
     pub users: HashMap<String, Bookkeeping>,
@@ -122,6 +130,9 @@ pub struct RowWrite {
     pub address: String,
     /// `role`; none leaves an existing row's own (a new row gets `USER`).
     pub role: Option<Role>,
+    /// The row existed when its user's lock was taken (else it is a plain insert: only
+    /// clerk-sync's writers under that lock make one).
+    pub exists: bool,
     /// `createdAt`.
     pub created_at: DateTime<Utc>,
     /// `updatedAt`.

@@ -377,6 +377,11 @@ impl Pg {
         })
     }
 
+    /// How a transaction begins: `BEGIN`, and through a pooler the `SET LOCAL`s.
+    pub(super) fn begin_sql(&self) -> &str {
+        &self.begin
+    }
+
     /// Whether the pooler-safe mode is on, and why.
     pub(super) fn pooler(&self) -> Pooler {
         self.pooler

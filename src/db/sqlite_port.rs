@@ -125,12 +125,23 @@ fn note_row(snapshot: &mut Snapshot, (id, address, updated_at): (String, String,
 pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
     let mut snapshot = Snapshot::default();
     let mut addresses: Vec<String> = request.claims.clone();
-    for user in &request.users {
-        diesel::insert_into(s::table)
-            .values((s::user_id.eq(user), s::version.eq(-1_i64), s::digest.eq("")))
+    let new_user = Bookkeeping::new_user();
+    for (at, user) in request.users.iter().enumerate() {
+        let initial = request.initial.get(at).unwrap_or(&new_user);
+        let made = diesel::insert_into(s::table)
+            .values((
+                s::user_id.eq(user),
+                s::version.eq(initial.version),
+                s::digest.eq(&initial.digest),
+                s::email.eq(initial.email.as_deref()),
+                s::role_from_webhook.eq(initial.role_from_webhook),
+            ))
             .on_conflict(s::user_id)
             .do_nothing()
             .execute(conn)?;
+        if made > 0 {
+            snapshot.made.insert(user.clone());
+        }
         let row: BookkeepingRow = s::table.find(user).select(bookkeeping()).first(conn)?;
         addresses.extend(row.3.clone());
         note_bookkeeping(&mut snapshot, row);
@@ -266,7 +277,11 @@ pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Delete
             u::created_at.eq(prisma_date(row.created_at)),
             u::updated_at.eq(prisma_date(row.updated_at)),
         );
-        upsert_row!(conn, values, row.role.is_some());
+        if row.exists {
+            upsert_row!(conn, values, row.role.is_some());
+        } else {
+            diesel::insert_into(u::table).values(values).execute(conn)?;
+        }
     }
     for (id, address) in &writes.moves {
         diesel::update(u::table.find(id))

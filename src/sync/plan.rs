@@ -96,13 +96,57 @@ pub fn request(batch: &[(MessageId, Event)], options: SyncOptions) -> Request {
         Dedup::ById => batch.iter().map(|(id, _)| id.as_str().to_owned()).collect(),
         Dedup::ByVersion => Vec::new(),
     };
-    Request { users, claims, ids }
+    let initial = initial(batch, &users);
+    Request {
+        users,
+        initial,
+        claims,
+        ids,
+    }
+}
+
+/// What a new user's bookkeeping most likely holds after `batch`: its newest version's
+/// (version, digest, claim, whether it names a role); a user with a delete, the row of a user
+/// clerk-sync has applied nothing for. A guess only: the plan writes what it decides
+/// wherever the guess was wrong.
+fn initial(batch: &[(MessageId, Event)], users: &[String]) -> Vec<Bookkeeping> {
+    let mut newest: HashMap<&str, &UserChange> = HashMap::with_capacity(users.len());
+    let mut deleted: HashSet<&str> = HashSet::new();
+    for (_, event) in batch {
+        match event {
+            Event::Upsert { change, .. } => {
+                let slot = newest.entry(change.id.as_str()).or_insert(change);
+                if newer(change, (slot.version, slot.digest.as_str())) {
+                    *slot = change;
+                }
+            }
+            Event::Delete { id } => {
+                deleted.insert(id.as_str());
+            }
+            Event::Ignored { .. } => {}
+        }
+    }
+    users
+        .iter()
+        .map(|user| match newest.get(user.as_str()) {
+            Some(change) if !deleted.contains(user.as_str()) => Bookkeeping {
+                version: change.version,
+                digest: change.digest.clone(),
+                email: change.email.as_ref().map(|e| e.as_str().to_owned()),
+                deleted: false,
+                delete_pending: false,
+                role_from_webhook: change.role.is_some(),
+            },
+            _ => Bookkeeping::new_user(),
+        })
+        .collect()
 }
 
 /// What to lock and read before retrying `user`'s deferred delete.
 pub fn retry_request(user: &str) -> Request {
     Request {
         users: vec![user.to_owned()],
+        initial: vec![Bookkeeping::new_user()],
         ..Request::default()
     }
 }
@@ -303,9 +347,24 @@ impl<'s> Walk<'s> {
                 },
             );
         }
+        // A row made for this unit of work is, to the rules, a user clerk-sync has applied
+        // nothing for, whatever it was made with.
+        let new_user = Bookkeeping::new_user();
+        let users: HashMap<String, State> = snapshot
+            .users
+            .iter()
+            .map(|(u, b)| {
+                let b = if snapshot.made.contains(u) {
+                    &new_user
+                } else {
+                    b
+                };
+                (u.clone(), State::from(b))
+            })
+            .collect();
         let mut claimants: HashMap<String, HashSet<String>> = HashMap::new();
-        for (user, b) in &snapshot.users {
-            if let Some(email) = &b.email {
+        for (user, state) in &users {
+            if let Some(email) = &state.email {
                 if snapshot.addresses.contains(email) {
                     claimants
                         .entry(email.clone())
@@ -317,11 +376,7 @@ impl<'s> Walk<'s> {
         Walk {
             snapshot,
             options,
-            users: snapshot
-                .users
-                .iter()
-                .map(|(u, b)| (u.clone(), State::from(b)))
-                .collect(),
+            users,
             rows,
             holders,
             claimants,
@@ -518,6 +573,7 @@ impl<'s> Walk<'s> {
             role: role.or(previous_role),
             created_at: change.created_at,
             updated_at: change.updated_at,
+            exists: self.snapshot.rows.contains_key(user),
         };
         match self.rows.get_mut(user) {
             Some(row) => {
@@ -638,10 +694,33 @@ impl<'s> Walk<'s> {
     /// The net writes.
     fn finish(self) -> Writes {
         let mut writes = Writes::default();
-        for (user, marks) in &self.touched_users {
+        let mut touched_users = self.touched_users.clone();
+        for user in &self.snapshot.made {
+            touched_users.entry(user.clone()).or_default();
+        }
+        for (user, marks) in &touched_users {
             let Some(state) = self.users.get(user) else {
                 continue;
             };
+            // Only what changes is written (a row made for this unit of work holds what
+            // it was made with).
+            let stored = self.snapshot.users.get(user);
+            let unchanged = stored.is_some_and(|b| {
+                (
+                    b.version,
+                    b.digest.as_str(),
+                    b.email.as_deref(),
+                    b.role_from_webhook,
+                ) == (
+                    state.version,
+                    state.digest.as_str(),
+                    state.email.as_deref(),
+                    state.role_from_webhook,
+                )
+            });
+            if unchanged && !marks.tombstone && !marks.attempted {
+                continue;
+            }
             writes.bookkeeping.push(BookkeepingWrite {
                 user_id: user.clone(),
                 version: state.version,

@@ -1,6 +1,6 @@
 -- Back to the functions as 2026-11-28-000012_apply_delivery_common_case left them.
-DROP FUNCTION clerk_sync.write_plan(TEXT[], BIGINT[], TEXT[], TEXT[], BOOLEAN[], BOOLEAN[], BOOLEAN[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TIMESTAMP[], TIMESTAMP[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[]);
-DROP FUNCTION clerk_sync.lock_and_read(TEXT[], TEXT[], TEXT[]);
+DROP FUNCTION clerk_sync.write_plan(TEXT[], BIGINT[], TEXT[], TEXT[], BOOLEAN[], BOOLEAN[], BOOLEAN[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TIMESTAMP[], TIMESTAMP[], BOOLEAN[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[]);
+DROP FUNCTION clerk_sync.lock_and_read(TEXT[], BIGINT[], TEXT[], TEXT[], BOOLEAN[], TEXT[], TEXT[]);
 
 CREATE FUNCTION clerk_sync.lock_addresses(a TEXT, b TEXT, c TEXT) RETURNS VOID
 LANGUAGE plpgsql AS $$

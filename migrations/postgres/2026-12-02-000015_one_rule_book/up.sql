@@ -13,24 +13,39 @@ DROP FUNCTION clerk_sync.lock_addresses(TEXT, TEXT, TEXT);
 
 -- Locks, then reads, in one round trip:
 -- 1. the bookkeeping rows of p_users (sorted by the caller, byte order), each locked where
---    it exists (`DO UPDATE ... WHERE false` locks without writing) and made where it does not;
+--    it exists (`DO UPDATE ... WHERE false` locks without writing) and made where it does not,
+--    with the values the caller gives (i_*: what the user most likely ends with, so that a new
+--    user's row is written once);
 -- 2. an advisory lock on every address involved (p_claims, and what those users' bookkeeping
 --    claims and their rows hold), in byte order;
--- 3. the snapshot, one row per item: 'a' a locked address; 'r' a delivery id of p_ids
---    already recorded; 'b' a bookkeeping row and 'w' an application row, of the users, of
---    the holders of the locked addresses and of their claimants. A 'b' row's flags: 1
---    tombstoned, 2 delete pending, 4 role set by a webhook.
-CREATE FUNCTION clerk_sync.lock_and_read(p_users TEXT[], p_claims TEXT[], p_ids TEXT[])
-RETURNS TABLE (kind TEXT, key TEXT, address TEXT, version BIGINT, digest TEXT, flags INT, updated_ms BIGINT)
+-- 3. the snapshot, as one JSON object (one value: a typed statement diesel prepares once):
+--    "a" the locked addresses; "m" the users whose rows were made now; "r" the delivery ids of
+--    p_ids already recorded; "b" the bookkeeping rows and "w" the application rows of the
+--    users, of the holders of the locked addresses and of their claimants, as arrays
+--    [user_id, version, digest, email, tombstoned, delete pending, role set by a webhook] and
+--    [id, mail_address, "updatedAt" in ms].
+CREATE FUNCTION clerk_sync.lock_and_read(
+    p_users TEXT[], i_version BIGINT[], i_digest TEXT[], i_email TEXT[], i_role BOOLEAN[],
+    p_claims TEXT[], p_ids TEXT[])
+RETURNS TEXT
 LANGUAGE plpgsql AS $$
 DECLARE
     v_addresses TEXT[];
+    v_made TEXT[] := '{}';
+    v_ids TEXT[];
     v_locked BIGINT;
 BEGIN
     IF cardinality(p_users) > 0 THEN
-        INSERT INTO clerk_sync.users AS s (user_id, version, digest)
-        SELECT u, -1, '' FROM unnest(p_users) AS u ORDER BY u COLLATE "C"
-        ON CONFLICT (user_id) DO UPDATE SET version = s.version WHERE false;
+        -- RETURNING names only the rows made (a row that exists is locked, not written).
+        WITH made AS (
+            INSERT INTO clerk_sync.users AS s (user_id, version, digest, email, role_from_webhook)
+            SELECT * FROM unnest(p_users, i_version, i_digest, i_email, i_role)
+                    AS n(user_id, version, digest, email, role_from_webhook)
+             ORDER BY user_id COLLATE "C"
+            ON CONFLICT (user_id) DO UPDATE SET version = s.version WHERE false
+            RETURNING s.user_id
+        )
+        SELECT COALESCE(array_agg(user_id), '{}') INTO v_made FROM made;
     END IF;
     SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') INTO v_addresses FROM (
         SELECT unnest(p_claims) AS a
@@ -39,32 +54,30 @@ BEGIN
     ) AS involved WHERE a IS NOT NULL;
     SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) INTO v_locked
       FROM unnest(v_addresses) AS a;
-    RETURN QUERY
-    WITH ids AS (
+    -- Read after every lock is held.
+    SELECT COALESCE(array_agg(id), '{}') INTO v_ids FROM (
         SELECT unnest(p_users) AS id
         UNION SELECT u.id FROM "User" u WHERE u.mail_address = ANY(v_addresses)
         UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY(v_addresses)
-    )
-    SELECT 'a'::TEXT, a, NULL::TEXT, NULL::BIGINT, NULL::TEXT, NULL::INT, NULL::BIGINT
-      FROM unnest(v_addresses) AS a
-    UNION ALL
-    SELECT 'r', d.svix_id, NULL, NULL, NULL, NULL, NULL
-      FROM clerk_sync.deliveries d WHERE d.svix_id = ANY(p_ids)
-    UNION ALL
-    SELECT 'b', s.user_id, s.email, s.version, s.digest,
-           (CASE WHEN s.deleted_at IS NOT NULL THEN 1 ELSE 0 END)
-           + (CASE WHEN s.delete_pending THEN 2 ELSE 0 END)
-           + (CASE WHEN s.role_from_webhook THEN 4 ELSE 0 END),
-           NULL
-      FROM clerk_sync.users s JOIN ids ON s.user_id = ids.id
-    UNION ALL
-    SELECT 'w', u.id, u.mail_address, NULL, NULL, NULL,
-           floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT
-      FROM "User" u JOIN ids ON u.id = ids.id;
+    ) AS involved;
+    RETURN json_build_object(
+        'a', to_json(v_addresses),
+        'm', to_json(v_made),
+        'r', (SELECT COALESCE(json_agg(d.svix_id), '[]') FROM clerk_sync.deliveries d
+               WHERE d.svix_id = ANY(p_ids)),
+        'b', (SELECT COALESCE(json_agg(json_build_array(s.user_id, s.version, s.digest, s.email,
+                                                        s.deleted_at IS NOT NULL, s.delete_pending,
+                                                        s.role_from_webhook)), '[]')
+                FROM clerk_sync.users s WHERE s.user_id = ANY(v_ids)),
+        'w', (SELECT COALESCE(json_agg(json_build_array(u.id, u.mail_address,
+                                                        floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT)), '[]')
+                FROM "User" u WHERE u.id = ANY(v_ids))
+    )::TEXT;
 END $$;
 
 -- Writes a plan, in order: bookkeeping; rows moved out of the way of another row of the
--- plan; rows written (with their role, or keeping their own); rows moved; deletes tried,
+-- plan; rows written (r_new: inserted, no row having existed under the user's lock; else
+-- upserted, with their role or keeping their own); rows moved; deletes tried,
 -- each where the application's foreign keys allow (`delete_pending` says where they
 -- refused); deliveries recorded, a delivery's outcome being d_refused instead of d_outcome
 -- where the delete of its user was refused. Returns the users whose rows were deleted.
@@ -75,6 +88,7 @@ CREATE FUNCTION clerk_sync.write_plan(
     b_tombstone BOOLEAN[], b_attempted BOOLEAN[],
     p_vacate TEXT[],
     r_id TEXT[], r_name TEXT[], r_address TEXT[], r_role TEXT[], r_created TIMESTAMP[], r_updated TIMESTAMP[],
+    r_new BOOLEAN[],
     m_id TEXT[], m_address TEXT[],
     p_deletes TEXT[],
     d_id TEXT[], d_type TEXT[], d_user TEXT[], d_outcome TEXT[], d_refused TEXT[]
@@ -100,18 +114,23 @@ BEGIN
     END IF;
     IF cardinality(r_id) > 0 THEN
         INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
+        SELECT n.id, n.name, n.address, COALESCE(n.role, 'USER')::"Role", n.created, n.updated
+          FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated, r_new)
+               AS n(id, name, address, role, created, updated, new)
+         WHERE n.new;
+        INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
         SELECT n.id, n.name, n.address, n.role::"Role", n.created, n.updated
-          FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated)
-               AS n(id, name, address, role, created, updated)
-         WHERE n.role IS NOT NULL
+          FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated, r_new)
+               AS n(id, name, address, role, created, updated, new)
+         WHERE NOT n.new AND n.role IS NOT NULL
         ON CONFLICT (id) DO UPDATE
            SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address, role = EXCLUDED.role,
                "createdAt" = EXCLUDED."createdAt", "updatedAt" = EXCLUDED."updatedAt";
         INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
         SELECT n.id, n.name, n.address, 'USER'::"Role", n.created, n.updated
-          FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated)
-               AS n(id, name, address, role, created, updated)
-         WHERE n.role IS NULL
+          FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated, r_new)
+               AS n(id, name, address, role, created, updated, new)
+         WHERE NOT n.new AND n.role IS NULL
         ON CONFLICT (id) DO UPDATE
            SET name = EXCLUDED.name, mail_address = EXCLUDED.mail_address,
                "createdAt" = EXCLUDED."createdAt", "updatedAt" = EXCLUDED."updatedAt";
