@@ -9,10 +9,8 @@
 //! last write wins on Clerk's `updated_at`, tombstones hold, and the email and role rules
 //! are those of a webhook. A user object is a version, not a message: it is told by its
 //! content ([`Dedup::ByVersion`]), so the version the table already holds is `unchanged`,
-//! whichever path applied it, and nothing is recorded in `deliveries`. (A user the batch
-//! leaves to the one-by-one path — a contested address — or a batch that failed and is
-//! applied user by user goes the single-delivery way: its delivery id
-//! `backfill:<user>:<updated_at>:<digest>` is recorded, and an equal version counts `stale`.)
+//! whichever path applied it, and nothing is recorded in `deliveries` — in a batch and
+//! user by user alike (a batch that failed is applied user by user by the same rules).
 //!
 //! With each transaction's pages the cursor, their user ids and their outcomes are
 //! checkpointed in clerk-sync's tables; an interrupted walk resumes after the last applied page. Should
