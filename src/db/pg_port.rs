@@ -10,7 +10,7 @@ use chrono::NaiveDateTime;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use serde::Deserialize;
 
-use super::port::{AppRow, Bookkeeping, Deleted, Request, Snapshot, Writes};
+use super::port::{Deleted, Request, Snapshot, StoredRow, Writes};
 use super::postgres::Pg;
 use super::DbError;
 
@@ -66,10 +66,6 @@ mod functions {
     }
 }
 
-/// A bookkeeping row as `clerk_sync.lock_and_read` answers it: user, version, digest,
-/// email, tombstoned, delete pending, role set by a webhook.
-type StoredRow = (String, i64, String, Option<String>, bool, bool, bool);
-
 /// `clerk_sync.lock_and_read`'s answer.
 #[derive(Deserialize)]
 struct Read {
@@ -90,25 +86,11 @@ fn snapshot(raw: &str) -> Result<Snapshot, DbError> {
         recorded: read.r.into_iter().collect(),
         ..Snapshot::default()
     };
-    for (user, version, digest, email, deleted, delete_pending, role_from_webhook) in read.b {
-        let stored = Bookkeeping {
-            version,
-            digest,
-            email,
-            deleted,
-            delete_pending,
-            role_from_webhook,
-        };
-        snapshot.users.insert(user, stored);
+    for row in read.b {
+        snapshot.add_bookkeeping(row);
     }
     for (id, address, updated_ms) in read.w {
-        snapshot.rows.insert(
-            id,
-            AppRow {
-                address,
-                updated_ms,
-            },
-        );
+        snapshot.add_row(id, address, updated_ms);
     }
     Ok(snapshot)
 }

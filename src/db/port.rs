@@ -100,6 +100,37 @@ pub struct Snapshot {
     pub rows: HashMap<String, AppRow>,
 }
 
+/// A bookkeeping row as a backend reads it: user, version, digest, email, tombstoned,
+/// delete pending, role set by a webhook.
+pub(super) type StoredRow = (String, i64, String, Option<String>, bool, bool, bool);
+
+impl Snapshot {
+    /// Notes a bookkeeping row read.
+    pub(super) fn add_bookkeeping(&mut self, row: StoredRow) {
+        let (user, version, digest, email, deleted, delete_pending, role_from_webhook) = row;
+        let stored = Bookkeeping {
+            version,
+            digest,
+            email,
+            deleted,
+            delete_pending,
+            role_from_webhook,
+        };
+        self.users.insert(user, stored);
+    }
+
+    /// Notes an application row read.
+    pub(super) fn add_row(&mut self, id: String, address: String, updated_ms: i64) {
+        self.rows.insert(
+            id,
+            AppRow {
+                address,
+                updated_ms,
+            },
+        );
+    }
+}
+
 /// A bookkeeping row to write (it exists: the lock made it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BookkeepingWrite {

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::upsert::excluded;
 
-use super::port::{moving, AppRow, Bookkeeping, Deleted, Request, Snapshot, Writes};
+use super::port::{moving, Bookkeeping, Deleted, Request, Snapshot, StoredRow, Writes};
 use crate::domain::Role;
 
 mod schema {
@@ -92,32 +92,9 @@ fn bookkeeping() -> BookkeepingColumns {
     )
 }
 
-type BookkeepingRow = (String, i64, String, Option<String>, bool, bool, bool);
-
-fn note_bookkeeping(snapshot: &mut Snapshot, row: BookkeepingRow) {
-    let (user, version, digest, email, deleted, delete_pending, role_from_webhook) = row;
-    snapshot.users.insert(
-        user,
-        Bookkeeping {
-            version,
-            digest,
-            email,
-            deleted,
-            delete_pending,
-            role_from_webhook,
-        },
-    );
-}
-
 fn note_row(snapshot: &mut Snapshot, (id, address, updated_at): (String, String, String)) {
     let updated_ms = app_date_ms(&updated_at);
-    snapshot.rows.insert(
-        id,
-        AppRow {
-            address,
-            updated_ms,
-        },
-    );
+    snapshot.add_row(id, address, updated_ms);
 }
 
 /// Makes the request's bookkeeping rows where absent and reads the snapshot (the caller
@@ -142,9 +119,9 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
         if made > 0 {
             snapshot.made.insert(user.clone());
         }
-        let row: BookkeepingRow = s::table.find(user).select(bookkeeping()).first(conn)?;
+        let row: StoredRow = s::table.find(user).select(bookkeeping()).first(conn)?;
         addresses.extend(row.3.clone());
-        note_bookkeeping(&mut snapshot, row);
+        snapshot.add_bookkeeping(row);
         let row: Option<(String, String, String)> = u::table
             .find(user)
             .select((u::id, u::mail_address, u::updated_at))
@@ -165,18 +142,18 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
             .optional()?;
         if let Some(holder) = holder {
             if !snapshot.users.contains_key(&holder.0) {
-                let bookkeeping: Option<BookkeepingRow> = s::table
+                let bookkeeping: Option<StoredRow> = s::table
                     .find(&holder.0)
                     .select(bookkeeping())
                     .first(conn)
                     .optional()?;
                 if let Some(row) = bookkeeping {
-                    note_bookkeeping(&mut snapshot, row);
+                    snapshot.add_bookkeeping(row);
                 }
             }
             note_row(&mut snapshot, holder);
         }
-        let claimants: Vec<BookkeepingRow> = s::table
+        let claimants: Vec<StoredRow> = s::table
             .filter(s::email.eq(address))
             .select(bookkeeping())
             .load(conn)?;
@@ -192,7 +169,7 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
                 }
             }
             if !snapshot.users.contains_key(&claimant.0) {
-                note_bookkeeping(&mut snapshot, claimant);
+                snapshot.add_bookkeeping(claimant);
             }
         }
     }
