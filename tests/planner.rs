@@ -135,16 +135,27 @@ impl Version {
         }
     }
 
-    /// The row written when this version applies.
-    fn row_write(&self, address: &str, role: Option<Role>) -> RowWrite {
+    /// The row written when this version applies; `exists` when it did before the lock.
+    fn row_write(&self, address: &str, role: Option<Role>, exists: bool) -> RowWrite {
         RowWrite {
             id: self.user.clone(),
             name: self.name.clone(),
             address: address.to_owned(),
             role,
+            exists,
             created_at: at_ms(self.created),
             updated_at: at_ms(self.at),
         }
+    }
+
+    /// The row inserted when this version applies to a user without one.
+    fn row_insert(&self, address: &str, role: Option<Role>) -> RowWrite {
+        self.row_write(address, role, false)
+    }
+
+    /// The row updated when this version applies to a user with one.
+    fn row_update(&self, address: &str, role: Option<Role>) -> RowWrite {
+        self.row_write(address, role, true)
     }
 }
 
@@ -220,6 +231,13 @@ impl Snap {
         self
     }
 
+    /// A user whose bookkeeping row the lock made now, with `initial`.
+    fn made(mut self, user: &str, initial: Bookkeeping) -> Self {
+        self.0.users.insert(user.to_owned(), initial);
+        self.0.made.insert(user.to_owned());
+        self
+    }
+
     fn recorded(mut self, id: &str) -> Self {
         self.0.recorded.insert(id.to_owned());
         self
@@ -278,7 +296,7 @@ fn an_older_holder_gives_its_address_to_a_newer_claimant() {
         Writes {
             bookkeeping: vec![claim.bookkeeping_write()],
             vacate: vec!["user_old".into()],
-            rows: vec![claim.row_write(ADA, None)],
+            rows: vec![claim.row_insert(ADA, None)],
             moves: vec![("user_old".into(), displaced("user_old"))],
             deletes: vec![],
             record: vec![record("msg_1", &batch[0].1, Outcome::Applied, None)],
@@ -305,7 +323,7 @@ fn a_newer_holder_keeps_its_address_and_the_claimant_is_displaced() {
         Writes {
             // The claim is kept: the address comes back once the holder lets go of it.
             bookkeeping: vec![claim.bookkeeping_write()],
-            rows: vec![claim.row_write(&displaced("user_old"), None)],
+            rows: vec![claim.row_insert(&displaced("user_old"), None)],
             record: vec![record("msg_1", &batch[0].1, Outcome::Applied, None)],
             ..Writes::default()
         }
@@ -329,7 +347,7 @@ fn equal_versions_of_two_claimants_are_settled_by_user_id() {
         plan.writes.moves,
         vec![("user_a".into(), displaced("user_a"))]
     );
-    assert_eq!(plan.writes.rows, vec![claim.row_write(ADA, None)]);
+    assert_eq!(plan.writes.rows, vec![claim.row_insert(ADA, None)]);
 }
 
 #[test]
@@ -345,7 +363,7 @@ fn a_user_without_email_gets_the_no_email_placeholder() {
         plan.writes,
         Writes {
             bookkeeping: vec![v.bookkeeping_write()],
-            rows: vec![v.row_write(&no_email("user_x"), None)],
+            rows: vec![v.row_insert(&no_email("user_x"), None)],
             record: vec![record("msg_1", &batch[0].1, Outcome::Applied, None)],
             ..Writes::default()
         }
@@ -427,7 +445,7 @@ fn a_repeat_within_one_batch_is_a_duplicate() {
         plan.writes,
         Writes {
             bookkeeping: vec![v.bookkeeping_write()],
-            rows: vec![v.row_write(ADA, None)],
+            rows: vec![v.row_insert(ADA, None)],
             record: vec![record("msg_1", &batch[0].1, Outcome::Applied, None)],
             ..Writes::default()
         }
@@ -488,7 +506,7 @@ fn equal_versions_are_ordered_by_digest() {
     );
     for plan in [&low_first, &high_first] {
         assert_eq!(plan.writes.bookkeeping, vec![high.bookkeeping_write()]);
-        assert_eq!(plan.writes.rows, vec![high.row_write(ADA, None)]);
+        assert_eq!(plan.writes.rows, vec![high.row_insert(ADA, None)]);
     }
 }
 
@@ -595,13 +613,21 @@ fn a_second_delete_after_a_refused_one_is_deferred_and_after_a_done_one_stale() 
         refused: Outcome::Deferred,
     };
     assert_eq!(after_refused.outcomes, vec![retried]);
-    assert_eq!(after_refused.writes.deletes, vec!["user_a".to_owned()]);
     assert_eq!(
-        after_refused.writes.bookkeeping,
-        vec![BookkeepingWrite {
-            tombstone: false,
-            ..applied.bookkeeping_write()
-        }]
+        after_refused.writes,
+        Writes {
+            // The tombstone is there and nothing else of the bookkeeping changes; the
+            // delete's answer sets `delete_pending`.
+            bookkeeping: vec![],
+            deletes: vec!["user_a".into()],
+            record: vec![record(
+                "msg_del_2",
+                &again[0].1,
+                Outcome::Applied,
+                Some(Outcome::Deferred)
+            )],
+            ..Writes::default()
+        }
     );
     assert_eq!(after_done.outcomes, known(&[Outcome::Stale]));
     assert_eq!(
@@ -650,7 +676,7 @@ fn leaving_an_address_hands_it_to_the_newest_remaining_claimant() {
         Writes {
             bookkeeping: vec![moves_on.bookkeeping_write()],
             vacate: vec!["user_h".into()],
-            rows: vec![moves_on.row_write(BOB, None)],
+            rows: vec![moves_on.row_update(BOB, None)],
             moves: vec![("user_b".into(), ADA.into())],
             record: vec![record("msg_1", &batch[0].1, Outcome::Applied, None)],
             ..Writes::default()
@@ -716,7 +742,7 @@ fn a_tombstoned_holder_always_gives_its_address_up() {
         Writes {
             bookkeeping: vec![claim.bookkeeping_write()],
             vacate: vec!["user_dead".into()],
-            rows: vec![claim.row_write(ADA, None)],
+            rows: vec![claim.row_insert(ADA, None)],
             moves: vec![("user_dead".into(), displaced("user_dead"))],
             record: vec![record("msg_1", &batch[0].1, Outcome::Applied, None)],
             ..Writes::default()
@@ -738,7 +764,7 @@ fn the_role_set_by_a_webhook_goes_back_to_user_when_a_version_names_none() {
 
     assert_eq!(
         plan.writes.rows,
-        vec![silent.row_write(ADA, Some(Role::User))]
+        vec![silent.row_update(ADA, Some(Role::User))]
     );
     assert_eq!(plan.writes.bookkeeping, vec![silent.bookkeeping_write()]);
     assert!(!plan.writes.bookkeeping[0].role_from_webhook);
@@ -754,7 +780,7 @@ fn a_role_named_by_a_webhook_is_written() {
 
     assert_eq!(
         plan.writes.rows,
-        vec![admin.row_write(ADA, Some(Role::Admin))]
+        vec![admin.row_insert(ADA, Some(Role::Admin))]
     );
     assert!(plan.writes.bookkeeping[0].role_from_webhook);
 }
@@ -771,7 +797,7 @@ fn a_role_the_application_set_is_left_alone() {
 
     let plan = plan_of(&batch, snap, SyncOptions::default());
 
-    assert_eq!(plan.writes.rows, vec![silent.row_write(ADA, None)]);
+    assert_eq!(plan.writes.rows, vec![silent.row_update(ADA, None)]);
     assert!(!plan.writes.bookkeeping[0].role_from_webhook);
 }
 
@@ -791,7 +817,7 @@ fn a_role_reset_earlier_in_the_batch_is_kept_by_a_later_version_naming_none() {
     assert_eq!(plan.outcomes, known(&[Outcome::Applied, Outcome::Applied]));
     assert_eq!(
         plan.writes.rows,
-        vec![later.row_write(ADA, Some(Role::User))]
+        vec![later.row_update(ADA, Some(Role::User))]
     );
     assert_eq!(plan.writes.bookkeeping, vec![later.bookkeeping_write()]);
 }
@@ -820,14 +846,14 @@ fn an_application_row_is_as_new_as_its_updated_at_to_the_second() {
     );
 
     assert_eq!(won.writes.vacate, vec!["user_app".to_owned()]);
-    assert_eq!(won.writes.rows, vec![newer.row_write(ADA, None)]);
+    assert_eq!(won.writes.rows, vec![newer.row_insert(ADA, None)]);
     assert_eq!(
         won.writes.moves,
         vec![("user_app".into(), displaced("user_app"))]
     );
     assert_eq!(
         lost.writes.rows,
-        vec![older.row_write(&displaced("user_new"), None)]
+        vec![older.row_insert(&displaced("user_new"), None)]
     );
     assert!(lost.writes.moves.is_empty() && lost.writes.vacate.is_empty());
 }
@@ -866,7 +892,7 @@ fn by_version_the_applied_version_is_the_duplicate_and_nothing_is_recorded() {
         fresh.writes,
         Writes {
             bookkeeping: vec![newer.bookkeeping_write()],
-            rows: vec![newer.row_write(ADA, None)],
+            rows: vec![newer.row_update(ADA, None)],
             ..Writes::default()
         }
     );
@@ -897,7 +923,7 @@ fn rows_swapping_addresses_move_out_of_the_way_first() {
         Writes {
             bookkeeping: vec![a2.bookkeeping_write(), b2.bookkeeping_write()],
             vacate: vec!["user_a".into(), "user_b".into()],
-            rows: vec![a2.row_write(BOB, None), b2.row_write(ADA, None)],
+            rows: vec![a2.row_update(BOB, None), b2.row_update(ADA, None)],
             record: vec![
                 record("msg_a", &batch[0].1, Outcome::Applied, None),
                 record("msg_b", &batch[1].1, Outcome::Applied, None),
@@ -947,6 +973,123 @@ fn a_retry_of_a_pending_delete_notes_the_attempt() {
 }
 
 #[test]
+fn a_new_user_made_with_the_right_guess_is_not_written_again() {
+    let older = Version::of("user_x", 1_000).email(BOB);
+    let newest = Version::of("user_x", 2_000).email(ADA).role("admin");
+    // The newest version first: the guess is the newest, not the last.
+    let batch = [
+        (msg("msg_2"), newest.event()),
+        (msg("msg_1"), older.event()),
+    ];
+    let by_version = SyncOptions {
+        dedup: Dedup::ByVersion,
+        ..SyncOptions::default()
+    };
+
+    let req = request(&batch, SyncOptions::default());
+    assert_eq!(req.initial, vec![newest.applied()]);
+    let snap = || {
+        Snap::default()
+            .locked(&[ADA, BOB])
+            .made("user_x", newest.applied())
+    };
+    let by_id = plan_of(&batch, snap(), SyncOptions::default());
+    // By version, were the row taken for what it was made with, the newest would be the
+    // duplicate of it.
+    let by_version = plan_of(&batch, snap(), by_version);
+
+    // Made now, the user is new: its newest version applies over nothing, and what the row
+    // was made with is what it ends with, so only the application row is written.
+    assert_eq!(by_id.outcomes, known(&[Outcome::Applied, Outcome::Stale]));
+    assert_eq!(
+        by_id.writes,
+        Writes {
+            rows: vec![newest.row_insert(ADA, Some(Role::Admin))],
+            record: vec![
+                record("msg_2", &batch[0].1, Outcome::Applied, None),
+                record("msg_1", &batch[1].1, Outcome::Stale, None),
+            ],
+            ..Writes::default()
+        }
+    );
+    assert_eq!(
+        by_version.outcomes,
+        known(&[Outcome::Applied, Outcome::Stale])
+    );
+    assert_eq!(
+        by_version.writes,
+        Writes {
+            rows: vec![newest.row_insert(ADA, Some(Role::Admin))],
+            ..Writes::default()
+        }
+    );
+}
+
+#[test]
+fn a_new_user_whose_guess_was_wrong_is_corrected() {
+    let with_email = Version::of("user_x", 1_000).email(ADA);
+    let without = Version::of("user_x", 2_000);
+    let skip = SyncOptions {
+        skip_users_without_email: true,
+        ..SyncOptions::default()
+    };
+    // The newest version is ignored: the user ends with the older one...
+    let both = [
+        (msg("msg_1"), with_email.event()),
+        (msg("msg_2"), without.event()),
+    ];
+    // ...or, alone, with nothing applied.
+    let alone = [(msg("msg_2"), without.event())];
+    for batch in [&both[..], &alone[..]] {
+        assert_eq!(request(batch, skip).initial, vec![without.applied()]);
+    }
+    let snap = || {
+        Snap::default()
+            .locked(&[ADA])
+            .made("user_x", without.applied())
+    };
+
+    let corrected = plan_of(&both, snap(), skip);
+    let back_to_new = plan_of(&alone, snap(), skip);
+
+    assert_eq!(
+        corrected.outcomes,
+        known(&[Outcome::Applied, Outcome::Ignored])
+    );
+    assert_eq!(
+        corrected.writes,
+        Writes {
+            bookkeeping: vec![with_email.bookkeeping_write()],
+            rows: vec![with_email.row_insert(ADA, None)],
+            record: vec![
+                record("msg_1", &both[0].1, Outcome::Applied, None),
+                record("msg_2", &both[1].1, Outcome::Ignored, None),
+            ],
+            ..Writes::default()
+        }
+    );
+    assert_eq!(back_to_new.outcomes, known(&[Outcome::Ignored]));
+    assert_eq!(
+        back_to_new.writes,
+        Writes {
+            // Back to a user with nothing applied: a version older than the ignored one
+            // still applies later.
+            bookkeeping: vec![BookkeepingWrite {
+                user_id: "user_x".into(),
+                version: -1,
+                digest: String::new(),
+                email: None,
+                role_from_webhook: false,
+                tombstone: false,
+                attempted: false,
+            }],
+            record: vec![record("msg_2", &alone[0].1, Outcome::Ignored, None)],
+            ..Writes::default()
+        }
+    );
+}
+
+#[test]
 fn a_snapshot_missing_a_locked_address_is_refused_not_guessed() {
     let claim = Version::of("user_x", 1_000).email(ADA);
     let batch = [(msg("msg_1"), claim.event())];
@@ -964,9 +1107,10 @@ fn a_snapshot_missing_a_locked_address_is_refused_not_guessed() {
 
 #[test]
 fn the_request_locks_the_users_claims_and_ids_of_the_batch() {
+    let a = Version::of("user_a", 1).email(ADA);
     let batch = [
         (msg("msg_2"), Version::of("user_b", 1).email(BOB).event()),
-        (msg("msg_1"), Version::of("user_a", 1).email(ADA).event()),
+        (msg("msg_1"), a.event()),
         (msg("msg_3"), deletion("user_b")),
         (msg("msg_4"), unhandled()),
     ];
@@ -977,6 +1121,9 @@ fn the_request_locks_the_users_claims_and_ids_of_the_batch() {
         req,
         Request {
             users: vec!["user_a".into(), "user_b".into()],
+            // What each would most likely end with: user_a its version; user_b, deleted,
+            // the row of a user clerk-sync has applied nothing for.
+            initial: vec![a.applied(), new_user()],
             claims: vec![ADA.into(), BOB.into()],
             ids: vec![
                 "msg_2".into(),
@@ -1295,10 +1442,36 @@ fn model_retry(
 // The port on the model: lock, read, write (as src/db/port.rs documents them)
 // ---------------------------------------------------------------------------------------
 
-fn lock(db: &mut ModelDb, req: &Request) {
-    for user in &req.users {
-        db.book(user);
+/// Locks `req.users`' bookkeeping rows, making those absent with their `req.initial`
+/// values; answers which it made.
+fn lock(db: &mut ModelDb, req: &Request) -> Result<BTreeSet<String>, String> {
+    if req.initial.len() != req.users.len() {
+        return Err(format!(
+            "{} initial values for {} users",
+            req.initial.len(),
+            req.users.len()
+        ));
     }
+    let mut made = BTreeSet::new();
+    for (user, initial) in req.users.iter().zip(&req.initial) {
+        if !db.books.contains_key(user) {
+            db.books.insert(
+                user.clone(),
+                ModelBook {
+                    version: initial.version,
+                    digest: initial.digest.clone(),
+                    email: initial.email.clone(),
+                    // What a backend writes of a row it makes: no tombstone, nothing pending.
+                    deleted: false,
+                    delete_pending: false,
+                    role_from_webhook: initial.role_from_webhook,
+                    attempted: false,
+                },
+            );
+            made.insert(user.clone());
+        }
+    }
+    Ok(made)
 }
 
 fn as_bookkeeping(b: &ModelBook) -> Bookkeeping {
@@ -1319,9 +1492,10 @@ fn as_app_row(r: &ModelRow) -> AppRow {
     }
 }
 
-/// What a backend reads under `req`'s locks (taken by [`lock`]).
-fn snapshot_of(db: &ModelDb, req: &Request) -> Snapshot {
+/// What a backend reads under `req`'s locks (taken by [`lock`], which made `made`).
+fn snapshot_of(db: &ModelDb, req: &Request, made: &BTreeSet<String>) -> Snapshot {
     let mut snapshot = Snapshot::default();
+    snapshot.made.extend(made.iter().cloned());
     let mut addresses: BTreeSet<String> = req.claims.iter().cloned().collect();
     for user in &req.users {
         let book = db.books.get(user).cloned().unwrap_or_else(ModelBook::fresh);
@@ -1380,6 +1554,17 @@ fn apply_writes(
             .books
             .get_mut(&b.user_id)
             .ok_or_else(|| format!("bookkeeping of {} written but never locked", b.user_id))?;
+        // The planner writes only bookkeeping that changes.
+        let unchanged = b.version == book.version
+            && b.digest == book.digest
+            && b.email == book.email
+            && b.role_from_webhook == book.role_from_webhook;
+        if unchanged && !b.tombstone && !b.attempted {
+            return Err(format!(
+                "bookkeeping of {} written unchanged: {b:?}",
+                b.user_id
+            ));
+        }
         book.version = b.version;
         book.digest.clone_from(&b.digest);
         book.email.clone_from(&b.email);
@@ -1396,6 +1581,19 @@ fn apply_writes(
     }
     for w in &writes.rows {
         let row = match db.rows.get(&w.id) {
+            // A plain insert, under the primary key.
+            Some(_) if !w.exists => {
+                return Err(format!(
+                    "primary key violation: {} inserted, but its row exists",
+                    w.id
+                ))
+            }
+            None if w.exists => {
+                return Err(format!(
+                    "{} written as existing before the lock, but it has no row",
+                    w.id
+                ))
+            }
             Some(old) => ModelRow {
                 name: w.name.clone(),
                 address: w.address.clone(),
@@ -1749,14 +1947,14 @@ fn planner_batch(
     options: SyncOptions,
     refused: &BTreeSet<String>,
     outcomes: &mut Vec<Option<Outcome>>,
-    log: &mut Vec<Writes>,
+    log: &mut Vec<Logged>,
 ) -> Result<(), String> {
     if batch.is_empty() {
         return Ok(());
     }
     let req = request(batch, options);
-    lock(db, &req);
-    let snapshot = snapshot_of(db, &req);
+    let made = lock(db, &req)?;
+    let snapshot = snapshot_of(db, &req, &made);
     let plan = plan(batch, &snapshot, options).map_err(|e| e.to_string())?;
     if plan.outcomes.len() != batch.len() {
         return Err(format!(
@@ -1767,7 +1965,7 @@ fn planner_batch(
     }
     let deleted = apply_writes(db, &plan.writes, refused)?;
     outcomes.extend(plan.outcomes.iter().map(|p| Some(p.resolve(&deleted))));
-    log.push(plan.writes);
+    log.push((made, plan.writes));
     Ok(())
 }
 
@@ -1777,11 +1975,14 @@ fn run_planner(case: &Case, cut: impl Fn(usize) -> bool) -> Result<Run, String> 
     run_planner_logged(case, cut, &mut Vec::new())
 }
 
+/// A plan's writes, with the users whose bookkeeping rows its lock made.
+type Logged = (BTreeSet<String>, Writes);
+
 /// [`run_planner`], keeping every plan's writes in `log`.
 fn run_planner_logged(
     case: &Case,
     cut: impl Fn(usize) -> bool,
-    log: &mut Vec<Writes>,
+    log: &mut Vec<Logged>,
 ) -> Result<Run, String> {
     let options = case.options();
     let mut refused = case.refused();
@@ -1810,14 +2011,14 @@ fn run_planner_logged(
                     continue;
                 }
                 let req = retry_request(&user);
-                lock(&mut db, &req);
-                let snapshot = snapshot_of(&db, &req);
+                let made = lock(&mut db, &req)?;
+                let snapshot = snapshot_of(&db, &req, &made);
                 let plan = plan_retry(&user, &snapshot)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("the pending delete of {user} was not retried"))?;
                 let deleted = apply_writes(&mut db, &plan.writes, &refused)?;
                 outcomes.push(plan.outcomes.first().map(|p| p.resolve(&deleted)));
-                log.push(plan.writes);
+                log.push((made, plan.writes));
             }
             Op::AppEdit {
                 user,
@@ -1911,7 +2112,18 @@ fn the_generated_histories_reach_every_rule() {
         for cut in cuts {
             let mut log = Vec::new();
             run_planner_logged(&case, cut, &mut log).expect("the planner runs");
-            for w in &log {
+            for (made, w) in &log {
+                let written = |u: &String| w.bookkeeping.iter().any(|b| b.user_id == *u);
+                note(
+                    "a made user's row inserted, its bookkeeping not written again",
+                    made.iter()
+                        .any(|u| !written(u) && w.rows.iter().any(|r| r.id == *u && !r.exists)),
+                );
+                note("a made user's guess corrected", made.iter().any(written));
+                note(
+                    "a touched user's unchanged bookkeeping not written",
+                    w.deletes.iter().any(|u| !written(u)),
+                );
                 let displaced_move = |(_, a): &(String, String)| a.ends_with("@displaced.invalid");
                 note("a row vacated", !w.vacate.is_empty());
                 note(
@@ -1970,6 +2182,9 @@ fn the_generated_histories_reach_every_rule() {
         "a delete",
         "a delete hanging on the foreign keys twice",
         "a retry noted",
+        "a made user's row inserted, its bookkeeping not written again",
+        "a made user's guess corrected",
+        "a touched user's unchanged bookkeeping not written",
     ] {
         let count = seen.get(what).copied().unwrap_or(0);
         assert!(count >= 10, "{what}: {count} times\n{seen:#?}");
