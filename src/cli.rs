@@ -45,6 +45,49 @@ pub enum Command {
     /// Import every user from Clerk's Backend API through the webhook rules (resumable);
     /// with --prune, then delete the users Clerk no longer has.
     Backfill(BackfillArgs),
+    /// Print how Clerk's user maps onto the application's user model (from its Prisma
+    /// schema and clerk-sync.toml): each column, what fills it and why. Exits 1, naming the
+    /// field and the clerk-sync.toml line that would fill it, when a required column
+    /// cannot be filled.
+    Mapping(MappingArgs),
+}
+
+/// Settings of `mapping`.
+#[derive(Debug, Args)]
+pub struct MappingArgs {
+    /// The application's Prisma schema (default: prisma/schema.prisma, when it exists).
+    #[arg(long, env = "CLERK_SYNC_PRISMA_SCHEMA")]
+    pub prisma_schema: Option<PathBuf>,
+    /// The user model (default: the model named User, or the one model with a Clerk-id field).
+    #[arg(long, env = "CLERK_SYNC_MODEL")]
+    pub model: Option<String>,
+    /// clerk-sync's mapping configuration (default: clerk-sync.toml, when it exists).
+    #[arg(long, env = "CLERK_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl MappingArgs {
+    /// The schema file: the flag, else `prisma/schema.prisma` where it exists.
+    pub fn schema_path(&self) -> Option<PathBuf> {
+        self.prisma_schema
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| {
+                let default = PathBuf::from("prisma/schema.prisma");
+                default.exists().then_some(default)
+            })
+    }
+
+    /// The config file: the flag, else `clerk-sync.toml` where it exists.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| {
+                let default = PathBuf::from("clerk-sync.toml");
+                default.exists().then_some(default)
+            })
+    }
 }
 
 /// The webhook signing secret(s).

@@ -333,6 +333,41 @@ async fn replay_dead_letters(args: ReplayArgs) -> anyhow::Result<bool> {
     Ok(failing == 0)
 }
 
+/// `clerk-sync mapping`: the mapping in force, or why there is none (false).
+pub fn mapping(args: &crate::cli::MappingArgs) -> anyhow::Result<bool> {
+    use crate::mapping::{Config, Mapping, MappingError, Schema};
+    let Some(schema_path) = args.schema_path() else {
+        anyhow::bail!(
+            "no Prisma schema: pass --prisma-schema (CLERK_SYNC_PRISMA_SCHEMA), or run where \
+             prisma/schema.prisma is"
+        );
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+    };
+    let schema = Schema::parse(&read(&schema_path)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", schema_path.display()))?;
+    let config = match args.config_path() {
+        Some(path) => {
+            Config::parse(&read(&path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    match Mapping::resolve_model(&schema, &config, args.model.as_deref()) {
+        Ok(mapping) => {
+            println!("schema: {}", schema_path.display());
+            print!("{}", mapping.report());
+            Ok(true)
+        }
+        Err(unfilled @ MappingError::Unfilled { .. }) => {
+            eprintln!("clerk-sync: {}: {unfilled}", schema_path.display());
+            Ok(false)
+        }
+        Err(other) => Err(anyhow::anyhow!("{}: {other}", schema_path.display())),
+    }
+}
+
 /// `clerk-sync check`.
 pub async fn check(args: CheckArgs) -> bool {
     let bind = args

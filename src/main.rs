@@ -19,6 +19,16 @@ fn main() -> ExitCode {
         };
     }
     clerk_sync::telemetry::init(cli.log_format == "json");
+    if let Command::Mapping(args) = &cli.command {
+        return match commands::mapping(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("clerk-sync: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command {
         // The bulk commands parse, plan and write at once: a thread per core, so that
         // parsing the next pages never holds up a transaction that waits for its plan.
@@ -31,7 +41,10 @@ fn main() -> ExitCode {
                 Command::Serve(args) => commands::serve(*args).await.map(|()| true),
                 Command::Migrate(args) => commands::migrate(args).await.map(|()| true),
                 Command::Status(args) => commands::status(args).await.map(|()| true),
-                Command::Replay(_) | Command::Backfill(_) | Command::Check(_) => Ok(false),
+                Command::Replay(_)
+                | Command::Backfill(_)
+                | Command::Check(_)
+                | Command::Mapping(_) => Ok(false),
             }
         }),
     };

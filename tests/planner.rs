@@ -150,7 +150,8 @@ impl Version {
 
     /// The row inserted when this version applies to a user without one.
     fn row_insert(&self, address: &str, role: Option<Role>) -> RowWrite {
-        self.row_write(address, role, false)
+        // A new row always has a role: the one named, else USER.
+        self.row_write(address, role.or(Some(Role::User)), false)
     }
 
     /// The row updated when this version applies to a user with one.

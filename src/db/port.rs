@@ -150,7 +150,7 @@ pub struct BookkeepingWrite {
     pub attempted: bool,
 }
 
-/// An application row to insert, or update where it exists.
+/// An application row to insert, or to update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowWrite {
     /// The row's id (the Clerk user id).
@@ -159,10 +159,12 @@ pub struct RowWrite {
     pub name: Option<String>,
     /// `mail_address`.
     pub address: String,
-    /// `role`; none leaves an existing row's own (a new row gets `USER`).
+    /// `role`; none leaves an existing row's own (a new row always has one).
     pub role: Option<Role>,
-    /// The row existed when its user's lock was taken (else it is a plain insert: only
-    /// clerk-sync's writers under that lock make one).
+    /// The row existed when its user's lock was taken: it is updated (should the application
+    /// have deleted it since, the unit of work fails as transient, and the next attempt
+    /// inserts it); else it is a plain insert (only clerk-sync's writers, under that lock,
+    /// make one).
     pub exists: bool,
     /// `createdAt`.
     pub created_at: DateTime<Utc>,

@@ -6,10 +6,8 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::upsert::excluded;
 
 use super::port::{moving, Bookkeeping, Deleted, Request, Snapshot, StoredRow, Writes};
-use crate::domain::Role;
 
 mod schema {
     diesel::table! {
@@ -97,11 +95,20 @@ fn note_row(snapshot: &mut Snapshot, (id, address, updated_at): (String, String,
     snapshot.add_row(id, address, updated_ms);
 }
 
-/// Makes the request's bookkeeping rows where absent and reads the snapshot (the caller
-/// holds the transaction).
-pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
-    let mut snapshot = Snapshot::default();
-    let mut addresses: Vec<String> = request.claims.clone();
+/// Up to this many users, the snapshot is read key by key (statements prepared once); beyond
+/// it, a set of keys at a time.
+const FEW: usize = 8;
+
+/// Largest number of keys or rows per statement, well under SQLite's bound on parameters.
+const CHUNK: usize = 2_000;
+
+/// Makes the request's bookkeeping rows where absent, with their initial values; notes the
+/// ones made.
+fn make_users(
+    conn: &mut SqliteConnection,
+    request: &Request,
+    snapshot: &mut Snapshot,
+) -> QueryResult<()> {
     let new_user = Bookkeeping::new_user();
     for (at, user) in request.users.iter().enumerate() {
         let initial = request.initial.get(at).unwrap_or(&new_user);
@@ -119,6 +126,99 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
         if made > 0 {
             snapshot.made.insert(user.clone());
         }
+    }
+    Ok(())
+}
+
+/// [`read`] for many users: the same snapshot, a set of keys per statement.
+fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
+    let mut snapshot = Snapshot::default();
+    make_users(conn, request, &mut snapshot)?;
+    let mut addresses: Vec<String> = request.claims.clone();
+    for users in request.users.chunks(CHUNK) {
+        let rows: Vec<StoredRow> = s::table
+            .filter(s::user_id.eq_any(users))
+            .select(bookkeeping())
+            .load(conn)?;
+        for row in rows {
+            addresses.extend(row.3.clone());
+            snapshot.add_bookkeeping(row);
+        }
+        let rows: Vec<(String, String, String)> = u::table
+            .filter(u::id.eq_any(users))
+            .select((u::id, u::mail_address, u::updated_at))
+            .load(conn)?;
+        for row in rows {
+            addresses.push(row.1.clone());
+            note_row(&mut snapshot, row);
+        }
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+    let (mut holders, mut claimants) = (Vec::new(), Vec::new());
+    for chunk in addresses.chunks(CHUNK) {
+        let rows: Vec<(String, String, String)> = u::table
+            .filter(u::mail_address.eq_any(chunk))
+            .select((u::id, u::mail_address, u::updated_at))
+            .load(conn)?;
+        for row in rows {
+            if !snapshot.users.contains_key(&row.0) {
+                holders.push(row.0.clone());
+            }
+            note_row(&mut snapshot, row);
+        }
+        let rows: Vec<StoredRow> = s::table
+            .filter(s::email.eq_any(chunk))
+            .select(bookkeeping())
+            .load(conn)?;
+        for row in rows {
+            if !snapshot.rows.contains_key(&row.0) {
+                claimants.push(row.0.clone());
+            }
+            if !snapshot.users.contains_key(&row.0) {
+                snapshot.add_bookkeeping(row);
+            }
+        }
+    }
+    for chunk in holders.chunks(CHUNK) {
+        let rows: Vec<StoredRow> = s::table
+            .filter(s::user_id.eq_any(chunk))
+            .select(bookkeeping())
+            .load(conn)?;
+        for row in rows {
+            snapshot.add_bookkeeping(row);
+        }
+    }
+    for chunk in claimants.chunks(CHUNK) {
+        let rows: Vec<(String, String, String)> = u::table
+            .filter(u::id.eq_any(chunk))
+            .select((u::id, u::mail_address, u::updated_at))
+            .load(conn)?;
+        for row in rows {
+            note_row(&mut snapshot, row);
+        }
+    }
+    snapshot.addresses = addresses.into_iter().collect();
+    for ids in request.ids.chunks(CHUNK) {
+        let recorded: Vec<String> = d::table
+            .filter(d::svix_id.eq_any(ids))
+            .select(d::svix_id)
+            .load(conn)?;
+        snapshot.recorded.extend(recorded);
+    }
+    Ok(snapshot)
+}
+
+/// Makes the request's bookkeeping rows where absent and reads the snapshot (the caller
+/// holds the transaction).
+pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
+    if request.users.len() > FEW {
+        return read_many(conn, request);
+    }
+    let mut snapshot = Snapshot::default();
+    make_users(conn, request, &mut snapshot)?;
+    let mut addresses: Vec<String> = request.claims.clone();
+    for user in &request.users {
         let row: StoredRow = s::table.find(user).select(bookkeeping()).first(conn)?;
         addresses.extend(row.3.clone());
         snapshot.add_bookkeeping(row);
@@ -185,37 +285,6 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
     Ok(snapshot)
 }
 
-/// Inserts application rows, or updates them; the role only when `$set_role` (else a new row
-/// gets what `$values` says and an existing one keeps its own).
-macro_rules! upsert_row {
-    ($conn:expr, $values:expr, $set_role:expr) => {{
-        let upsert = diesel::insert_into(u::table)
-            .values($values)
-            .on_conflict(u::id)
-            .do_update();
-        if $set_role {
-            upsert
-                .set((
-                    u::name.eq(excluded(u::name)),
-                    u::mail_address.eq(excluded(u::mail_address)),
-                    u::role.eq(excluded(u::role)),
-                    u::created_at.eq(excluded(u::created_at)),
-                    u::updated_at.eq(excluded(u::updated_at)),
-                ))
-                .execute($conn)?;
-        } else {
-            upsert
-                .set((
-                    u::name.eq(excluded(u::name)),
-                    u::mail_address.eq(excluded(u::mail_address)),
-                    u::created_at.eq(excluded(u::created_at)),
-                    u::updated_at.eq(excluded(u::updated_at)),
-                ))
-                .execute($conn)?;
-        }
-    }};
-}
-
 /// Writes `writes` in the port's order (the caller holds the transaction); answers which
 /// deletes went through.
 pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Deleted> {
@@ -245,20 +314,41 @@ pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Delete
             .set(u::mail_address.eq(moving(id)))
             .execute(conn)?;
     }
+    let mut new_rows = Vec::new();
     for row in &writes.rows {
-        let values = (
-            u::id.eq(&row.id),
+        let (created, updated) = (prisma_date(row.created_at), prisma_date(row.updated_at));
+        if !row.exists {
+            let role = row.role.ok_or_else(|| {
+                DieselError::QueryBuilderError("a new row was planned without a role".into())
+            })?;
+            new_rows.push((
+                u::id.eq(&row.id),
+                u::name.eq(row.name.as_deref()),
+                u::mail_address.eq(&row.address),
+                u::role.eq(role.as_db()),
+                u::created_at.eq(created),
+                u::updated_at.eq(updated),
+            ));
+            continue;
+        }
+        // A role of none leaves the row's own. (SQLite's one writer holds the table since the
+        // read: the row is there.)
+        let target = u::table.find(&row.id);
+        let fields = (
             u::name.eq(row.name.as_deref()),
             u::mail_address.eq(&row.address),
-            u::role.eq(row.role.unwrap_or(Role::User).as_db()),
-            u::created_at.eq(prisma_date(row.created_at)),
-            u::updated_at.eq(prisma_date(row.updated_at)),
+            u::created_at.eq(&created),
+            u::updated_at.eq(&updated),
         );
-        if row.exists {
-            upsert_row!(conn, values, row.role.is_some());
-        } else {
-            diesel::insert_into(u::table).values(values).execute(conn)?;
-        }
+        match row.role {
+            Some(role) => diesel::update(target)
+                .set((fields, u::role.eq(role.as_db())))
+                .execute(conn)?,
+            None => diesel::update(target).set(fields).execute(conn)?,
+        };
+    }
+    for rows in new_rows.chunks(CHUNK) {
+        diesel::insert_into(u::table).values(rows).execute(conn)?;
     }
     for (id, address) in &writes.moves {
         diesel::update(u::table.find(id))
@@ -288,24 +378,29 @@ pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Delete
             deleted.0.insert(user.clone());
         }
     }
-    for record in &writes.record {
-        let refused = record
-            .user_id
-            .as_ref()
-            .is_some_and(|user| !deleted.0.contains(user));
-        let outcome = match record.if_refused {
-            Some(instead) if refused => instead,
-            _ => record.outcome,
-        };
-        diesel::insert_into(d::table)
-            .values((
+    let records: Vec<_> = writes
+        .record
+        .iter()
+        .map(|record| {
+            let refused = record
+                .user_id
+                .as_ref()
+                .is_some_and(|user| !deleted.0.contains(user));
+            let outcome = match record.if_refused {
+                Some(instead) if refused => instead,
+                _ => record.outcome,
+            };
+            (
                 d::svix_id.eq(&record.svix_id),
                 d::event_type.eq(&record.event_type),
                 d::user_id.eq(record.user_id.as_deref()),
                 d::outcome.eq(outcome.as_str()),
                 d::received_at.eq(&now),
-            ))
-            .execute(conn)?;
+            )
+        })
+        .collect();
+    for chunk in records.chunks(CHUNK) {
+        diesel::insert_into(d::table).values(chunk).execute(conn)?;
     }
     Ok(deleted)
 }

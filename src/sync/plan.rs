@@ -559,6 +559,7 @@ impl<'s> Walk<'s> {
     /// Writes the row of the version just applied.
     fn write_row(&mut self, change: &UserChange, address: &str, role: Option<Role>) {
         let user = change.id.as_str();
+        let exists = self.snapshot.rows.contains_key(user);
         let previous_role = self
             .rows
             .get(user)
@@ -570,10 +571,12 @@ impl<'s> Walk<'s> {
             id: user.to_owned(),
             name: change.name.clone(),
             address: address.to_owned(),
-            role: role.or(previous_role),
+            // A version that names no role leaves an existing row's own alone; a new row has
+            // none of its own and gets USER.
+            role: role.or(previous_role).or((!exists).then_some(Role::User)),
             created_at: change.created_at,
             updated_at: change.updated_at,
-            exists: self.snapshot.rows.contains_key(user),
+            exists,
         };
         match self.rows.get_mut(user) {
             Some(row) => {
