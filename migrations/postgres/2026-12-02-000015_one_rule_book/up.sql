@@ -28,14 +28,12 @@ CREATE FUNCTION clerk_sync.lock_and_read(
     p_users TEXT[], i_version BIGINT[], i_digest TEXT[], i_email TEXT[], i_role BOOLEAN[],
     p_claims TEXT[], p_ids TEXT[])
 RETURNS TEXT
-LANGUAGE plpgsql
--- One plan per statement for the session: planned anew for every call's arrays (as `auto`
--- keeps doing when it misjudges them), the statements cost more to plan than to run.
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_addresses TEXT[];
     v_made TEXT[] := '{}';
+    v_ids TEXT[];
+    v_locked BIGINT;
 BEGIN
     IF cardinality(p_users) > 0 THEN
         -- RETURNING names only the rows made (a row that exists is locked, not written).
@@ -49,37 +47,32 @@ BEGIN
         )
         SELECT COALESCE(array_agg(user_id), '{}') INTO v_made FROM made;
     END IF;
-    -- The addresses, locked one after another in byte order as the sort hands them over (a
-    -- volatile condition stays above the sort).
-    SELECT COALESCE(array_agg(a), '{}') INTO v_addresses FROM (
-        SELECT a FROM (
-            SELECT unnest(p_claims) AS a
-            UNION SELECT email FROM clerk_sync.users WHERE user_id = ANY(p_users)
-            UNION SELECT mail_address FROM "User" WHERE id = ANY(p_users)
-        ) AS involved WHERE a IS NOT NULL ORDER BY a COLLATE "C"
-    ) AS sorted
-     WHERE pg_advisory_xact_lock(hashtextextended(a, 7))::TEXT = '';
+    SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') INTO v_addresses FROM (
+        SELECT unnest(p_claims) AS a
+        UNION SELECT email FROM clerk_sync.users WHERE user_id = ANY(p_users)
+        UNION SELECT mail_address FROM "User" WHERE id = ANY(p_users)
+    ) AS involved WHERE a IS NOT NULL;
+    SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) INTO v_locked
+      FROM unnest(v_addresses) AS a;
     -- Read after every lock is held.
-    RETURN (
-        WITH ids AS (
-            SELECT unnest(p_users) AS id
-            UNION SELECT u.id FROM "User" u WHERE u.mail_address = ANY(v_addresses)
-            UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY(v_addresses)
-        )
-        SELECT json_build_object(
-            'a', to_json(v_addresses),
-            'm', to_json(v_made),
-            'r', (SELECT COALESCE(json_agg(d.svix_id), '[]') FROM clerk_sync.deliveries d
-                   WHERE d.svix_id = ANY(p_ids)),
-            'b', (SELECT COALESCE(json_agg(json_build_array(s.user_id, s.version, s.digest, s.email,
-                                                            s.deleted_at IS NOT NULL, s.delete_pending,
-                                                            s.role_from_webhook)), '[]')
-                    FROM clerk_sync.users s WHERE s.user_id = ANY(ARRAY(SELECT id FROM ids))),
-            'w', (SELECT COALESCE(json_agg(json_build_array(u.id, u.mail_address,
-                                                            floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT)), '[]')
-                    FROM "User" u WHERE u.id = ANY(ARRAY(SELECT id FROM ids)))
-        )::TEXT
-    );
+    SELECT COALESCE(array_agg(id), '{}') INTO v_ids FROM (
+        SELECT unnest(p_users) AS id
+        UNION SELECT u.id FROM "User" u WHERE u.mail_address = ANY(v_addresses)
+        UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY(v_addresses)
+    ) AS involved;
+    RETURN json_build_object(
+        'a', to_json(v_addresses),
+        'm', to_json(v_made),
+        'r', (SELECT COALESCE(json_agg(d.svix_id), '[]') FROM clerk_sync.deliveries d
+               WHERE d.svix_id = ANY(p_ids)),
+        'b', (SELECT COALESCE(json_agg(json_build_array(s.user_id, s.version, s.digest, s.email,
+                                                        s.deleted_at IS NOT NULL, s.delete_pending,
+                                                        s.role_from_webhook)), '[]')
+                FROM clerk_sync.users s WHERE s.user_id = ANY(v_ids)),
+        'w', (SELECT COALESCE(json_agg(json_build_array(u.id, u.mail_address,
+                                                        floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT)), '[]')
+                FROM "User" u WHERE u.id = ANY(v_ids))
+    )::TEXT;
 END $$;
 
 -- Writes a plan, in order: bookkeeping; rows moved out of the way of another row of the
@@ -100,9 +93,7 @@ CREATE FUNCTION clerk_sync.write_plan(
     p_deletes TEXT[],
     d_id TEXT[], d_type TEXT[], d_user TEXT[], d_outcome TEXT[], d_refused TEXT[]
 ) RETURNS TEXT[]
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_user TEXT;
     v_done TEXT[] := '{}';
@@ -116,9 +107,7 @@ BEGIN
                delete_attempted_at = CASE WHEN n.attempted THEN now() ELSE s.delete_attempted_at END
           FROM unnest(b_user, b_version, b_digest, b_email, b_role, b_tombstone, b_attempted)
                AS n(user_id, version, digest, email, role, tombstone, attempted)
-         -- The ANY lets the planner find the rows by their index, whatever it guesses of
-         -- the array's length (a generic plan guesses 100 and would scan the table).
-         WHERE s.user_id = n.user_id AND s.user_id = ANY(b_user);
+         WHERE s.user_id = n.user_id;
     END IF;
     IF cardinality(p_vacate) > 0 THEN
         UPDATE "User" SET mail_address = id || '@moving.invalid' WHERE id = ANY(p_vacate);
@@ -139,7 +128,7 @@ BEGIN
                "createdAt" = n.created, "updatedAt" = n.updated
           FROM unnest(r_id, r_name, r_address, r_role, r_created, r_updated, r_new)
                AS n(id, name, address, role, created, updated, new)
-         WHERE u.id = n.id AND NOT n.new AND u.id = ANY(r_id);
+         WHERE u.id = n.id AND NOT n.new;
         GET DIAGNOSTICS v_count = ROW_COUNT;
         -- A row the application deleted since the lock was taken: the next attempt inserts it.
         IF v_count <> cardinality(array_positions(r_new, false)) THEN
@@ -150,7 +139,7 @@ BEGIN
     IF cardinality(m_id) > 0 THEN
         UPDATE "User" u SET mail_address = n.address
           FROM unnest(m_id, m_address) AS n(id, address)
-         WHERE u.id = n.id AND u.id = ANY(m_id);
+         WHERE u.id = n.id;
     END IF;
     FOREACH v_user IN ARRAY p_deletes LOOP
         BEGIN
