@@ -81,12 +81,21 @@ fn the_autoincrement_shape_leaves_its_key_to_the_database_under_its_mapped_names
     let report = stdout(&output);
     assert!(output.status.success(), "{report}{}", stderr(&output));
     assert!(report.contains("table \"users\""), "{report}");
-    assert!(report.contains("key: \"id\", made by the database"), "{report}");
+    assert!(
+        report.contains("key: \"id\", made by the database"),
+        "{report}"
+    );
     assert!(report.contains("Clerk id: \"clerk_user_id\""), "{report}");
     let email = line_of(&report, "email_address");
     assert!(email.contains("primary_email; NULL when none"), "{report}");
-    assert!(line_of(&report, "avatar_url").contains("image_url"), "{report}");
-    assert!(line_of(&report, "plan").contains("default \"free\""), "{report}");
+    assert!(
+        line_of(&report, "avatar_url").contains("image_url"),
+        "{report}"
+    );
+    assert!(
+        line_of(&report, "plan").contains("default \"free\""),
+        "{report}"
+    );
 }
 
 #[test]
