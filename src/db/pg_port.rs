@@ -2,11 +2,14 @@
 //! its snapshot in one statement, `clerk_sync.write_plan` writes the plan in another (both
 //! in `migrations/postgres`, executors only: see [`super::port`]).
 //!
-//! The unit of work is three round trips: `BEGIN` pipelined with the read, the write,
-//! `COMMIT` (see [`Pg::transact`]). Through a transaction pooler (pooler-safe mode) the
-//! statement cache is off, so each statement is also prepared, within the transaction.
+//! The unit of work is two round trips: `BEGIN` pipelined with the read, then the write
+//! pipelined with `COMMIT` (see [`Pg::transact`]). The first unit of work on a connection, and
+//! every one through a transaction pooler (pooler-safe mode, where the statement cache is off
+//! and each statement is prepared within the transaction), takes three: the write, then
+//! `COMMIT`.
 
 use chrono::NaiveDateTime;
+use deadpool::managed::ObjectId;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use serde::Deserialize;
 
@@ -157,10 +160,11 @@ macro_rules! write_query {
 
 impl Pg {
     /// One unit of work: lock and read `request`, plan, write, commit (see [`super::port`]).
-    /// Three round trips: `BEGIN` (through a pooler, with its `SET LOCAL`s) pipelined with
-    /// the read (`BEGIN` goes first, so whatever the read sends comes after it), the write,
-    /// `COMMIT`. diesel does not see this transaction:
-    /// it is ended here, whatever happens.
+    /// `BEGIN` (through a pooler, with its `SET LOCAL`s) pipelined with the read (`BEGIN`
+    /// goes first, so whatever the read sends comes after it); then the write pipelined with
+    /// `COMMIT` where the write's statement is known to be prepared on the connection, else
+    /// the write and then `COMMIT`. diesel does not see this transaction: it is ended here,
+    /// whatever happens.
     pub(super) async fn transact<T, F>(
         &self,
         request: Request,
@@ -170,6 +174,7 @@ impl Pg {
         F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError>,
     {
         let mut conn = self.pool.get().await?;
+        let id = deadpool::managed::Object::id(&conn);
         let result = async {
             let (mut begin_on, mut read_on) = (&*conn, &*conn);
             let begin = begin_on.batch_execute(self.begin_sql());
@@ -182,12 +187,27 @@ impl Pg {
                 on.batch_execute("COMMIT").await?;
                 return Ok((value, Deleted::default()));
             }
-            // Not pipelined with COMMIT: a statement this connection has not prepared yet
-            // is prepared first, and a COMMIT sent meanwhile would overtake its execution.
-            let done = write_query!(&writes)
-                .get_result::<Vec<String>>(&mut on)
-                .await?;
-            on.batch_execute("COMMIT").await?;
+            let done = if self.prepared_on(id) {
+                // The write's statement is prepared on this connection: its execution is
+                // sent at once, so the COMMIT sent right after it follows it.
+                let (mut write_on, mut commit_on) = (&*conn, &*conn);
+                let write = write_query!(&writes).get_result::<Vec<String>>(&mut write_on);
+                let commit = commit_on.batch_execute("COMMIT");
+                let (done, committed) = futures_util::future::join(write, commit).await;
+                let done = done?;
+                committed?;
+                done
+            } else {
+                // Not pipelined with COMMIT: a statement this connection has not prepared
+                // yet is prepared first, and a COMMIT sent meanwhile would overtake its
+                // execution.
+                let done = write_query!(&writes)
+                    .get_result::<Vec<String>>(&mut on)
+                    .await?;
+                on.batch_execute("COMMIT").await?;
+                self.note_prepared(id);
+                done
+            };
             Ok::<_, DbError>((value, Deleted(done.into_iter().collect())))
         }
         .await;
@@ -199,5 +219,36 @@ impl Pg {
             }
         }
         result
+    }
+}
+
+/// Most connections [`Pg::note_prepared`] remembers before it starts over: the pool holds far
+/// fewer, so only connections replaced many times over are forgotten (and they then take one
+/// more round trip on their next write).
+const PREPARED_REMEMBERED: usize = 1_024;
+
+impl Pg {
+    /// Whether the write's statement was prepared on the pool connection `id` (its statement
+    /// cache keeps it for the connection's life; deadpool never reuses an id). Never
+    /// through a pooler: there nothing stays prepared.
+    fn prepared_on(&self, id: ObjectId) -> bool {
+        !self.pooler().safe()
+            && self
+                .prepared
+                .lock()
+                .is_ok_and(|prepared| prepared.contains(&id))
+    }
+
+    /// Notes that a write ran on the pool connection `id`.
+    fn note_prepared(&self, id: ObjectId) {
+        if self.pooler().safe() {
+            return;
+        }
+        if let Ok(mut prepared) = self.prepared.lock() {
+            if prepared.len() >= PREPARED_REMEMBERED {
+                prepared.clear();
+            }
+            prepared.insert(id);
+        }
     }
 }

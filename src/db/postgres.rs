@@ -54,6 +54,9 @@ pub struct Pg {
     pub(super) extension: super::Extension,
     /// [`Pg::preferred_batch`], once read from the server.
     preferred: std::sync::Arc<tokio::sync::OnceCell<usize>>,
+    /// The pool connections the port's write statement is prepared on (see `super::pg_port`).
+    pub(super) prepared:
+        std::sync::Arc<std::sync::Mutex<foldhash::HashSet<deadpool::managed::ObjectId>>>,
 }
 
 #[derive(QueryableByName)]
@@ -374,6 +377,7 @@ impl Pg {
             committers: options.committers.min(options.max_connections),
             extension: Default::default(),
             preferred: Default::default(),
+            prepared: Default::default(),
         })
     }
 
