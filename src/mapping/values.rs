@@ -39,7 +39,7 @@
 
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 
-use super::{Absent, Column, ColumnKind, Constant, Delete, EnumLabel, Fill, Mapping};
+use super::{Absent, Column, ColumnKind, Constant, DefaultValue, Delete, EnumLabel, Fill, Mapping};
 use super::{MetadataKind, Source, UserField};
 use crate::domain::UserChange;
 
@@ -313,6 +313,40 @@ impl Mapping {
             });
         }
         Ok(out)
+    }
+}
+
+impl Column {
+    /// The schema's `@default` as a value when it is a literal (text, number, boolean, enum
+    /// value, a time as text): what the database puts into a column an INSERT leaves alone, so
+    /// a backend may bind it in place of `DEFAULT`, and what the role rule puts back when a
+    /// role Clerk set is no longer named. `None` for a default only the database can make.
+    pub fn default_value(&self) -> Option<Value> {
+        match (self.default.as_ref()?, &self.kind) {
+            (DefaultValue::String(s), ColumnKind::Text) => Some(Value::Text(s.clone())),
+            (DefaultValue::String(s), ColumnKind::Uuid) => {
+                uuid::Uuid::parse_str(s).ok().map(Value::Uuid)
+            }
+            (DefaultValue::String(s), ColumnKind::Json) => {
+                serde_json::from_str(s).ok().map(Value::Json)
+            }
+            (DefaultValue::String(s), ColumnKind::DateTime { precision, .. }) => {
+                parse_time(s).map(|at| Value::Timestamp(at_precision(at, *precision)))
+            }
+            (DefaultValue::String(s), ColumnKind::Date) => {
+                parse_time(s).map(|at| Value::Date(at.date_naive()))
+            }
+            (DefaultValue::Number(n), ColumnKind::Int) => n.parse().ok().map(Value::Int),
+            (DefaultValue::Number(n), ColumnKind::BigInt) => n.parse().ok().map(Value::BigInt),
+            (DefaultValue::Number(n), ColumnKind::Float) => n.parse().ok().map(Value::Float),
+            (DefaultValue::Number(n), ColumnKind::Decimal) => Some(Value::Decimal(n.clone())),
+            (DefaultValue::Boolean(b), ColumnKind::Bool) => Some(Value::Bool(*b)),
+            (DefaultValue::EnumValue(name), ColumnKind::Enum { labels, .. }) => labels
+                .iter()
+                .find(|l| &l.name == name)
+                .map(|l| Value::Enum(l.label.clone())),
+            _ => None,
+        }
     }
 }
 

@@ -738,3 +738,25 @@ fn debug_of_the_values_shows_no_personal_data() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn literal_defaults_are_values_a_backend_may_bind_in_place_of_default() -> TestResult {
+    let m = Mapping::from_text(
+        "enum Role {\n  ADMIN @map(\"admin\")\n  USER @map(\"user\")\n}\nmodel User {\n  \
+         id String @id\n  role Role @default(USER)\n  plan String @default(\"free\")\n  \
+         credits Int @default(-1)\n  ratio Float @default(1.5)\n  beta Boolean @default(false)\n  \
+         seq Int @default(autoincrement())\n  joined DateTime @default(now())\n}\n",
+        None,
+    )?;
+    let default = |field: &str| m.field(field).and_then(Column::default_value);
+    assert_eq!(default("role"), Some(Value::Enum("user".to_owned())));
+    assert_eq!(default("plan"), Some(Value::Text("free".to_owned())));
+    assert_eq!(default("credits"), Some(Value::Int(-1)));
+    assert_eq!(default("ratio"), Some(Value::Float(1.5)));
+    assert_eq!(default("beta"), Some(Value::Bool(false)));
+    // Only the database (or the write's time) makes these.
+    assert_eq!(default("seq"), None);
+    assert_eq!(default("joined"), None);
+    assert_eq!(default("id"), None);
+    Ok(())
+}
