@@ -268,6 +268,7 @@ impl Mapping {
                         .ok_or_else(|| mismatch(column, &generation.to_string()))?;
                     Write::Value(fixed_text(column, key)?)
                 }
+                // Prisma Client's `now()` is a JavaScript `Date`: milliseconds at most.
                 Fill::InsertTime => Write::Value(time(column, now, 3)?),
                 Fill::Source { source, absent } => {
                     let value = source_value(column, source, change)?;
