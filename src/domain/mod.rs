@@ -12,7 +12,7 @@ mod user;
 
 pub use event::{Event, EventError};
 pub use outcome::Outcome;
-pub use user::{ClerkUserId, EmailAddress, Role, UserChange};
+pub use user::{ClerkUserId, EmailAddress, Role, UserChange, UserProfile};
 
 /// Lowercase hex, two digits a byte: how digests and derived ids are written (stored
 /// values compare with it, so it never changes).

@@ -1,7 +1,9 @@
 //! The user fields clerk-sync writes, derived from Clerk's user object.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
 use super::EventError;
@@ -128,6 +130,66 @@ pub struct UserChange {
     pub created_at: DateTime<Utc>,
     /// Clerk's `updated_at`.
     pub updated_at: DateTime<Utc>,
+    /// The rest of the user object a mapping may copy; shared, so a change clones cheaply.
+    pub profile: Arc<UserProfile>,
+}
+
+/// The fields of Clerk's user object beyond those the rules need, for a mapping to copy.
+///
+/// A field of an unexpected JSON type reads as absent rather than failing the event: the rules
+/// never need these, and a delivery must not be refused for a field no column takes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UserProfile {
+    /// `first_name`, as sent.
+    pub first_name: Option<String>,
+    /// `last_name`, as sent.
+    pub last_name: Option<String>,
+    /// `username`, as sent.
+    pub username: Option<String>,
+    /// `image_url`
+    pub image_url: Option<String>,
+    /// `profile_image_url` (deprecated by Clerk, still sent)
+    pub profile_image_url: Option<String>,
+    /// `external_id`
+    pub external_id: Option<String>,
+    /// `primary_email_address_id`
+    pub primary_email_address_id: Option<String>,
+    /// `primary_phone_number_id`
+    pub primary_phone_number_id: Option<String>,
+    /// The primary phone number: the entry of `phone_numbers` whose `id` is
+    /// `primary_phone_number_id`.
+    pub primary_phone: Option<String>,
+    /// `last_sign_in_at`
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+    /// `last_active_at`
+    pub last_active_at: Option<DateTime<Utc>>,
+    /// `banned`
+    pub banned: Option<bool>,
+    /// `locked`
+    pub locked: Option<bool>,
+    /// `has_image`
+    pub has_image: Option<bool>,
+    /// `two_factor_enabled`
+    pub two_factor_enabled: Option<bool>,
+    /// `password_enabled`
+    pub password_enabled: Option<bool>,
+    /// `public_metadata`
+    pub public_metadata: Option<serde_json::Value>,
+    /// `unsafe_metadata`
+    pub unsafe_metadata: Option<serde_json::Value>,
+    /// `private_metadata`
+    pub private_metadata: Option<serde_json::Value>,
+}
+
+// Names, addresses, phone numbers and metadata are personal data: only flags are shown.
+impl std::fmt::Debug for UserProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserProfile")
+            .field("banned", &self.banned)
+            .field("locked", &self.locked)
+            .field("has_phone", &self.primary_phone.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 // Names and addresses are personal data: `Debug` shows only what logs may carry.
@@ -160,6 +222,69 @@ pub(super) struct UserObject {
     email_addresses: Option<Vec<EmailAddressObject>>,
     #[serde(default)]
     public_metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    unsafe_metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    private_metadata: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    image_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    profile_image_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    external_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    primary_phone_number_id: Option<String>,
+    #[serde(default)]
+    phone_numbers: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "lenient_millis")]
+    last_sign_in_at: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_millis")]
+    last_active_at: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_flag")]
+    banned: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_flag")]
+    locked: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_flag")]
+    has_image: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_flag")]
+    two_factor_enabled: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_flag")]
+    password_enabled: Option<bool>,
+}
+
+/// A string, or absent when the field holds anything else.
+fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// Whole milliseconds, or absent when the field holds anything else.
+fn lenient_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_i64())
+}
+
+/// A boolean, or absent when the field holds anything else.
+fn lenient_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_bool())
+}
+
+/// The number of the `phone_numbers` entry whose `id` is `primary`.
+fn primary_phone(numbers: Option<&serde_json::Value>, primary: Option<&str>) -> Option<String> {
+    let primary = primary?;
+    numbers?
+        .as_array()?
+        .iter()
+        .find(|n| n.get("id").and_then(serde_json::Value::as_str) == Some(primary))?
+        .get("phone_number")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// An optional time field; one out of range reads as absent, as no rule needs it.
+fn optional_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    timestamp(ms, "").ok()
 }
 
 #[derive(Deserialize)]
@@ -247,6 +372,30 @@ impl UserObject {
         let email = email.filter(|e| !e.is_reserved());
         let role = Role::from_metadata(self.public_metadata.as_ref());
         let digest = digest(&name, email.as_ref(), role, created_at.timestamp_millis());
+        let profile = UserProfile {
+            primary_phone: primary_phone(
+                self.phone_numbers.as_ref(),
+                self.primary_phone_number_id.as_deref(),
+            ),
+            first_name: self.first_name,
+            last_name: self.last_name,
+            username: self.username,
+            image_url: self.image_url,
+            profile_image_url: self.profile_image_url,
+            external_id: self.external_id,
+            primary_email_address_id: self.primary_email_address_id,
+            primary_phone_number_id: self.primary_phone_number_id,
+            last_sign_in_at: optional_time(self.last_sign_in_at),
+            last_active_at: optional_time(self.last_active_at),
+            banned: self.banned,
+            locked: self.locked,
+            has_image: self.has_image,
+            two_factor_enabled: self.two_factor_enabled,
+            password_enabled: self.password_enabled,
+            public_metadata: self.public_metadata,
+            unsafe_metadata: self.unsafe_metadata,
+            private_metadata: self.private_metadata,
+        };
         Ok(UserChange {
             id,
             version: updated_at.timestamp_millis(),
@@ -256,6 +405,7 @@ impl UserObject {
             role,
             created_at,
             updated_at,
+            profile: Arc::new(profile),
         })
     }
 }
@@ -356,6 +506,86 @@ mod tests {
         ] {
             assert!(ClerkUserId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn change(data: serde_json::Value) -> Result<UserChange, EventError> {
+        let object: UserObject =
+            serde_json::from_value(data).map_err(|e| EventError::Malformed(e.to_string()))?;
+        object.into_change()
+    }
+
+    #[test]
+    fn the_profile_keeps_what_a_mapping_may_copy() -> Result<(), EventError> {
+        let change = change(serde_json::json!({
+            "id": "user_1", "created_at": 1, "updated_at": 2,
+            "first_name": "Ada", "image_url": "https://img.example/a.png",
+            "external_id": "ext-7", "last_sign_in_at": 1_700_000_000_123_i64,
+            "banned": true, "two_factor_enabled": false,
+            "primary_phone_number_id": "idn_b",
+            "phone_numbers": [
+                {"id": "idn_a", "phone_number": "+15550000001"},
+                {"id": "idn_b", "phone_number": "+15550000002"}
+            ],
+            "public_metadata": {"plan": "pro"},
+            "unsafe_metadata": {"bio": "hi"},
+            "private_metadata": {"stripe": {"customer": "cus_1"}}
+        }))?;
+        let p = &change.profile;
+        assert_eq!(p.first_name.as_deref(), Some("Ada"));
+        assert_eq!(p.image_url.as_deref(), Some("https://img.example/a.png"));
+        assert_eq!(p.external_id.as_deref(), Some("ext-7"));
+        assert_eq!(
+            p.last_sign_in_at.map(|t| t.timestamp_millis()),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!((p.banned, p.locked), (Some(true), None));
+        assert_eq!(p.two_factor_enabled, Some(false));
+        // The primary phone is chosen by id, not position.
+        assert_eq!(p.primary_phone.as_deref(), Some("+15550000002"));
+        assert_eq!(
+            p.private_metadata
+                .as_ref()
+                .and_then(|m| m.pointer("/stripe/customer")),
+            Some(&serde_json::json!("cus_1"))
+        );
+        assert_eq!(
+            p.unsafe_metadata.as_ref().and_then(|m| m.get("bio")),
+            Some(&serde_json::json!("hi"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_profile_field_of_an_unexpected_type_is_absent_not_an_error() -> Result<(), EventError> {
+        let change = change(serde_json::json!({
+            "id": "user_1", "created_at": 1, "updated_at": 2,
+            "image_url": 5, "banned": "no", "last_active_at": "yesterday",
+            "phone_numbers": "none", "primary_phone_number_id": "idn_a",
+            "last_sign_in_at": -5
+        }))?;
+        let p = &change.profile;
+        assert_eq!(p.image_url, None);
+        assert_eq!(p.banned, None);
+        assert_eq!(p.last_active_at, None);
+        assert_eq!(p.last_sign_in_at, None);
+        assert_eq!(p.primary_phone, None);
+        Ok(())
+    }
+
+    #[test]
+    fn debug_never_shows_the_profile_s_personal_data() -> Result<(), EventError> {
+        let change = change(serde_json::json!({
+            "id": "user_1", "created_at": 1, "updated_at": 2,
+            "first_name": "Ada", "last_name": "Lovelace",
+            "primary_phone_number_id": "idn_a",
+            "phone_numbers": [{"id": "idn_a", "phone_number": "+15550000001"}],
+            "private_metadata": {"secret": "s3cr3t"}
+        }))?;
+        let shown = format!("{change:?} {:?}", change.profile);
+        for private in ["Ada", "Lovelace", "+1555", "s3cr3t"] {
+            assert!(!shown.contains(private), "{shown}");
+        }
+        Ok(())
     }
 
     #[test]

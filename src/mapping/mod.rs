@@ -22,11 +22,15 @@
 //! A source Clerk may leave empty falls back per column ([`Absent`]): NULL when optional, the
 //! column left alone when it has a default, the empty string for other required text (the
 //! reserved `.invalid` placeholder for a required email), and otherwise the mapping is refused.
+//!
+//! What one user version then writes, column by column, is [`Mapping::values`] (see
+//! [`values`] for the policy of each type).
 
 pub mod config;
 pub mod keys;
 pub mod prisma;
 pub mod source;
+pub mod values;
 
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -35,6 +39,9 @@ pub use config::{Config, ConfigError, DeleteRule, FieldFill, FieldRule, KeyMode,
 pub use keys::{KeyGeneration, NANOID_DEFAULT_LENGTH};
 pub use prisma::{Arity, DefaultValue, FieldType, Model, Schema, SchemaError};
 pub use source::{Constant, MetadataKind, Source, UserField, ValueType};
+pub use values::{
+    sqlite_timestamp_text, AddressColumn, Assignment, RowValues, Value, ValueError, Write,
+};
 
 /// Why the mapping cannot be made.
 #[derive(Debug, thiserror::Error)]
