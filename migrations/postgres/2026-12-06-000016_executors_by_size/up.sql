@@ -27,7 +27,8 @@ DECLARE
     v_b JSON[] := '{}';
     v_w JSON[] := '{}';
     v_j JSON;
-    v_made_one TEXT;
+    v_row JSON;
+    v_at INTEGER;
     v_user TEXT;
     v_email TEXT;
     v_address TEXT;
@@ -40,34 +41,51 @@ BEGIN
         v_involved := p_claims;
         FOR i IN 1 .. cardinality(p_users) LOOP
             v_user := p_users[i];
-            -- Locks the row where it exists (`DO UPDATE ... WHERE false` writes nothing), makes
-            -- it where it does not; RETURNING names only a row made.
-            INSERT INTO clerk_sync.users AS s (user_id, version, digest, email, role_from_webhook)
-            VALUES (v_user, i_version[i], i_digest[i], i_email[i], i_role[i])
-            ON CONFLICT (user_id) DO UPDATE SET version = s.version WHERE false
-            RETURNING s.user_id INTO v_made_one;
-            IF FOUND THEN
-                v_made := v_made || v_user;
+            -- The user's lock: its bookkeeping row, locked where it exists, else made (with
+            -- its initial values) or, made meanwhile by another writer, locked.
+            SELECT s.email INTO v_email FROM clerk_sync.users s WHERE s.user_id = v_user FOR UPDATE;
+            IF NOT FOUND THEN
+                INSERT INTO clerk_sync.users AS s (user_id, version, digest, email, role_from_webhook)
+                VALUES (v_user, i_version[i], i_digest[i], i_email[i], i_role[i])
+                ON CONFLICT (user_id) DO UPDATE SET version = s.version WHERE false
+                RETURNING s.email INTO v_email;
+                IF FOUND THEN
+                    v_made := v_made || v_user;
+                ELSE
+                    SELECT s.email INTO v_email FROM clerk_sync.users s WHERE s.user_id = v_user;
+                END IF;
             END IF;
-            SELECT s.email, u.mail_address INTO v_email, v_address
-              FROM clerk_sync.users s LEFT JOIN "User" u ON u.id = s.user_id
-             WHERE s.user_id = v_user;
+            SELECT u.mail_address INTO v_address FROM "User" u WHERE u.id = v_user;
             v_involved := v_involved || v_email || v_address;
         END LOOP;
-        SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') INTO v_addresses
-          FROM (SELECT DISTINCT a FROM unnest(v_involved) AS a WHERE a IS NOT NULL) AS d;
+        -- The addresses, distinct, in byte order: by insertion for a handful (no query).
+        IF cardinality(v_involved) <= 8 THEN
+            v_addresses := '{}';
+            FOREACH v_address IN ARRAY v_involved LOOP
+                CONTINUE WHEN v_address IS NULL OR v_address = ANY(v_addresses);
+                v_at := cardinality(v_addresses);
+                WHILE v_at > 0 AND v_addresses[v_at] COLLATE "C" > v_address COLLATE "C" LOOP
+                    v_addresses[v_at + 1] := v_addresses[v_at];
+                    v_at := v_at - 1;
+                END LOOP;
+                v_addresses[v_at + 1] := v_address;
+            END LOOP;
+        ELSE
+            SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') INTO v_addresses
+              FROM (SELECT DISTINCT a FROM unnest(v_involved) AS a WHERE a IS NOT NULL) AS d;
+        END IF;
         FOREACH v_address IN ARRAY v_addresses LOOP
             v_void := pg_advisory_xact_lock(hashtextextended(v_address, 7))::text;
         END LOOP;
         -- Read after every lock is held.
         v_ids := p_users;
         FOREACH v_address IN ARRAY v_addresses LOOP
-            SELECT u.id INTO v_user FROM "User" u WHERE u.mail_address = v_address;
-            IF FOUND AND NOT (v_user = ANY(v_ids)) THEN
-                v_ids := v_ids || v_user;
-            END IF;
-            SELECT array_agg(s.user_id) INTO v_claimants
-              FROM clerk_sync.users s WHERE s.email = v_address;
+            -- The row holding the address and every user claiming it.
+            SELECT array_agg(id) INTO v_claimants FROM (
+                SELECT u.id FROM "User" u WHERE u.mail_address = v_address
+                UNION ALL
+                SELECT s.user_id FROM clerk_sync.users s WHERE s.email = v_address
+            ) AS involved;
             FOREACH v_user IN ARRAY COALESCE(v_claimants, '{}') LOOP
                 IF NOT (v_user = ANY(v_ids)) THEN
                     v_ids := v_ids || v_user;
@@ -75,17 +93,23 @@ BEGIN
             END LOOP;
         END LOOP;
         FOREACH v_user IN ARRAY v_ids LOOP
-            SELECT json_build_array(s.user_id, s.version, s.digest, s.email,
-                                    s.deleted_at IS NOT NULL, s.delete_pending, s.role_from_webhook)
-              INTO v_j FROM clerk_sync.users s WHERE s.user_id = v_user;
-            IF FOUND THEN
+            -- Its bookkeeping row and its application row, where it has them.
+            SELECT CASE WHEN s.user_id IS NOT NULL THEN
+                       json_build_array(s.user_id, s.version, s.digest, s.email,
+                                        s.deleted_at IS NOT NULL, s.delete_pending,
+                                        s.role_from_webhook) END,
+                   CASE WHEN u.id IS NOT NULL THEN
+                       json_build_array(u.id, u.mail_address,
+                                        floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT) END
+              INTO v_j, v_row
+              FROM (SELECT v_user AS id) AS k
+              LEFT JOIN clerk_sync.users s ON s.user_id = k.id
+              LEFT JOIN "User" u ON u.id = k.id;
+            IF v_j IS NOT NULL THEN
                 v_b := v_b || v_j;
             END IF;
-            SELECT json_build_array(u.id, u.mail_address,
-                                    floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT)
-              INTO v_j FROM "User" u WHERE u.id = v_user;
-            IF FOUND THEN
-                v_w := v_w || v_j;
+            IF v_row IS NOT NULL THEN
+                v_w := v_w || v_row;
             END IF;
         END LOOP;
         FOREACH v_user IN ARRAY p_ids LOOP
