@@ -609,3 +609,180 @@ pub fn pending_deletes(conn: &mut SqliteConnection, limit: i64) -> QueryResult<V
         .limit(limit)
         .load(conn)
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    use super::*;
+
+    fn bookkeeping_table() -> SqliteConnection {
+        let mut conn = SqliteConnection::establish(":memory:").expect("an in-memory database");
+        conn.batch_execute(include_str!(
+            "../../migrations/sqlite/2026-11-27-000001_bookkeeping/up.sql"
+        ))
+        .expect("the bookkeeping tables");
+        conn
+    }
+
+    fn planned(user: &str, tombstone: bool, attempted: bool) -> BookkeepingWrite {
+        BookkeepingWrite {
+            user_id: user.to_owned(),
+            version: 7,
+            digest: "d7".to_owned(),
+            email: Some(format!("{user}@example.com")),
+            role_from_webhook: true,
+            tombstone,
+            attempted,
+        }
+    }
+
+    type Stored = (
+        String,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
+
+    fn stored(conn: &mut SqliteConnection) -> Vec<Stored> {
+        s::table
+            .order(s::user_id)
+            .select((
+                s::user_id,
+                s::version,
+                s::digest,
+                s::email,
+                s::deleted_at,
+                s::delete_attempted_at,
+                s::role_from_webhook,
+            ))
+            .load(conn)
+            .expect("the bookkeeping rows")
+    }
+
+    /// Many bookkeeping rows (one statement) and a few (one each) are written alike: the
+    /// planned columns, a tombstone only where none is there, an attempt only where asked.
+    #[test]
+    fn many_bookkeeping_rows_are_written_as_a_few_are() {
+        for many in [false, true] {
+            let mut conn = bookkeeping_table();
+            let users: Vec<String> = (0..if many { 3 * ONE_BY_ONE } else { 4 })
+                .map(|i| format!("user_{i:02}"))
+                .collect();
+            for user in &users {
+                diesel::insert_into(s::table)
+                    .values((s::user_id.eq(user), s::version.eq(1), s::digest.eq("d1")))
+                    .execute(&mut conn)
+                    .expect("a row");
+            }
+            // The first user's tombstone and attempt are older than this write.
+            diesel::update(s::table.find(&users[0]))
+                .set((s::deleted_at.eq("then"), s::delete_attempted_at.eq("then")))
+                .execute(&mut conn)
+                .expect("an old tombstone");
+            let writes: Vec<BookkeepingWrite> = users
+                .iter()
+                .enumerate()
+                .map(|(i, user)| planned(user, i % 2 == 0, i % 3 == 0))
+                .collect();
+
+            write_bookkeeping(&mut conn, &writes, "now").expect("the write");
+
+            let rows = stored(&mut conn);
+            assert_eq!(rows.len(), users.len());
+            for (i, row) in rows.into_iter().enumerate() {
+                let tombstone = match i {
+                    0 => Some("then"),
+                    _ if i % 2 == 0 => Some("now"),
+                    _ => None,
+                };
+                let attempt = match i {
+                    0 => Some("now"),
+                    _ if i % 3 == 0 => Some("now"),
+                    _ => None,
+                };
+                let expected: Stored = (
+                    users[i].clone(),
+                    7,
+                    "d7".to_owned(),
+                    Some(format!("{}@example.com", users[i])),
+                    tombstone.map(str::to_owned),
+                    attempt.map(str::to_owned),
+                    true,
+                );
+                assert_eq!(row, expected, "many: {many}");
+            }
+        }
+    }
+
+    /// Many existing rows (upserts on the id) and a few (updates) are written alike: each
+    /// keeps its own address or takes a free one, a role of none keeps the row's own; new
+    /// rows are inserted.
+    #[test]
+    fn many_rows_are_written_as_a_few_are() {
+        for many in [false, true] {
+            let mut conn = SqliteConnection::establish(":memory:").expect("a database");
+            conn.batch_execute(crate::db::app_table::SQLITE_USER_DDL)
+                .expect("the User table");
+            // Many: each group (role set, role kept) past ONE_BY_ONE.
+            let n = if many { 4 * ONE_BY_ONE } else { 4 };
+            let at = DateTime::from_timestamp_millis(1_700_000_000_000).expect("a date");
+            for i in 0..n {
+                diesel::insert_into(u::table)
+                    .values((
+                        u::id.eq(format!("user_{i:02}")),
+                        u::mail_address.eq(format!("{i}@old.example")),
+                        u::role.eq("ADMIN"),
+                        u::updated_at.eq("then"),
+                    ))
+                    .execute(&mut conn)
+                    .expect("a row");
+            }
+            let write = |i: usize, exists: bool| RowWrite {
+                id: format!("user_{i:02}"),
+                name: Some(format!("name {i}")),
+                // Even rows keep their address, odd ones take a new one.
+                address: match i % 2 {
+                    0 => format!("{i}@old.example"),
+                    _ => format!("{i}@new.example"),
+                },
+                role: (i % 4 < 2 || !exists).then_some(Role::User),
+                exists,
+                created_at: at,
+                updated_at: at,
+            };
+            let mut rows: Vec<RowWrite> = (0..n).map(|i| write(i, true)).collect();
+            rows.extend((n..n + 3).map(|i| write(i, false)));
+
+            write_rows(&mut conn, &rows).expect("the write");
+
+            let stored: Vec<(String, Option<String>, String, String, String)> = u::table
+                .order(u::id)
+                .select((u::id, u::name, u::mail_address, u::role, u::updated_at))
+                .load(&mut conn)
+                .expect("the rows");
+            let expected: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let role = match r.role {
+                        Some(role) => role.as_db(),
+                        None => "ADMIN",
+                    };
+                    let date = prisma_date(at);
+                    (
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.address.clone(),
+                        role.to_owned(),
+                        date,
+                    )
+                })
+                .collect();
+            assert_eq!(stored, expected, "many: {many}");
+        }
+    }
+}
