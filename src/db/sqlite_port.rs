@@ -1,13 +1,23 @@
 //! The port on SQLite: read a snapshot, write the planned changes (see [`super::port`]).
 //! SQLite serialises writers, so the caller's `BEGIN IMMEDIATE` transaction is the only
-//! lock. Every statement is built with diesel's query builder, so that it is prepared once
-//! per connection and reused (raw SQL would be parsed again each time).
+//! lock. Every statement is built with diesel's query builder, so that one of a fixed shape
+//! is prepared once per connection and reused (raw SQL would be parsed again each time). A
+//! few users or rows go one statement each, in those cached statements; many go a set of keys
+//! or rows per statement (prepared each time, as its length varies), as few statements as
+//! the bulk paths need.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Nullable, Text};
+use diesel::upsert::excluded;
 
-use super::port::{moving, Bookkeeping, Deleted, Request, Snapshot, StoredRow, Writes};
+use foldhash::HashSet;
+
+use super::port::{
+    moving, Bookkeeping, BookkeepingWrite, Deleted, Request, RowWrite, Snapshot, StoredRow, Writes,
+};
+use crate::domain::Role;
 
 mod schema {
     diesel::table! {
@@ -102,48 +112,108 @@ const FEW: usize = 8;
 /// Largest number of keys or rows per statement, well under SQLite's bound on parameters.
 const CHUNK: usize = 2_000;
 
-/// Makes the request's bookkeeping rows where absent, with their initial values; notes the
-/// ones made.
+/// The bookkeeping row made for `user`, as a read would find it.
+fn made_row(user: &str, initial: &Bookkeeping) -> StoredRow {
+    let Bookkeeping {
+        version,
+        digest,
+        email,
+        role_from_webhook,
+        ..
+    } = initial.clone();
+    (
+        user.to_owned(),
+        version,
+        digest,
+        email,
+        false,
+        false,
+        role_from_webhook,
+    )
+}
+
+/// Makes the bookkeeping rows of `users` (absent, under the transaction's lock) with their
+/// initial values (`initial[i]` is `users[i]`'s, by position), in one statement; answers them
+/// as a read would find them. [`Request::initial`] may be shorter than the users: the rest get
+/// a new user's values.
 fn make_users(
     conn: &mut SqliteConnection,
-    request: &Request,
-    snapshot: &mut Snapshot,
-) -> QueryResult<()> {
-    let new_user = Bookkeeping::new_user();
-    for (at, user) in request.users.iter().enumerate() {
-        let initial = request.initial.get(at).unwrap_or(&new_user);
-        let made = diesel::insert_into(s::table)
-            .values((
-                s::user_id.eq(user),
+    users: &[(&String, &Bookkeeping)],
+) -> QueryResult<Vec<StoredRow>> {
+    let values: Vec<_> = users
+        .iter()
+        .map(|(user, initial)| {
+            (
+                s::user_id.eq(*user),
                 s::version.eq(initial.version),
                 s::digest.eq(&initial.digest),
                 s::email.eq(initial.email.as_deref()),
                 s::role_from_webhook.eq(initial.role_from_webhook),
-            ))
-            .on_conflict(s::user_id)
-            .do_nothing()
+            )
+        })
+        .collect();
+    if let [one] = values.as_slice() {
+        // One row: a statement prepared once per connection, not one prepared each time.
+        diesel::insert_into(s::table).values(one).execute(conn)?;
+    } else if !values.is_empty() {
+        diesel::insert_into(s::table)
+            .values(&values)
             .execute(conn)?;
-        if made > 0 {
-            snapshot.made.insert(user.clone());
-        }
     }
+    Ok(users
+        .iter()
+        .map(|(user, initial)| made_row(user, initial))
+        .collect())
+}
+
+/// Notes the bookkeeping rows of `users`, those `read` and those made now for the rest, and
+/// the addresses they claim.
+fn note_users(
+    conn: &mut SqliteConnection,
+    users: &[(&String, &Bookkeeping)],
+    read: Vec<StoredRow>,
+    snapshot: &mut Snapshot,
+    addresses: &mut Vec<String>,
+) -> QueryResult<()> {
+    let found: HashSet<&str> = read.iter().map(|row| row.0.as_str()).collect();
+    let missing: Vec<(&String, &Bookkeeping)> = users
+        .iter()
+        .filter(|(user, _)| !found.contains(user.as_str()))
+        .copied()
+        .collect();
+    let made = make_users(conn, &missing)?;
+    for row in read.into_iter().chain(made) {
+        addresses.extend(row.3.clone());
+        snapshot.add_bookkeeping(row);
+    }
+    snapshot
+        .made
+        .extend(missing.into_iter().map(|(user, _)| user.clone()));
     Ok(())
+}
+
+/// The request's users, each with the values its bookkeeping row is made with if absent
+/// ([`Request::initial`] by position; `new_user` past its end).
+fn with_initial<'a>(
+    request: &'a Request,
+    new_user: &'a Bookkeeping,
+) -> Vec<(&'a String, &'a Bookkeeping)> {
+    let initial = request.initial.iter().chain(std::iter::repeat(new_user));
+    request.users.iter().zip(initial).collect()
 }
 
 /// [`read`] for many users: the same snapshot, a set of keys per statement.
 fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
     let mut snapshot = Snapshot::default();
-    make_users(conn, request, &mut snapshot)?;
     let mut addresses: Vec<String> = request.claims.clone();
-    for users in request.users.chunks(CHUNK) {
+    let new_user = Bookkeeping::new_user();
+    for chunk in with_initial(request, &new_user).chunks(CHUNK) {
+        let users: Vec<&String> = chunk.iter().map(|(user, _)| *user).collect();
         let rows: Vec<StoredRow> = s::table
-            .filter(s::user_id.eq_any(users))
+            .filter(s::user_id.eq_any(&users))
             .select(bookkeeping())
             .load(conn)?;
-        for row in rows {
-            addresses.extend(row.3.clone());
-            snapshot.add_bookkeeping(row);
-        }
+        note_users(conn, chunk, rows, &mut snapshot, &mut addresses)?;
         let rows: Vec<(String, String, String)> = u::table
             .filter(u::id.eq_any(users))
             .select((u::id, u::mail_address, u::updated_at))
@@ -216,12 +286,22 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
         return read_many(conn, request);
     }
     let mut snapshot = Snapshot::default();
-    make_users(conn, request, &mut snapshot)?;
     let mut addresses: Vec<String> = request.claims.clone();
-    for user in &request.users {
-        let row: StoredRow = s::table.find(user).select(bookkeeping()).first(conn)?;
-        addresses.extend(row.3.clone());
-        snapshot.add_bookkeeping(row);
+    let new_user = Bookkeeping::new_user();
+    for one in with_initial(request, &new_user).chunks(1) {
+        let user = one[0].0;
+        let row: Option<StoredRow> = s::table
+            .find(user)
+            .select(bookkeeping())
+            .first(conn)
+            .optional()?;
+        note_users(
+            conn,
+            one,
+            row.into_iter().collect(),
+            &mut snapshot,
+            &mut addresses,
+        )?;
         let row: Option<(String, String, String)> = u::table
             .find(user)
             .select((u::id, u::mail_address, u::updated_at))
@@ -285,71 +365,186 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
     Ok(snapshot)
 }
 
+diesel::define_sql_function! {
+    /// SQL's `coalesce` of two texts: the first that is not NULL.
+    fn coalesce(first: Nullable<Text>, second: Nullable<Text>) -> Nullable<Text>;
+}
+
+/// Up to this many rows of one kind, they are written one statement per row (statements
+/// prepared once); beyond it, many rows per statement (prepared each time, as its length
+/// varies).
+const ONE_BY_ONE: usize = FEW;
+
+/// Writes bookkeeping rows (they exist: the lock made them): the planned columns, the
+/// tombstone's time (`now`) where asked and none is there, the delete attempt's time (`now`)
+/// where asked.
+fn write_bookkeeping(
+    conn: &mut SqliteConnection,
+    rows: &[BookkeepingWrite],
+    now: &str,
+) -> QueryResult<()> {
+    if rows.len() <= ONE_BY_ONE {
+        for b in rows {
+            diesel::update(s::table.find(&b.user_id))
+                .set((
+                    s::version.eq(b.version),
+                    s::digest.eq(&b.digest),
+                    s::email.eq(b.email.as_deref()),
+                    s::role_from_webhook.eq(b.role_from_webhook),
+                ))
+                .execute(conn)?;
+            if b.tombstone {
+                diesel::update(s::table.find(&b.user_id).filter(s::deleted_at.is_null()))
+                    .set(s::deleted_at.eq(now))
+                    .execute(conn)?;
+            }
+            if b.attempted {
+                diesel::update(s::table.find(&b.user_id))
+                    .set(s::delete_attempted_at.eq(now))
+                    .execute(conn)?;
+            }
+        }
+        return Ok(());
+    }
+    // Many: upserts on the user that always update (the rows exist). The tombstone's and the
+    // attempt's times are inserted as `now` where asked and NULL elsewhere, and the update
+    // keeps a stored tombstone and a stored attempt where none is asked.
+    for chunk in rows.chunks(CHUNK) {
+        let values: Vec<_> = chunk
+            .iter()
+            .map(|b| {
+                (
+                    s::user_id.eq(&b.user_id),
+                    s::version.eq(b.version),
+                    s::digest.eq(&b.digest),
+                    s::email.eq(b.email.as_deref()),
+                    s::role_from_webhook.eq(b.role_from_webhook),
+                    s::deleted_at.eq(b.tombstone.then_some(now)),
+                    s::delete_attempted_at.eq(b.attempted.then_some(now)),
+                )
+            })
+            .collect();
+        diesel::insert_into(s::table)
+            .values(values)
+            .on_conflict(s::user_id)
+            .do_update()
+            .set((
+                s::version.eq(excluded(s::version)),
+                s::digest.eq(excluded(s::digest)),
+                s::email.eq(excluded(s::email)),
+                s::role_from_webhook.eq(excluded(s::role_from_webhook)),
+                s::deleted_at.eq(coalesce(s::deleted_at, excluded(s::deleted_at))),
+                s::delete_attempted_at.eq(coalesce(
+                    excluded(s::delete_attempted_at),
+                    s::delete_attempted_at,
+                )),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// An application row's values to insert (a role of none: see where it is used).
+macro_rules! row_values {
+    ($row:expr) => {
+        (
+            u::id.eq(&$row.id),
+            u::name.eq($row.name.as_deref()),
+            u::mail_address.eq(&$row.address),
+            u::role.eq($row.role.unwrap_or(Role::User).as_db()),
+            u::created_at.eq(prisma_date($row.created_at)),
+            u::updated_at.eq(prisma_date($row.updated_at)),
+        )
+    };
+}
+
+/// Writes application rows: existing ones updated (a role of none leaves the row's own),
+/// then new ones inserted. (The planner has moved every row off an address another of these
+/// rows takes, so their order among themselves does not matter.)
+fn write_rows(conn: &mut SqliteConnection, rows: &[RowWrite]) -> QueryResult<()> {
+    let (mut set_role, mut keep_role, mut new_rows) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        match (row.exists, row.role) {
+            (false, None) => {
+                return Err(DieselError::QueryBuilderError(
+                    "a new row was planned without a role".into(),
+                ))
+            }
+            (false, Some(_)) => new_rows.push(row_values!(row)),
+            (true, Some(_)) => set_role.push(row),
+            (true, None) => keep_role.push(row),
+        }
+    }
+    for (part, with_role) in [(set_role, true), (keep_role, false)] {
+        if part.len() <= ONE_BY_ONE {
+            // SQLite's one writer holds the table since the read: the rows are there.
+            for row in part {
+                let (created, updated) = (prisma_date(row.created_at), prisma_date(row.updated_at));
+                let target = u::table.find(&row.id);
+                let fields = (
+                    u::name.eq(row.name.as_deref()),
+                    u::mail_address.eq(&row.address),
+                    u::created_at.eq(&created),
+                    u::updated_at.eq(&updated),
+                );
+                match row.role {
+                    Some(role) => diesel::update(target)
+                        .set((fields, u::role.eq(role.as_db())))
+                        .execute(conn)?,
+                    None => diesel::update(target).set(fields).execute(conn)?,
+                };
+            }
+            continue;
+        }
+        // Upserts on the id that always update (the rows exist; a role of none is inserted
+        // as USER but never read). SQLite checks an upsert's conflict target before the
+        // table's other unique indexes (`sqlite3GenerateConstraintChecks`, since 3.25), so
+        // a row keeping its address is an update of itself, not a clash on `mail_address`.
+        let part: Vec<_> = part.iter().map(|row| row_values!(row)).collect();
+        for chunk in part.chunks(CHUNK) {
+            let upsert = diesel::insert_into(u::table)
+                .values(chunk)
+                .on_conflict(u::id)
+                .do_update();
+            if with_role {
+                upsert
+                    .set((
+                        u::name.eq(excluded(u::name)),
+                        u::mail_address.eq(excluded(u::mail_address)),
+                        u::role.eq(excluded(u::role)),
+                        u::created_at.eq(excluded(u::created_at)),
+                        u::updated_at.eq(excluded(u::updated_at)),
+                    ))
+                    .execute(conn)?;
+            } else {
+                upsert
+                    .set((
+                        u::name.eq(excluded(u::name)),
+                        u::mail_address.eq(excluded(u::mail_address)),
+                        u::created_at.eq(excluded(u::created_at)),
+                        u::updated_at.eq(excluded(u::updated_at)),
+                    ))
+                    .execute(conn)?;
+            }
+        }
+    }
+    for chunk in new_rows.chunks(CHUNK) {
+        diesel::insert_into(u::table).values(chunk).execute(conn)?;
+    }
+    Ok(())
+}
+
 /// Writes `writes` in the port's order (the caller holds the transaction); answers which
 /// deletes went through.
 pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Deleted> {
     let now = prisma_date(Utc::now());
-    for b in &writes.bookkeeping {
-        diesel::update(s::table.find(&b.user_id))
-            .set((
-                s::version.eq(b.version),
-                s::digest.eq(&b.digest),
-                s::email.eq(b.email.as_deref()),
-                s::role_from_webhook.eq(b.role_from_webhook),
-            ))
-            .execute(conn)?;
-        if b.tombstone {
-            diesel::update(s::table.find(&b.user_id).filter(s::deleted_at.is_null()))
-                .set(s::deleted_at.eq(&now))
-                .execute(conn)?;
-        }
-        if b.attempted {
-            diesel::update(s::table.find(&b.user_id))
-                .set(s::delete_attempted_at.eq(&now))
-                .execute(conn)?;
-        }
-    }
+    write_bookkeeping(conn, &writes.bookkeeping, &now)?;
     for id in &writes.vacate {
         diesel::update(u::table.find(id))
             .set(u::mail_address.eq(moving(id)))
             .execute(conn)?;
     }
-    let mut new_rows = Vec::new();
-    for row in &writes.rows {
-        let (created, updated) = (prisma_date(row.created_at), prisma_date(row.updated_at));
-        if !row.exists {
-            let role = row.role.ok_or_else(|| {
-                DieselError::QueryBuilderError("a new row was planned without a role".into())
-            })?;
-            new_rows.push((
-                u::id.eq(&row.id),
-                u::name.eq(row.name.as_deref()),
-                u::mail_address.eq(&row.address),
-                u::role.eq(role.as_db()),
-                u::created_at.eq(created),
-                u::updated_at.eq(updated),
-            ));
-            continue;
-        }
-        // A role of none leaves the row's own. (SQLite's one writer holds the table since the
-        // read: the row is there.)
-        let target = u::table.find(&row.id);
-        let fields = (
-            u::name.eq(row.name.as_deref()),
-            u::mail_address.eq(&row.address),
-            u::created_at.eq(&created),
-            u::updated_at.eq(&updated),
-        );
-        match row.role {
-            Some(role) => diesel::update(target)
-                .set((fields, u::role.eq(role.as_db())))
-                .execute(conn)?,
-            None => diesel::update(target).set(fields).execute(conn)?,
-        };
-    }
-    for rows in new_rows.chunks(CHUNK) {
-        diesel::insert_into(u::table).values(rows).execute(conn)?;
-    }
+    write_rows(conn, &writes.rows)?;
     for (id, address) in &writes.moves {
         diesel::update(u::table.find(id))
             .set(u::mail_address.eq(address))
@@ -413,4 +608,181 @@ pub fn pending_deletes(conn: &mut SqliteConnection, limit: i64) -> QueryResult<V
         .select(s::user_id)
         .limit(limit)
         .load(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    use super::*;
+
+    fn bookkeeping_table() -> SqliteConnection {
+        let mut conn = SqliteConnection::establish(":memory:").expect("an in-memory database");
+        conn.batch_execute(include_str!(
+            "../../migrations/sqlite/2026-11-27-000001_bookkeeping/up.sql"
+        ))
+        .expect("the bookkeeping tables");
+        conn
+    }
+
+    fn planned(user: &str, tombstone: bool, attempted: bool) -> BookkeepingWrite {
+        BookkeepingWrite {
+            user_id: user.to_owned(),
+            version: 7,
+            digest: "d7".to_owned(),
+            email: Some(format!("{user}@example.com")),
+            role_from_webhook: true,
+            tombstone,
+            attempted,
+        }
+    }
+
+    type Stored = (
+        String,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
+
+    fn stored(conn: &mut SqliteConnection) -> Vec<Stored> {
+        s::table
+            .order(s::user_id)
+            .select((
+                s::user_id,
+                s::version,
+                s::digest,
+                s::email,
+                s::deleted_at,
+                s::delete_attempted_at,
+                s::role_from_webhook,
+            ))
+            .load(conn)
+            .expect("the bookkeeping rows")
+    }
+
+    /// Many bookkeeping rows (one statement) and a few (one each) are written alike: the
+    /// planned columns, a tombstone only where none is there, an attempt only where asked.
+    #[test]
+    fn many_bookkeeping_rows_are_written_as_a_few_are() {
+        for many in [false, true] {
+            let mut conn = bookkeeping_table();
+            let users: Vec<String> = (0..if many { 3 * ONE_BY_ONE } else { 4 })
+                .map(|i| format!("user_{i:02}"))
+                .collect();
+            for user in &users {
+                diesel::insert_into(s::table)
+                    .values((s::user_id.eq(user), s::version.eq(1), s::digest.eq("d1")))
+                    .execute(&mut conn)
+                    .expect("a row");
+            }
+            // The first user's tombstone and attempt are older than this write.
+            diesel::update(s::table.find(&users[0]))
+                .set((s::deleted_at.eq("then"), s::delete_attempted_at.eq("then")))
+                .execute(&mut conn)
+                .expect("an old tombstone");
+            let writes: Vec<BookkeepingWrite> = users
+                .iter()
+                .enumerate()
+                .map(|(i, user)| planned(user, i % 2 == 0, i % 3 == 0))
+                .collect();
+
+            write_bookkeeping(&mut conn, &writes, "now").expect("the write");
+
+            let rows = stored(&mut conn);
+            assert_eq!(rows.len(), users.len());
+            for (i, row) in rows.into_iter().enumerate() {
+                let tombstone = match i {
+                    0 => Some("then"),
+                    _ if i % 2 == 0 => Some("now"),
+                    _ => None,
+                };
+                let attempt = match i {
+                    0 => Some("now"),
+                    _ if i % 3 == 0 => Some("now"),
+                    _ => None,
+                };
+                let expected: Stored = (
+                    users[i].clone(),
+                    7,
+                    "d7".to_owned(),
+                    Some(format!("{}@example.com", users[i])),
+                    tombstone.map(str::to_owned),
+                    attempt.map(str::to_owned),
+                    true,
+                );
+                assert_eq!(row, expected, "many: {many}");
+            }
+        }
+    }
+
+    /// Many existing rows (upserts on the id) and a few (updates) are written alike: each
+    /// keeps its own address or takes a free one, a role of none keeps the row's own; new
+    /// rows are inserted.
+    #[test]
+    fn many_rows_are_written_as_a_few_are() {
+        for many in [false, true] {
+            let mut conn = SqliteConnection::establish(":memory:").expect("a database");
+            conn.batch_execute(crate::db::app_table::SQLITE_USER_DDL)
+                .expect("the User table");
+            // Many: each group (role set, role kept) past ONE_BY_ONE.
+            let n = if many { 4 * ONE_BY_ONE } else { 4 };
+            let at = DateTime::from_timestamp_millis(1_700_000_000_000).expect("a date");
+            for i in 0..n {
+                diesel::insert_into(u::table)
+                    .values((
+                        u::id.eq(format!("user_{i:02}")),
+                        u::mail_address.eq(format!("{i}@old.example")),
+                        u::role.eq("ADMIN"),
+                        u::updated_at.eq("then"),
+                    ))
+                    .execute(&mut conn)
+                    .expect("a row");
+            }
+            let write = |i: usize, exists: bool| RowWrite {
+                id: format!("user_{i:02}"),
+                name: Some(format!("name {i}")),
+                // Even rows keep their address, odd ones take a new one.
+                address: match i % 2 {
+                    0 => format!("{i}@old.example"),
+                    _ => format!("{i}@new.example"),
+                },
+                role: (i % 4 < 2 || !exists).then_some(Role::User),
+                exists,
+                created_at: at,
+                updated_at: at,
+            };
+            let mut rows: Vec<RowWrite> = (0..n).map(|i| write(i, true)).collect();
+            rows.extend((n..n + 3).map(|i| write(i, false)));
+
+            write_rows(&mut conn, &rows).expect("the write");
+
+            let stored: Vec<(String, Option<String>, String, String, String)> = u::table
+                .order(u::id)
+                .select((u::id, u::name, u::mail_address, u::role, u::updated_at))
+                .load(&mut conn)
+                .expect("the rows");
+            let expected: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let role = match r.role {
+                        Some(role) => role.as_db(),
+                        None => "ADMIN",
+                    };
+                    let date = prisma_date(at);
+                    (
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.address.clone(),
+                        role.to_owned(),
+                        date,
+                    )
+                })
+                .collect();
+            assert_eq!(stored, expected, "many: {many}");
+        }
+    }
 }
