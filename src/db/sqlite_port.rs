@@ -64,9 +64,7 @@ use schema::clerk_sync_deliveries as d;
 use schema::clerk_sync_users as s;
 
 /// Prisma's SQLite date format.
-pub fn prisma_date(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
-}
+pub use crate::domain::prisma_sqlite_date as prisma_date;
 
 /// A date the application wrote, in ms (0 when unreadable).
 fn app_date_ms(text: &str) -> i64 {

@@ -54,3 +54,10 @@ impl std::fmt::Display for MessageId {
         f.write_str(&self.0)
     }
 }
+
+/// A timestamp as Prisma Client writes it on SQLite: UTC, three decimals, `+00:00`
+/// (`2024-05-01T12:34:56.789+00:00`), so that the application's Prisma queries filter and sort
+/// what clerk-sync writes. The one place this form is made, for the SQLite port and the mapping.
+pub fn prisma_sqlite_date(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
+}

@@ -205,11 +205,9 @@ pub struct AddressColumn {
     pub absent: Absent,
 }
 
-/// A timestamp as Prisma Client writes it on SQLite: UTC, three decimals, `+00:00`
-/// (`2024-05-01T12:34:56.789+00:00`); the form `src/db`'s SQLite writer uses for its dates.
-pub fn sqlite_timestamp_text(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
-}
+/// A timestamp as Prisma Client writes it on SQLite (`2024-05-01T12:34:56.789+00:00`); the
+/// form `src/db`'s SQLite writer uses for its dates.
+pub use crate::domain::prisma_sqlite_date as sqlite_timestamp_text;
 
 /// Kept to `precision` fractional digits, the rest dropped.
 fn at_precision(at: DateTime<Utc>, precision: u8) -> DateTime<Utc> {
