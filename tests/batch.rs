@@ -4,7 +4,8 @@
 //! built to collide (few addresses, many users, duplicates, deletes, rows the application
 //! wrote itself), on both backends, in batches of random sizes — and on PostgreSQL once more
 //! with the whole history in one batch padded past 64 users by users of their own, so that
-//! the executors' bulk shape decides what their few-rows shape decides in the other runs.
+//! the executors' set-based shape decides every delivery (unpadded, small batches take their
+//! few-rows shape, larger ones the set-based one).
 
 mod common;
 

@@ -1,17 +1,19 @@
 -- The executors in two shapes by size, doing the same thing: for a few users (one delivery, a
--- group commit) each lock, read and write is a statement with scalar parameters, which
+-- small group commit) each lock, read and write is a statement with scalar parameters, which
 -- PostgreSQL plans once per connection and reuses (a statement over a whole array is planned
 -- again on every call: its plan depends on the array's length, so a cached plan never looks
--- cheaper; that planning was most of a delivery's server time). Bulk batches keep the
--- set-based statements, planned per call, as before: there the planning is shared by
--- thousands of rows, and a plan made for ten rows would walk the arrays once per row.
+-- cheaper; that planning was most of a lone delivery's server time). Larger groups and bulk
+-- batches keep the set-based statements, planned per call, as before: there the planning is
+-- shared by the rows, and a plan made for ten rows would walk the arrays once per row. Where
+-- the shapes meet was measured (BENCHMARKS.md, session 9): at 64 users, groups of 10 to 20
+-- deliveries cost more row by row than planned once; at 4, the daemon at 64 concurrent
+-- deliveries did better.
 -- Still executors only: neither shape looks at a version, a digest, a role or an address to
 -- choose what to write (see src/db/port.rs).
 
 -- Locks, then reads, in one round trip; see 2026-12-02-000015_one_rule_book for the steps and
 -- the JSON it answers. The few-rows shape reads, for every user and every locked address, by
--- key. Few is at most 64 users, as many addresses claimed and as many delivery ids (group
--- commit takes at most 64 deliveries).
+-- key. Few is at most 4 users, 16 addresses claimed and 16 delivery ids.
 CREATE OR REPLACE FUNCTION clerk_sync.lock_and_read(
     p_users TEXT[], i_version BIGINT[], i_digest TEXT[], i_email TEXT[], i_role BOOLEAN[],
     p_claims TEXT[], p_ids TEXT[])
@@ -35,9 +37,9 @@ DECLARE
     v_claimants TEXT[];
     v_void TEXT;
 BEGIN
-    IF cardinality(p_users) <= 64
-       AND cardinality(p_claims) <= 64
-       AND cardinality(p_ids) <= 64 THEN
+    IF cardinality(p_users) <= 4
+       AND cardinality(p_claims) <= 16
+       AND cardinality(p_ids) <= 16 THEN
         v_involved := p_claims;
         FOR i IN 1 .. cardinality(p_users) LOOP
             v_user := p_users[i];
@@ -179,11 +181,11 @@ DECLARE
     v_user TEXT;
     v_done TEXT[] := '{}';
     v_count BIGINT;
-    v_few BOOLEAN := cardinality(b_user) <= 64
-                     AND cardinality(p_vacate) <= 64
-                     AND cardinality(r_id) <= 64
-                     AND cardinality(m_id) <= 64
-                     AND cardinality(d_id) <= 64;
+    v_few BOOLEAN := cardinality(b_user) <= 4
+                     AND cardinality(p_vacate) <= 4
+                     AND cardinality(r_id) <= 4
+                     AND cardinality(m_id) <= 4
+                     AND cardinality(d_id) <= 16;
 BEGIN
     IF v_few THEN
         FOR i IN 1 .. cardinality(b_user) LOOP
