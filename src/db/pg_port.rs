@@ -9,7 +9,12 @@
 //! `COMMIT`.
 
 use chrono::NaiveDateTime;
+use std::future::Future as _;
+use std::task::Poll;
+
 use deadpool::managed::ObjectId;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use serde::Deserialize;
 
@@ -173,30 +178,46 @@ impl Pg {
     where
         F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError>,
     {
-        let mut conn = self.pool.get().await?;
-        let id = deadpool::managed::Object::id(&conn);
+        let open = InTransaction(Some(self.pool.get().await?));
+        let conn: &AsyncPgConnection = open.connection()?;
+        let id = open.id()?;
         let result = async {
-            let (mut begin_on, mut read_on) = (&*conn, &*conn);
+            let (mut begin_on, mut read_on) = (conn, conn);
             let begin = begin_on.batch_execute(self.begin_sql());
             let read = read_query!(&request).get_result::<String>(&mut read_on);
             let (begun, read) = futures_util::future::join(begin, read).await;
             begun?;
             let (writes, value) = plan(&snapshot(&read?)?)?;
-            let mut on = &*conn;
+            let mut on = conn;
             if writes.is_empty() {
                 on.batch_execute("COMMIT").await?;
                 return Ok((value, Deleted::default()));
             }
             let done = if self.prepared_on(id) {
-                // The write's statement is prepared on this connection: its execution is
-                // sent at once, so the COMMIT sent right after it follows it.
-                let (mut write_on, mut commit_on) = (&*conn, &*conn);
-                let write = write_query!(&writes).get_result::<Vec<String>>(&mut write_on);
-                let commit = commit_on.batch_execute("COMMIT");
-                let (done, committed) = futures_util::future::join(write, commit).await;
-                let done = done?;
-                committed?;
-                done
+                // Unconstrained: tokio's cooperative budget must not make the write's first
+                // poll stop short of sending it.
+                tokio::task::unconstrained(async {
+                    let (mut write_on, mut commit_on) = (conn, conn);
+                    let mut write = std::pin::pin!(
+                        write_query!(&writes).get_result::<Vec<String>>(&mut write_on)
+                    );
+                    // The write's statement is prepared on this connection, so its first poll
+                    // sends its execution; the COMMIT sent after that follows it. A write that
+                    // ended on that poll failed before sending anything: no COMMIT then.
+                    let first =
+                        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+                    if let Poll::Ready(done) = first {
+                        let done = done?;
+                        on.batch_execute("COMMIT").await?;
+                        return Ok::<_, DbError>(done);
+                    }
+                    let commit = commit_on.batch_execute("COMMIT");
+                    let (done, committed) = futures_util::future::join(write, commit).await;
+                    let done = done?;
+                    committed?;
+                    Ok(done)
+                })
+                .await?
             } else {
                 // Not pipelined with COMMIT: a statement this connection has not prepared
                 // yet is prepared first, and a COMMIT sent meanwhile would overtake its
@@ -211,14 +232,52 @@ impl Pg {
             Ok::<_, DbError>((value, Deleted(done.into_iter().collect())))
         }
         .await;
-        if result.is_err() {
-            // No transaction may outlive this unit of work on a connection the pool hands
-            // out again; if even that fails, the connection is dropped.
-            if conn.batch_execute("ROLLBACK").await.is_err() {
-                let _ = deadpool::managed::Object::take(conn);
-            }
+        // No transaction may outlive this unit of work on a connection the pool hands out
+        // again: after a failure it is rolled back; if even that fails, `open` drops the
+        // connection instead of returning it.
+        let mut on = conn;
+        if result.is_ok() || on.batch_execute("ROLLBACK").await.is_ok() {
+            open.release();
         }
         result
+    }
+}
+
+/// A pool connection inside a transaction [`Pg::transact`] opened. Dropped before
+/// [`Self::release`] (a failed rollback, a panic in the planner, a cancelled future), it is
+/// detached from the pool and closed, so that the server rolls the transaction back and the
+/// pool never hands it out mid-transaction.
+struct InTransaction(Option<PgObject>);
+
+/// A connection of [`Pg`]'s pool.
+type PgObject = deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+impl InTransaction {
+    fn object(&self) -> Result<&PgObject, DbError> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| DbError::Internal("a unit of work without its connection".into()))
+    }
+
+    fn connection(&self) -> Result<&AsyncPgConnection, DbError> {
+        Ok(self.object()?)
+    }
+
+    fn id(&self) -> Result<ObjectId, DbError> {
+        Ok(deadpool::managed::Object::id(self.object()?))
+    }
+
+    /// The transaction ended: the connection goes back to the pool.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(deadpool::managed::Object::take(conn));
+        }
     }
 }
 
