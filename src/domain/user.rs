@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::EventError;
@@ -138,7 +140,7 @@ pub struct UserChange {
 ///
 /// A field of an unexpected JSON type reads as absent rather than failing the event: the rules
 /// never need these, and a delivery must not be refused for a field no column takes.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct UserProfile {
     /// `first_name`, as sent.
     pub first_name: Option<String>,
@@ -175,10 +177,57 @@ pub struct UserProfile {
     pub password_enabled: Option<bool>,
     /// `public_metadata`
     pub public_metadata: Option<serde_json::Value>,
-    /// `unsafe_metadata`
-    pub unsafe_metadata: Option<serde_json::Value>,
-    /// `private_metadata`
-    pub private_metadata: Option<serde_json::Value>,
+    /// `unsafe_metadata`, as sent: read by [`Self::unsafe_metadata`] when a mapping copies
+    /// from it, so that no delivery pays for reading what no column takes.
+    pub unsafe_metadata_json: Option<Box<RawValue>>,
+    /// `private_metadata`, as sent: see [`Self::private_metadata`].
+    pub private_metadata_json: Option<Box<RawValue>>,
+}
+
+impl UserProfile {
+    /// `unsafe_metadata` (absent when it is not JSON clerk-sync can read).
+    pub fn unsafe_metadata(&self) -> Option<serde_json::Value> {
+        read_raw(self.unsafe_metadata_json.as_deref())
+    }
+
+    /// `private_metadata` (absent when it is not JSON clerk-sync can read).
+    pub fn private_metadata(&self) -> Option<serde_json::Value> {
+        read_raw(self.private_metadata_json.as_deref())
+    }
+}
+
+impl PartialEq for UserProfile {
+    fn eq(&self, other: &Self) -> bool {
+        let raw = |r: &Option<Box<RawValue>>| r.as_deref().map(RawValue::get).map(str::to_owned);
+        self.first_name == other.first_name
+            && self.last_name == other.last_name
+            && self.username == other.username
+            && self.image_url == other.image_url
+            && self.profile_image_url == other.profile_image_url
+            && self.external_id == other.external_id
+            && self.primary_email_address_id == other.primary_email_address_id
+            && self.primary_phone_number_id == other.primary_phone_number_id
+            && self.primary_phone == other.primary_phone
+            && self.last_sign_in_at == other.last_sign_in_at
+            && self.last_active_at == other.last_active_at
+            && self.banned == other.banned
+            && self.locked == other.locked
+            && self.has_image == other.has_image
+            && self.two_factor_enabled == other.two_factor_enabled
+            && self.password_enabled == other.password_enabled
+            && self.public_metadata == other.public_metadata
+            && raw(&self.unsafe_metadata_json) == raw(&other.unsafe_metadata_json)
+            && raw(&self.private_metadata_json) == raw(&other.private_metadata_json)
+    }
+}
+
+impl Eq for UserProfile {}
+
+/// A JSON value kept as sent, read (`None` when absent, `null` or unreadable).
+fn read_raw(raw: Option<&RawValue>) -> Option<serde_json::Value> {
+    serde_json::from_str(raw?.get())
+        .ok()
+        .filter(|v: &serde_json::Value| !v.is_null())
 }
 
 // Names, addresses, phone numbers and metadata are personal data: only flags are shown.
@@ -223,9 +272,9 @@ pub(super) struct UserObject {
     #[serde(default)]
     public_metadata: Option<serde_json::Value>,
     #[serde(default)]
-    unsafe_metadata: Option<serde_json::Value>,
+    unsafe_metadata: Option<Box<RawValue>>,
     #[serde(default)]
-    private_metadata: Option<serde_json::Value>,
+    private_metadata: Option<Box<RawValue>>,
     #[serde(default, deserialize_with = "lenient_text")]
     image_url: Option<String>,
     #[serde(default, deserialize_with = "lenient_text")]
@@ -235,7 +284,7 @@ pub(super) struct UserObject {
     #[serde(default, deserialize_with = "lenient_text")]
     primary_phone_number_id: Option<String>,
     #[serde(default)]
-    phone_numbers: Option<serde_json::Value>,
+    phone_numbers: Option<Box<RawValue>>,
     #[serde(default, deserialize_with = "lenient_millis")]
     last_sign_in_at: Option<i64>,
     #[serde(default, deserialize_with = "lenient_millis")]
@@ -252,28 +301,107 @@ pub(super) struct UserObject {
     password_enabled: Option<bool>,
 }
 
+/// One JSON value, kept only when it is a string, a whole number or a boolean; anything else
+/// is skipped without being built.
+enum Scalar {
+    Text(String),
+    Whole(i64),
+    Flag(bool),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Flag(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Whole(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(i64::try_from(v).map_or(Scalar::Other, Scalar::Whole))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_none<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        Scalar::deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+}
+
 /// A string, or absent when the field holds anything else.
 fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Some(s),
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Text(text) => Some(text),
         _ => None,
     })
 }
 
 /// Whole milliseconds, or absent when the field holds anything else.
 fn lenient_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    Ok(serde_json::Value::deserialize(d)?.as_i64())
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Whole(ms) => Some(ms),
+        _ => None,
+    })
 }
 
 /// A boolean, or absent when the field holds anything else.
 fn lenient_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    Ok(serde_json::Value::deserialize(d)?.as_bool())
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Flag(flag) => Some(flag),
+        _ => None,
+    })
 }
 
-/// The number of the `phone_numbers` entry whose `id` is `primary`.
-fn primary_phone(numbers: Option<&serde_json::Value>, primary: Option<&str>) -> Option<String> {
+/// The number of the `phone_numbers` entry whose `id` is `primary` (the list read only when
+/// there is a primary to find).
+fn primary_phone(numbers: Option<&RawValue>, primary: Option<&str>) -> Option<String> {
     let primary = primary?;
-    numbers?
+    let numbers: serde_json::Value = serde_json::from_str(numbers?.get()).ok()?;
+    numbers
         .as_array()?
         .iter()
         .find(|n| n.get("id").and_then(serde_json::Value::as_str) == Some(primary))?
@@ -374,7 +502,7 @@ impl UserObject {
         let digest = digest(&name, email.as_ref(), role, created_at.timestamp_millis());
         let profile = UserProfile {
             primary_phone: primary_phone(
-                self.phone_numbers.as_ref(),
+                self.phone_numbers.as_deref(),
                 self.primary_phone_number_id.as_deref(),
             ),
             first_name: self.first_name,
@@ -393,8 +521,8 @@ impl UserObject {
             two_factor_enabled: self.two_factor_enabled,
             password_enabled: self.password_enabled,
             public_metadata: self.public_metadata,
-            unsafe_metadata: self.unsafe_metadata,
-            private_metadata: self.private_metadata,
+            unsafe_metadata_json: self.unsafe_metadata,
+            private_metadata_json: self.private_metadata,
         };
         Ok(UserChange {
             id,
@@ -543,14 +671,13 @@ mod tests {
         // The primary phone is chosen by id, not position.
         assert_eq!(p.primary_phone.as_deref(), Some("+15550000002"));
         assert_eq!(
-            p.private_metadata
-                .as_ref()
-                .and_then(|m| m.pointer("/stripe/customer")),
-            Some(&serde_json::json!("cus_1"))
+            p.private_metadata()
+                .and_then(|m| m.pointer("/stripe/customer").cloned()),
+            Some(serde_json::json!("cus_1"))
         );
         assert_eq!(
-            p.unsafe_metadata.as_ref().and_then(|m| m.get("bio")),
-            Some(&serde_json::json!("hi"))
+            p.unsafe_metadata().and_then(|m| m.get("bio").cloned()),
+            Some(serde_json::json!("hi"))
         );
         Ok(())
     }
@@ -561,14 +688,35 @@ mod tests {
             "id": "user_1", "created_at": 1, "updated_at": 2,
             "image_url": 5, "banned": "no", "last_active_at": "yesterday",
             "phone_numbers": "none", "primary_phone_number_id": "idn_a",
-            "last_sign_in_at": -5
+            "last_sign_in_at": -5, "external_id": {"nested": [1, {"deep": true}]},
+            "locked": [true], "has_image": null, "profile_image_url": ["a"],
+            "private_metadata": "not an object", "unsafe_metadata": null
         }))?;
         let p = &change.profile;
+        assert_eq!(p.external_id, None);
+        assert_eq!(p.profile_image_url, None);
+        assert_eq!((p.locked, p.has_image), (None, None));
+        assert_eq!(
+            p.private_metadata(),
+            Some(serde_json::json!("not an object"))
+        );
+        assert_eq!(p.unsafe_metadata(), None);
         assert_eq!(p.image_url, None);
         assert_eq!(p.banned, None);
         assert_eq!(p.last_active_at, None);
         assert_eq!(p.last_sign_in_at, None);
         assert_eq!(p.primary_phone, None);
+        Ok(())
+    }
+
+    #[test]
+    fn whole_milliseconds_only_and_a_fraction_is_absent() -> Result<(), EventError> {
+        let change = change(serde_json::json!({
+            "id": "user_1", "created_at": 1, "updated_at": 2,
+            "last_sign_in_at": 1.5, "last_active_at": 18_446_744_073_709_551_615_u64
+        }))?;
+        assert_eq!(change.profile.last_sign_in_at, None);
+        assert_eq!(change.profile.last_active_at, None);
         Ok(())
     }
 

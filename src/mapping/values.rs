@@ -456,10 +456,17 @@ fn source_value(
             }
         }
         Source::Metadata { kind, path } => {
+            let read;
             let object = match kind {
                 MetadataKind::Public => profile.public_metadata.as_ref(),
-                MetadataKind::Unsafe => profile.unsafe_metadata.as_ref(),
-                MetadataKind::Private => profile.private_metadata.as_ref(),
+                MetadataKind::Unsafe => {
+                    read = profile.unsafe_metadata();
+                    read.as_ref()
+                }
+                MetadataKind::Private => {
+                    read = profile.private_metadata();
+                    read.as_ref()
+                }
             };
             let found = object
                 .and_then(|object| path.iter().try_fold(object, |at, key| at.get(key.as_str())));
