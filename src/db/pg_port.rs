@@ -1,6 +1,9 @@
 //! The port on PostgreSQL: `clerk_sync.lock_and_read` takes a unit of work's locks and reads
 //! its snapshot in one statement, `clerk_sync.write_plan` writes the plan in another (both
-//! in `migrations/postgres`, executors only: see [`super::port`]).
+//! in `migrations/postgres`, executors only: see [`super::port`]). A lone unit of work (one
+//! user, one claim, one delivery; one row of each kind written, nothing moved or deleted)
+//! goes through `clerk_sync.lock_and_read_one` and `clerk_sync.write_one` instead, which do
+//! the same with scalar parameters and fewer statements.
 //!
 //! The unit of work is two round trips: `BEGIN` pipelined with the read, then the write
 //! pipelined with `COMMIT` (see [`Pg::transact`]). The first unit of work on a connection, and
@@ -41,6 +44,45 @@ mod functions {
             claims: Array<Text>,
             ids: Array<Text>,
         ) -> Text;
+    }
+
+    diesel::define_sql_function! {
+        /// Locks, then reads the snapshot (JSON) of a lone unit of work.
+        #[sql_name = "clerk_sync.lock_and_read_one"]
+        fn lock_and_read_one(
+            user: Text,
+            i_version: BigInt,
+            i_digest: Text,
+            i_email: Nullable<Text>,
+            i_role: Bool,
+            claim: Nullable<Text>,
+            id: Nullable<Text>,
+        ) -> Text;
+    }
+
+    diesel::define_sql_function! {
+        /// Writes a lone plan (each part absent where its key is NULL; never a delete).
+        #[sql_name = "clerk_sync.write_one"]
+        fn write_one(
+            b_user: Nullable<Text>,
+            b_version: Nullable<BigInt>,
+            b_digest: Nullable<Text>,
+            b_email: Nullable<Text>,
+            b_role: Nullable<Bool>,
+            b_tombstone: Nullable<Bool>,
+            b_attempted: Nullable<Bool>,
+            r_id: Nullable<Text>,
+            r_name: Nullable<Text>,
+            r_address: Nullable<Text>,
+            r_role: Nullable<Text>,
+            r_created: Nullable<Timestamp>,
+            r_updated: Nullable<Timestamp>,
+            r_new: Nullable<Bool>,
+            d_id: Nullable<Text>,
+            d_type: Nullable<Text>,
+            d_user: Nullable<Text>,
+            d_outcome: Nullable<Text>,
+        ) -> Array<Text>;
     }
 
     diesel::define_sql_function! {
@@ -124,6 +166,75 @@ macro_rules! read_query {
     }};
 }
 
+/// Whether a request is lone: one user, at most one address claimed and one delivery id
+/// (`clerk_sync.lock_and_read_one`).
+fn lone_request(request: &Request) -> bool {
+    request.users.len() == 1
+        && request.initial.len() == 1
+        && request.claims.len() <= 1
+        && request.ids.len() <= 1
+}
+
+/// Whether a plan is lone: at most one bookkeeping row, one application row and one record,
+/// nothing vacated, moved or deleted (`clerk_sync.write_one`).
+fn lone_writes(writes: &Writes) -> bool {
+    writes.bookkeeping.len() <= 1
+        && writes.vacate.is_empty()
+        && writes.rows.len() <= 1
+        && writes.moves.is_empty()
+        && writes.deletes.is_empty()
+        && writes.record.len() <= 1
+}
+
+/// The read of a lone request as a typed statement.
+macro_rules! read_one_query {
+    ($request:expr) => {{
+        let request: &Request = $request;
+        let initial = request.initial.iter().next();
+        diesel::select(functions::lock_and_read_one(
+            request.users.iter().next().cloned().unwrap_or_default(),
+            initial.map_or(-1, |b| b.version),
+            initial.map(|b| b.digest.clone()).unwrap_or_default(),
+            initial.and_then(|b| b.email.clone()),
+            initial.is_some_and(|b| b.role_from_webhook),
+            request.claims.iter().next().cloned(),
+            request.ids.iter().next().cloned(),
+        ))
+    }};
+}
+
+/// The write of a lone plan as a typed statement.
+macro_rules! write_one_query {
+    ($writes:expr) => {{
+        let writes: &Writes = $writes;
+        let (b, r, d) = (
+            writes.bookkeeping.iter().next(),
+            writes.rows.iter().next(),
+            writes.record.iter().next(),
+        );
+        diesel::select(functions::write_one(
+            b.map(|b| b.user_id.clone()),
+            b.map(|b| b.version),
+            b.map(|b| b.digest.clone()),
+            b.and_then(|b| b.email.clone()),
+            b.map(|b| b.role_from_webhook),
+            b.map(|b| b.tombstone),
+            b.map(|b| b.attempted),
+            r.map(|r| r.id.clone()),
+            r.and_then(|r| r.name.clone()),
+            r.map(|r| r.address.clone()),
+            r.and_then(|r| r.role.map(|role| role.as_db().to_owned())),
+            r.map(|r| naive(r.created_at)),
+            r.map(|r| naive(r.updated_at)),
+            r.map(|r| !r.exists),
+            d.map(|d| d.svix_id.clone()),
+            d.map(|d| d.event_type.clone()),
+            d.and_then(|d| d.user_id.clone()),
+            d.map(|d| d.outcome.as_str().to_owned()),
+        ))
+    }};
+}
+
 /// The write as a typed statement.
 macro_rules! write_query {
     ($writes:expr) => {{
@@ -163,6 +274,19 @@ macro_rules! write_query {
     }};
 }
 
+/// Sends a plan's write (`clerk_sync.write_one` for a lone plan) on its first poll.
+async fn write(
+    mut on: &AsyncPgConnection,
+    writes: &Writes,
+    lone: bool,
+) -> diesel::QueryResult<Vec<String>> {
+    if lone {
+        write_one_query!(writes).get_result(&mut on).await
+    } else {
+        write_query!(writes).get_result(&mut on).await
+    }
+}
+
 impl Pg {
     /// One unit of work: lock and read `request`, plan, write, commit (see [`super::port`]).
     /// `BEGIN` (through a pooler, with its `SET LOCAL`s) pipelined with the read (`BEGIN`
@@ -184,7 +308,18 @@ impl Pg {
         let result = async {
             let (mut begin_on, mut read_on) = (conn, conn);
             let begin = begin_on.batch_execute(self.begin_sql());
-            let read = read_query!(&request).get_result::<String>(&mut read_on);
+            // (Either statement is sent on this future's first poll, after BEGIN's.)
+            let read = async {
+                if lone_request(&request) {
+                    read_one_query!(&request)
+                        .get_result::<String>(&mut read_on)
+                        .await
+                } else {
+                    read_query!(&request)
+                        .get_result::<String>(&mut read_on)
+                        .await
+                }
+            };
             let (begun, read) = futures_util::future::join(begin, read).await;
             begun?;
             let (writes, value) = plan(&snapshot(&read?)?)?;
@@ -193,14 +328,15 @@ impl Pg {
                 on.batch_execute("COMMIT").await?;
                 return Ok((value, Deleted::default()));
             }
-            let done = if self.prepared_on(id) {
+            let lone = lone_writes(&writes);
+            let write = |on| write(on, &writes, lone);
+            let statement = (id, lone);
+            let done = if self.prepared_on(statement) {
                 // Unconstrained: tokio's cooperative budget must not make the write's first
                 // poll stop short of sending it.
                 tokio::task::unconstrained(async {
-                    let (mut write_on, mut commit_on) = (conn, conn);
-                    let mut write = std::pin::pin!(
-                        write_query!(&writes).get_result::<Vec<String>>(&mut write_on)
-                    );
+                    let mut commit_on = conn;
+                    let mut write = std::pin::pin!(write(conn));
                     // The write's statement is prepared on this connection, so its first poll
                     // sends its execution; the COMMIT sent after that follows it. A write that
                     // ended on that poll failed before sending anything: no COMMIT then.
@@ -222,11 +358,9 @@ impl Pg {
                 // Not pipelined with COMMIT: a statement this connection has not prepared
                 // yet is prepared first, and a COMMIT sent meanwhile would overtake its
                 // execution.
-                let done = write_query!(&writes)
-                    .get_result::<Vec<String>>(&mut on)
-                    .await?;
+                let done = write(conn).await?;
                 on.batch_execute("COMMIT").await?;
-                self.note_prepared(id);
+                self.note_prepared(statement);
                 done
             };
             Ok::<_, DbError>((value, Deleted(done.into_iter().collect())))
@@ -281,25 +415,28 @@ impl Drop for InTransaction {
     }
 }
 
-/// Most connections [`Pg::note_prepared`] remembers before it starts over: the pool holds far
+/// A write statement on a pool connection: the connection, and whether it is the lone write.
+pub(super) type WriteStatement = (ObjectId, bool);
+
+/// Most statements [`Pg::note_prepared`] remembers before it starts over: the pool holds far
 /// fewer, so only connections replaced many times over are forgotten (and they then take one
 /// more round trip on their next write).
 const PREPARED_REMEMBERED: usize = 1_024;
 
 impl Pg {
-    /// Whether the write's statement was prepared on the pool connection `id` (its statement
-    /// cache keeps it for the connection's life; deadpool never reuses an id). Never
-    /// through a pooler: there nothing stays prepared.
-    fn prepared_on(&self, id: ObjectId) -> bool {
+    /// Whether a write statement (the lone one, or the other) was prepared on the pool
+    /// connection `id` (its statement cache keeps it for the connection's life; deadpool never
+    /// reuses an id). Never through a pooler: there nothing stays prepared.
+    fn prepared_on(&self, statement: WriteStatement) -> bool {
         !self.pooler().safe()
             && self
                 .prepared
                 .lock()
-                .is_ok_and(|prepared| prepared.contains(&id))
+                .is_ok_and(|prepared| prepared.contains(&statement))
     }
 
-    /// Notes that a write ran on the pool connection `id`.
-    fn note_prepared(&self, id: ObjectId) {
+    /// Notes that a write statement ran on a pool connection.
+    fn note_prepared(&self, statement: WriteStatement) {
         if self.pooler().safe() {
             return;
         }
@@ -307,7 +444,7 @@ impl Pg {
             if prepared.len() >= PREPARED_REMEMBERED {
                 prepared.clear();
             }
-            prepared.insert(id);
+            prepared.insert(statement);
         }
     }
 }

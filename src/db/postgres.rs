@@ -54,9 +54,9 @@ pub struct Pg {
     pub(super) extension: super::Extension,
     /// [`Pg::preferred_batch`], once read from the server.
     preferred: std::sync::Arc<tokio::sync::OnceCell<usize>>,
-    /// The pool connections the port's write statement is prepared on (see `super::pg_port`).
+    /// The port's write statements prepared on pool connections (see `super::pg_port`).
     pub(super) prepared:
-        std::sync::Arc<std::sync::Mutex<foldhash::HashSet<deadpool::managed::ObjectId>>>,
+        std::sync::Arc<std::sync::Mutex<foldhash::HashSet<super::pg_port::WriteStatement>>>,
 }
 
 #[derive(QueryableByName)]
