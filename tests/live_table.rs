@@ -238,9 +238,9 @@ async fn a_schema_that_disagrees_with_the_table_exits_1_naming_the_field(backend
         ),
         (
             "uuid-soft-delete",
-            "deletedAt DateTime?",
-            "deletedAt DateTime",
-            "User.deletedAt",
+            "email     String\n",
+            "email     String?\n",
+            "User.email",
         ),
     ];
     if backend != Backend::Sqlite {
