@@ -34,7 +34,8 @@ pub enum Command {
     /// GET /healthz, GET /readyz, GET /metrics.
     Serve(Box<ServeArgs>),
     /// Apply clerk-sync's migrations (and create the User table where absent), then exit.
-    Migrate(DatabaseArgs),
+    /// With a Prisma schema, the user model's table is checked against it.
+    Migrate(MigrateArgs),
     /// Replay stored webhooks (files, folders, JSON lines, `-` for stdin) into the database,
     /// or with --to, sign them and POST them to a running daemon.
     Replay(ReplayArgs),
@@ -46,19 +47,72 @@ pub enum Command {
     /// with --prune, then delete the users Clerk no longer has.
     Backfill(BackfillArgs),
     /// Print how Clerk's user maps onto the application's user model (from its Prisma
-    /// schema and clerk-sync.toml): each column, what fills it and why. Exits 1, naming the
-    /// field and the clerk-sync.toml line that would fill it, when a required column
-    /// cannot be filled.
-    Mapping(MappingArgs),
+    /// schema and clerk-sync.toml, or without a schema from the table in --database-url):
+    /// each column, what fills it and why. Exits 1, naming the field and the clerk-sync.toml
+    /// line that would fill it, when a required column cannot be filled, and naming field
+    /// and column when the schema and the live table disagree.
+    Mapping(MappingCommandArgs),
 }
 
-/// Settings of `mapping`.
+/// Settings of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The application's user model.
+    #[command(flatten)]
+    pub mapping: MappingArgs,
+}
+
+/// Settings of the `mapping` command.
+#[derive(Debug, Args)]
+pub struct MappingCommandArgs {
+    /// The schema, model and configuration.
+    #[command(flatten)]
+    pub mapping: MappingArgs,
+    /// The application's database, as for `serve` (DATABASE_URL): without a schema the
+    /// mapping is made from its table's columns; with one, the schema is checked against
+    /// the table. Unset: the schema alone.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// A file holding the database URL (instead of DATABASE_URL).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+}
+
+impl MappingCommandArgs {
+    /// The database URL, from DATABASE_URL_FILE when that is set; none when neither is set.
+    pub fn url(&self) -> anyhow::Result<Option<DatabaseUrl>> {
+        let file = self
+            .database_url_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty());
+        let given = self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty());
+        match (file, given) {
+            (Some(_), Some(_)) => Err(SecretFileError::Both {
+                name: "DATABASE_URL",
+            }
+            .into()),
+            (Some(path), None) => Ok(Some(DatabaseUrl::parse(&read_secret_file(path)?)?)),
+            (None, Some(url)) => Ok(Some(DatabaseUrl::parse(url)?)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Which Prisma schema, model and clerk-sync.toml make the mapping (`mapping`, `serve`,
+/// `migrate`).
 #[derive(Debug, Args)]
 pub struct MappingArgs {
     /// The application's Prisma schema (default: prisma/schema.prisma, when it exists).
     #[arg(long, env = "CLERK_SYNC_PRISMA_SCHEMA")]
     pub prisma_schema: Option<PathBuf>,
-    /// The user model (default: the model named User, or the one model with a Clerk-id field).
+    /// The user model (default: the model named User, or the one model with a Clerk-id field);
+    /// without a schema file, the table to read (default: User).
     #[arg(long, env = "CLERK_SYNC_MODEL")]
     pub model: Option<String>,
     /// clerk-sync's mapping configuration (default: clerk-sync.toml, when it exists).
@@ -359,6 +413,9 @@ pub struct ServeArgs {
     /// The on-demand session sync.
     #[command(flatten)]
     pub session: SessionArgs,
+    /// The application's user model: with a schema file, checked against the table at start.
+    #[command(flatten)]
+    pub mapping: MappingArgs,
 }
 
 /// Settings of `backfill`.

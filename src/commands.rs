@@ -9,8 +9,13 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backfill::{self, client};
-use crate::cli::{BackfillArgs, CheckArgs, DatabaseArgs, ReplayArgs, ServeArgs, StatusArgs};
+use crate::cli::{
+    BackfillArgs, CheckArgs, DatabaseArgs, MappingArgs, MappingCommandArgs, MigrateArgs,
+    ReplayArgs, ServeArgs, StatusArgs,
+};
 use crate::db::{Database, DeadLetterLimits, PoolOptions};
+use crate::domain::table::LiveTable;
+use crate::mapping::{live, Config, Mapping, MappingError, Schema, TableError};
 use crate::probe::{self, Readiness};
 use crate::replay::{self, Reporter, Summary};
 use crate::startup::{AppState, Application, ServerSettings};
@@ -77,9 +82,26 @@ async fn run_migrations(db: &Database) -> anyhow::Result<()> {
 }
 
 /// `clerk-sync migrate`.
-pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
-    let db = open(&args).await?;
-    run_migrations(&db).await?;
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let start = start_mapping(&args.mapping)?;
+    let db = open(&args.database).await?;
+    match &start {
+        StartMapping::Seed => run_migrations(&db).await?,
+        // The seed table is created where absent, then checked against the schema.
+        StartMapping::SeedChecked(schema, mapping) => {
+            run_migrations(&db).await?;
+            check_live(&db, schema, mapping).await?;
+        }
+        // The application's table is never created or altered: checked, then only
+        // clerk-sync's own tables are migrated.
+        StartMapping::Mapped(schema, mapping) => {
+            check_live(&db, schema, mapping).await?;
+            let report = db.migrate_own().await.context("migrating the database")?;
+            for version in &report.applied {
+                tracing::info!(version, "applied migration");
+            }
+        }
+    }
     log_connection(&db);
     println!("clerk-sync: {} database migrated", db.backend());
     Ok(())
@@ -107,9 +129,34 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if internal_bind == Some(args.bind.trim()) {
         anyhow::bail!("--internal-bind must differ from --bind ({})", args.bind);
     }
+    let start = start_mapping(&args.mapping)?;
     let db = open(&args.database).await?;
-    if !args.no_migrate {
-        run_migrations(&db).await?;
+    match &start {
+        StartMapping::Seed => {
+            if !args.no_migrate {
+                run_migrations(&db).await?;
+            }
+        }
+        StartMapping::SeedChecked(schema, mapping) => {
+            if !args.no_migrate {
+                run_migrations(&db).await?;
+                check_live(&db, schema, mapping).await?;
+            } else if let Err(error) = check_live(&db, schema, mapping).await {
+                // Without migrating, an absent table or an unreachable database is what
+                // /readyz reports, as before; a table that disagrees is refused.
+                if error
+                    .downcast_ref::<TableError>()
+                    .is_some_and(|e| matches!(e, TableError::Mismatch { .. }))
+                {
+                    return Err(error);
+                }
+                tracing::warn!("{error:#}");
+            }
+        }
+        StartMapping::Mapped(schema, mapping) => {
+            check_live(&db, schema, mapping).await?;
+            return Err(not_supported_yet(mapping));
+        }
     }
     if db.check_ready().await.is_ok() {
         log_connection(&db);
@@ -333,39 +380,179 @@ async fn replay_dead_letters(args: ReplayArgs) -> anyhow::Result<bool> {
     Ok(failing == 0)
 }
 
-/// `clerk-sync mapping`: the mapping in force, or why there is none (false).
-pub fn mapping(args: &crate::cli::MappingArgs) -> anyhow::Result<bool> {
-    use crate::mapping::{Config, Mapping, MappingError, Schema};
-    let Some(schema_path) = args.schema_path() else {
-        anyhow::bail!(
-            "no Prisma schema: pass --prisma-schema (CLERK_SYNC_PRISMA_SCHEMA), or run where \
-             prisma/schema.prisma is"
-        );
-    };
+/// The schema and config `args` name, read and parsed; `None` without a schema file.
+fn read_mapping_files(
+    args: &MappingArgs,
+) -> anyhow::Result<(Option<(std::path::PathBuf, Schema)>, Config)> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
     };
-    let schema = Schema::parse(&read(&schema_path)?)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", schema_path.display()))?;
+    let schema = match args.schema_path() {
+        Some(path) => {
+            let schema = Schema::parse(&read(&path)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some((path, schema))
+        }
+        None => None,
+    };
     let config = match args.config_path() {
         Some(path) => {
             Config::parse(&read(&path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => Config::default(),
     };
-    match Mapping::resolve_model(&schema, &config, args.model.as_deref()) {
-        Ok(mapping) => {
-            println!("schema: {}", schema_path.display());
-            print!("{}", mapping.report());
-            Ok(true)
+    Ok((schema, config))
+}
+
+/// The table the mapping names, as the catalog describes it; an error when it is absent.
+async fn live_table(db: &Database, mapping: &Mapping) -> anyhow::Result<LiveTable> {
+    db.describe_table(mapping.table.schema.as_deref(), &mapping.table.name)
+        .await
+        .with_context(|| format!("reading the table {} from the catalog", mapping.table))?
+        .ok_or_else(|| {
+            TableError::Absent {
+                model: mapping.model.clone(),
+                table: mapping.table.to_string(),
+            }
+            .into()
+        })
+}
+
+/// `clerk-sync mapping`: the report, from the schema file or, without one, from the table in
+/// the database; with both, the schema checked against the table. `Ok(false)` when the
+/// mapping cannot fill a required column or the schema and the table disagree.
+pub async fn mapping(args: &MappingCommandArgs) -> anyhow::Result<bool> {
+    let (schema, config) = read_mapping_files(&args.mapping)?;
+    let model_flag = args.mapping.model.as_deref();
+    let url = args.url()?;
+    let db = match &url {
+        Some(url) => Some(open_with(
+            url,
+            PoolOptions {
+                max_connections: 1,
+                committers: 0,
+                ..PoolOptions::default()
+            },
+        )?),
+        None => None,
+    };
+    let (source, schema, table) = match (schema, &db) {
+        (None, None) => anyhow::bail!(
+            "no Prisma schema: pass --prisma-schema (CLERK_SYNC_PRISMA_SCHEMA), or run where \
+             prisma/schema.prisma is, or pass --database-url (DATABASE_URL) to make the mapping \
+             from the table"
+        ),
+        (Some((path, schema)), None) => (format!("schema: {}", path.display()), schema, None),
+        (Some((path, schema)), Some(db)) => {
+            (format!("schema: {}", path.display()), schema, Some(db))
         }
+        (None, Some(db)) => {
+            let name = live::table_without_schema(&config, model_flag);
+            let Some(table) = db
+                .describe_table(None, &name)
+                .await
+                .with_context(|| format!("reading the table \"{name}\" from the catalog"))?
+            else {
+                anyhow::bail!(
+                    "no table \"{name}\" in the database: name the table with --model or \
+                     `table = \"...\"` under [user] in clerk-sync.toml, or pass --prisma-schema"
+                );
+            };
+            let model = model_flag
+                .map(str::to_owned)
+                .or_else(|| config.user.model.as_ref().map(|m| m.value.clone()))
+                .unwrap_or_else(|| name.clone());
+            let schema = live::schema_from_table(&table, &model);
+            let source = format!(
+                "table: {} in the {} database (no schema file: the model is made from its columns)",
+                table.qualified_name(),
+                db.backend()
+            );
+            (source, schema, None)
+        }
+    };
+    let mapping = match Mapping::resolve_model(&schema, &config, model_flag) {
+        Ok(mapping) => mapping,
         Err(unfilled @ MappingError::Unfilled { .. }) => {
-            eprintln!("clerk-sync: {}: {unfilled}", schema_path.display());
-            Ok(false)
+            eprintln!("clerk-sync: {source}: {unfilled}");
+            return Ok(false);
         }
-        Err(other) => Err(anyhow::anyhow!("{}: {other}", schema_path.display())),
+        Err(other) => anyhow::bail!("{source}: {other}"),
+    };
+    if let Some(db) = table {
+        let live = live_table(db, &mapping).await?;
+        if let Err(mismatch) = live::check_table(&mapping, &schema, &live) {
+            eprintln!("clerk-sync: {source}: {mismatch}");
+            return Ok(false);
+        }
+        println!("{source}");
+        println!(
+            "checked against the table {} in the {} database: they agree",
+            live.qualified_name(),
+            db.backend()
+        );
+    } else {
+        println!("{source}");
     }
+    print!("{}", mapping.report());
+    Ok(true)
+}
+
+/// What `serve` and `migrate` do about the user model at start.
+enum StartMapping {
+    /// No schema file: the seed table, checked as it always was.
+    Seed,
+    /// A schema file whose user model is the seed shape: checked against the table too.
+    SeedChecked(Schema, Mapping),
+    /// A schema file with another shape: checked, and not written yet.
+    Mapped(Schema, Mapping),
+}
+
+/// Loads the mapping when there is a schema file; an error when it cannot fill a required
+/// column.
+fn start_mapping(args: &MappingArgs) -> anyhow::Result<StartMapping> {
+    let (schema, config) = read_mapping_files(args)?;
+    let Some((path, schema)) = schema else {
+        if args.config_path().is_some() {
+            tracing::warn!("clerk-sync.toml is used with a Prisma schema only: ignored");
+        }
+        return Ok(StartMapping::Seed);
+    };
+    let mapping = Mapping::resolve_model(&schema, &config, args.model.as_deref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    tracing::info!(
+        schema = %path.display(),
+        model = %mapping.model,
+        table = %mapping.table,
+        "user model read from the Prisma schema"
+    );
+    Ok(if mapping.is_seed_shape() {
+        StartMapping::SeedChecked(schema, mapping)
+    } else {
+        StartMapping::Mapped(schema, mapping)
+    })
+}
+
+/// The schema checked against the live table; the error names each field and column.
+async fn check_live(db: &Database, schema: &Schema, mapping: &Mapping) -> anyhow::Result<()> {
+    let live = live_table(db, mapping).await?;
+    live::check_table(mapping, schema, &live)?;
+    tracing::info!(table = %mapping.table, model = %mapping.model, "the table agrees with the Prisma schema");
+    Ok(())
+}
+
+fn not_supported_yet(mapping: &Mapping) -> anyhow::Error {
+    anyhow::anyhow!(
+        "model {} maps to the table {} (key \"{}\", Clerk id in \"{}\"), which is not the \
+         seed application's User table; writing such a table is not supported yet, and \
+         clerk-sync will not write the seed table in its place. `clerk-sync mapping` shows the \
+         plan for it",
+        mapping.model,
+        mapping.table,
+        mapping.key.column,
+        mapping.clerk_id
+    )
 }
 
 /// `clerk-sync check`.

@@ -20,7 +20,8 @@ fn main() -> ExitCode {
     }
     clerk_sync::telemetry::init(cli.log_format == "json");
     if let Command::Mapping(args) = &cli.command {
-        return match commands::mapping(args) {
+        let checked = actix_web::rt::System::new().block_on(commands::mapping(args));
+        return match checked {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(error) => {

@@ -21,6 +21,8 @@ fn mapping(dir: &Path, args: &[&str]) -> Output {
         .env_remove("CLERK_SYNC_PRISMA_SCHEMA")
         .env_remove("CLERK_SYNC_CONFIG")
         .env_remove("CLERK_SYNC_MODEL")
+        .env_remove("DATABASE_URL")
+        .env_remove("DATABASE_URL_FILE")
         .env("RUST_LOG", "warn")
         .output()
         .expect("the binary runs")

@@ -11,6 +11,7 @@
 mod app_table;
 mod backfill;
 mod dead_letters;
+mod describe;
 mod migrations;
 mod pg_port;
 pub mod port;
@@ -286,6 +287,28 @@ impl Database {
         match self {
             Database::Postgres(db) => db.migrate().await,
             Database::Sqlite(db) => db.migrate().await,
+        }
+    }
+
+    /// Applies clerk-sync's own migrations only: the application's table is neither created
+    /// nor checked here (for a mapped table, which the layer above checks against its schema).
+    pub async fn migrate_own(&self) -> Result<MigrationReport, DbError> {
+        match self {
+            Database::Postgres(db) => db.migrate_with(false).await,
+            Database::Sqlite(db) => db.migrate_with(false).await,
+        }
+    }
+
+    /// The table `name` as the catalog describes it, or `None` when there is no such table.
+    /// `schema` is PostgreSQL's (the connection's current schema when `None`); SQLite has one.
+    pub async fn describe_table(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Option<crate::domain::table::LiveTable>, DbError> {
+        match self {
+            Database::Postgres(db) => db.describe_table(schema, name).await,
+            Database::Sqlite(db) => db.describe_table(name).await,
         }
     }
 

@@ -451,12 +451,17 @@ impl Pg {
     }
 
     pub(super) async fn migrate(&self) -> Result<MigrationReport, DbError> {
+        self.migrate_with(true).await
+    }
+
+    /// Migrates; with `seed`, also creates the seed `User` table where absent and checks it.
+    pub(super) async fn migrate_with(&self, seed: bool) -> Result<MigrationReport, DbError> {
         // On DIRECT_URL's server when it is set (Prisma's `directUrl`), else DATABASE_URL's.
         let conn = self.direct.connect().await?;
         let begin = self.migration_begin.clone();
         // diesel's migrations run on a blocking connection: the async one, wrapped, on a
         // blocking thread.
-        tokio::task::spawn_blocking(move || blocking::migrate(conn, &begin))
+        tokio::task::spawn_blocking(move || blocking::migrate(conn, &begin, seed))
             .await
             .map_err(|e| DbError::Internal(format!("migration task failed: {e}")))?
     }
@@ -612,18 +617,25 @@ mod blocking {
     pub(super) fn migrate(
         conn: AsyncPgConnection,
         begin: &str,
+        seed: bool,
     ) -> Result<MigrationReport, DbError> {
         let mut conn = Wrapped::from(conn);
         let mut begin_sql = begin.strip_prefix("BEGIN;").unwrap_or(begin).to_owned();
         begin_sql.push_str(&format!(" SELECT pg_advisory_xact_lock({MIGRATION_LOCK});"));
         conn.transaction(|conn| {
             conn.batch_execute(&begin_sql)?;
-            migrate_locked(conn)
+            migrate_locked(conn, seed)
         })
     }
 
-    fn migrate_locked(conn: &mut Wrapped) -> Result<MigrationReport, DbError> {
+    fn migrate_locked(conn: &mut Wrapped, seed: bool) -> Result<MigrationReport, DbError> {
         let applied = migrations::run_pending(conn, &migrations::POSTGRES, &HISTORY)?;
+        if !seed {
+            return Ok(MigrationReport {
+                applied,
+                created_user_table: false,
+            });
+        }
         let created_user_table = conn.transaction(|conn| {
             let present: Exists =
                 diesel::sql_query("SELECT to_regclass('\"User\"') IS NOT NULL AS present").get_result(conn)?;

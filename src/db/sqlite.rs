@@ -108,8 +108,19 @@ impl Lite {
     }
 
     pub(super) async fn migrate(&self) -> Result<MigrationReport, DbError> {
-        self.run(|conn| {
+        self.migrate_with(true).await
+    }
+
+    /// Migrates; with `seed`, also creates the seed `User` table where absent and checks it.
+    pub(super) async fn migrate_with(&self, seed: bool) -> Result<MigrationReport, DbError> {
+        self.run(move |conn| {
             let applied = migrations::run_pending(conn, &migrations::SQLITE, &HISTORY)?;
+            if !seed {
+                return Ok(MigrationReport {
+                    applied,
+                    created_user_table: false,
+                });
+            }
             let created_user_table = conn.immediate_transaction(|conn| {
                 if !columns(conn)?.is_empty() {
                     return Ok::<_, DieselError>(false);

@@ -8,6 +8,7 @@
 
 mod event;
 mod outcome;
+pub mod table;
 mod user;
 
 pub use event::{Event, EventError};

@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod live;
 pub mod prisma;
 pub mod source;
 pub mod values;
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Config, ConfigError, DeleteRule, FieldFill, FieldRule, KeyMode, UserConfig};
 pub use keys::{KeyGeneration, NANOID_DEFAULT_LENGTH};
+pub use live::{check_table, schema_from_table, table_without_schema, Disagreement, TableError};
 pub use prisma::{Arity, DefaultValue, FieldType, Model, Schema, SchemaError};
 pub use source::{Constant, MetadataKind, Source, UserField, ValueType};
 pub use values::{
