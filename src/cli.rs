@@ -234,6 +234,9 @@ pub struct ReplayArgs {
     /// Do not apply migrations before replaying.
     #[arg(long, env = "CLERK_SYNC_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// The application's user model (checked before writing, as `serve` does).
+    #[command(flatten)]
+    pub mapping: MappingArgs,
 }
 
 /// Settings of `check`.
@@ -424,6 +427,9 @@ pub struct BackfillArgs {
     /// Database settings.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// The application's user model (checked before writing, as `serve` does).
+    #[command(flatten)]
+    pub mapping: MappingArgs,
     /// Clerk's secret key (sk_live_… or sk_test_…), from the Clerk dashboard's API keys.
     #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<crate::backfill::client::SecretKey>,

@@ -312,8 +312,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
         }
         None => {
             let db = open_bulk(&args.database).await?;
-            if !args.no_migrate && !args.dry_run {
-                run_migrations(&db).await?;
+            if !args.dry_run {
+                migrate_and_check(&args.mapping, &db, !args.no_migrate).await?;
             }
             options.batch_size = args
                 .batch_size
@@ -331,8 +331,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
 /// any is still kept.
 async fn replay_dead_letters(args: ReplayArgs) -> anyhow::Result<bool> {
     let db = open(&args.database).await?;
-    if !args.no_migrate && !args.dry_run {
-        run_migrations(&db).await?;
+    if !args.dry_run {
+        migrate_and_check(&args.mapping, &db, !args.no_migrate).await?;
     }
     let options = SyncOptions {
         skip_users_without_email: args.skip_users_without_email,
@@ -539,6 +539,24 @@ async fn check_live(db: &Database, schema: &Schema, mapping: &Mapping) -> anyhow
     let live = live_table(db, mapping).await?;
     live::check_table(mapping, schema, &live)?;
     tracing::info!(table = %mapping.table, model = %mapping.model, "the table agrees with the Prisma schema");
+    Ok(())
+}
+
+/// For the commands that write the table besides `serve` (replay, backfill), as `serve`
+/// does: migrates when `migrate`, and checks the schema file, when there is one, against the
+/// table; a user model other than the seed's is checked and refused, before any migration.
+async fn migrate_and_check(args: &MappingArgs, db: &Database, migrate: bool) -> anyhow::Result<()> {
+    let start = start_mapping(args)?;
+    if let StartMapping::Mapped(schema, mapping) = &start {
+        check_live(db, schema, mapping).await?;
+        return Err(not_supported_yet(mapping));
+    }
+    if migrate {
+        run_migrations(db).await?;
+    }
+    if let StartMapping::SeedChecked(schema, mapping) = &start {
+        check_live(db, schema, mapping).await?;
+    }
     Ok(())
 }
 
@@ -790,11 +808,12 @@ pub async fn backfill(args: BackfillArgs) -> anyhow::Result<bool> {
     .map_err(anyhow::Error::msg)?;
     let db = open_bulk(&args.database).await?;
     if args.dry_run || args.no_migrate {
+        migrate_and_check(&args.mapping, &db, false).await?;
         db.check_ready().await.context(
             "reading the database (--dry-run and --no-migrate need a migrated database: run `clerk-sync migrate`)",
         )?;
     } else {
-        run_migrations(&db).await?;
+        migrate_and_check(&args.mapping, &db, true).await?;
     }
     let options = backfill::Options {
         page_size: args.page_size,

@@ -338,6 +338,52 @@ async fn serve_refuses_a_table_that_disagrees_and_a_shape_it_cannot_write_yet(ba
     );
 }
 
+async fn replay_and_backfill_refuse_a_shape_they_cannot_write_yet(backend: Backend) {
+    let shape = "cuid-clerkid";
+    let db = shape_db(shape, backend).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = write(dir.path(), "clerk-sync.toml", "[user]\nid = \"cuid\"\n");
+    let event = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/clerk-events/user.created.openapi-example.json");
+    let with_mapping = |command: &mut Command| {
+        command
+            .arg("--database-url")
+            .arg(&db.url)
+            .arg("--prisma-schema")
+            .arg(fixture("cuid-clerkid.prisma"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null());
+    };
+    let mut replay = clerk_sync(dir.path());
+    replay.arg("replay").arg(&event);
+    with_mapping(&mut replay);
+    let replayed = run(replay);
+    // Refused before Clerk is asked anything: nothing listens at this address.
+    let mut backfill = clerk_sync(dir.path());
+    backfill
+        .arg("backfill")
+        .arg("--api-url")
+        .arg("http://127.0.0.1:9/v1")
+        .env("CLERK_SECRET_KEY", "sk_test_refused_before_use");
+    with_mapping(&mut backfill);
+    let backfilled = run(backfill);
+
+    for (what, done) in [("replay", &replayed), ("backfill", &backfilled)] {
+        assert_eq!(done.status, Some(1), "{what}: {}", done.stderr);
+        assert!(
+            done.stderr.contains("not supported yet") && done.stderr.contains("\"User\""),
+            "{what}: {}",
+            done.stderr
+        );
+    }
+    assert_eq!(
+        db.number("SELECT count(*) AS n FROM \"User\"").await,
+        0,
+        "the shape's table stays empty"
+    );
+}
+
 async fn migrate_checks_a_mapped_table_and_creates_no_seed_table(backend: Backend) {
     let shape = "autoincrement-mapped";
     let db = shape_db(shape, backend).await;
@@ -433,6 +479,7 @@ on_every_backend!(the_table_alone_maps_as_the_schema_does);
 on_both_backends!(
     a_schema_that_disagrees_with_the_table_exits_1_naming_the_field,
     serve_refuses_a_table_that_disagrees_and_a_shape_it_cannot_write_yet,
+    replay_and_backfill_refuse_a_shape_they_cannot_write_yet,
     migrate_checks_a_mapped_table_and_creates_no_seed_table,
     the_seed_schema_on_an_empty_database_migrates_then_serves,
 );
