@@ -313,21 +313,23 @@ struct Row {
 }
 
 /// The walk over one snapshot.
+/// (User ids and delivery ids are borrowed from the snapshot and the deliveries, which outlive
+/// it.)
 struct Walk<'s> {
     snapshot: &'s Snapshot,
     options: SyncOptions,
-    users: HashMap<String, State>,
-    rows: HashMap<String, Row>,
+    users: HashMap<&'s str, State>,
+    rows: HashMap<&'s str, Row>,
     /// Who holds each address of the walk.
-    holders: HashMap<String, String>,
+    holders: HashMap<String, &'s str>,
     /// Who claims each locked address.
-    claimants: HashMap<String, HashSet<String>>,
+    claimants: HashMap<String, HashSet<&'s str>>,
     /// Ids delivered so far in this plan.
-    seen: HashSet<String>,
+    seen: HashSet<&'s str>,
     /// Users whose bookkeeping changed, and how.
-    touched_users: BTreeMap<String, Marks>,
+    touched_users: BTreeMap<&'s str, Marks>,
     /// Rows whose address or fields changed.
-    touched_rows: HashSet<String>,
+    touched_rows: HashSet<&'s str>,
     deletes: Vec<String>,
     record: Vec<Record>,
 }
@@ -337,9 +339,9 @@ impl<'s> Walk<'s> {
         let mut holders = HashMap::with_capacity(snapshot.rows.len());
         let mut rows = HashMap::with_capacity(snapshot.rows.len());
         for (id, row) in &snapshot.rows {
-            holders.insert(row.address.clone(), id.clone());
+            holders.insert(row.address.clone(), id.as_str());
             rows.insert(
-                id.clone(),
+                id.as_str(),
                 Row {
                     address: row.address.clone(),
                     updated_ms: row.updated_ms,
@@ -350,7 +352,7 @@ impl<'s> Walk<'s> {
         // A row made for this unit of work is, to the rules, a user clerk-sync has applied
         // nothing for, whatever it was made with.
         let new_user = Bookkeeping::new_user();
-        let users: HashMap<String, State> = snapshot
+        let users: HashMap<&'s str, State> = snapshot
             .users
             .iter()
             .map(|(u, b)| {
@@ -359,17 +361,14 @@ impl<'s> Walk<'s> {
                 } else {
                     b
                 };
-                (u.clone(), State::from(b))
+                (u.as_str(), State::from(b))
             })
             .collect();
-        let mut claimants: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut claimants: HashMap<String, HashSet<&'s str>> = HashMap::new();
         for (user, state) in &users {
             if let Some(email) = &state.email {
                 if snapshot.addresses.contains(email) {
-                    claimants
-                        .entry(email.clone())
-                        .or_default()
-                        .insert(user.clone());
+                    claimants.entry(email.clone()).or_default().insert(user);
                 }
             }
         }
@@ -400,8 +399,8 @@ impl<'s> Walk<'s> {
             .ok_or_else(|| Incomplete(format!("no bookkeeping row for {user}")))
     }
 
-    fn touch_user(&mut self, user: &str) -> &mut Marks {
-        self.touched_users.entry(user.to_owned()).or_default()
+    fn touch_user(&mut self, user: &'s str) -> &mut Marks {
+        self.touched_users.entry(user).or_default()
     }
 
     /// The address is one the walk knows every holder and claimant of: locked, or a
@@ -414,11 +413,9 @@ impl<'s> Walk<'s> {
     /// **Dedup**: a delivery whose id was recorded before, or delivered earlier in this
     /// plan, is a duplicate and changes nothing; by version (users read from Clerk's API),
     /// nothing is recorded and a repeat is told by its content instead (see [`Dedup`]).
-    fn deliver(&mut self, id: &MessageId, event: &Event) -> Result<Planned, Incomplete> {
+    fn deliver(&mut self, id: &'s MessageId, event: &'s Event) -> Result<Planned, Incomplete> {
         let by_id = self.options.dedup == Dedup::ById;
-        if by_id
-            && (self.snapshot.recorded.contains(id.as_str())
-                || !self.seen.insert(id.as_str().to_owned()))
+        if by_id && (self.snapshot.recorded.contains(id.as_str()) || !self.seen.insert(id.as_str()))
         {
             return Ok(Planned::Known(Outcome::Duplicate));
         }
@@ -444,9 +441,9 @@ impl<'s> Walk<'s> {
     }
 
     /// `user.created` / `user.updated`.
-    fn upsert(&mut self, change: &UserChange) -> Result<Outcome, Incomplete> {
+    fn upsert(&mut self, change: &'s UserChange) -> Result<Outcome, Incomplete> {
         let user = change.id.as_str();
-        let current = self.user(user)?.clone();
+        let current = self.user(user)?;
         // **Tombstones**: Clerk never reuses a user id, so nothing revives a deleted user.
         if current.deleted {
             return Ok(Outcome::Stale);
@@ -465,27 +462,27 @@ impl<'s> Walk<'s> {
         if change.email.is_none() && self.options.skip_users_without_email {
             return Ok(Outcome::Ignored);
         }
-        let email = change.email.as_ref().map(|e| e.as_str().to_owned());
-        let row_address = self.rows.get(user).map(|r| r.address.clone());
         let role = role_after(change.role, current.role_from_webhook);
+        let email = change.email.as_ref().map(|e| e.as_str());
+        let row_address = self.rows.get(user).map(|r| r.address.clone());
 
         // The bookkeeping: this version is the newest applied, with its claim.
-        self.set_claim(user, current.email.as_deref(), email.as_deref());
         let state = self.user_mut(user)?;
+        let previous = std::mem::replace(&mut state.email, email.map(str::to_owned));
         state.version = change.version;
-        state.digest = change.digest.clone();
-        state.email = email.clone();
+        state.digest.clone_from(&change.digest);
         state.role_from_webhook = change.role.is_some();
+        self.set_claim(user, previous.as_deref(), email);
         self.touch_user(user);
 
-        let address = match &email {
+        let address = match email {
             None => no_email(user),
             Some(email) => self.claim(change, email)?,
         };
         self.write_row(change, &address, role);
 
         // Addresses this user let go of return to their newest remaining claimant.
-        let mut released: Vec<String> = [current.email, row_address]
+        let mut released: Vec<String> = [previous, row_address]
             .into_iter()
             .flatten()
             .filter(|a| *a != address)
@@ -498,7 +495,7 @@ impl<'s> Walk<'s> {
     }
 
     /// Moves `user`'s claim from `from` to `to` in the claimants of the locked addresses.
-    fn set_claim(&mut self, user: &str, from: Option<&str>, to: Option<&str>) {
+    fn set_claim(&mut self, user: &'s str, from: Option<&str>, to: Option<&str>) {
         if from == to {
             return;
         }
@@ -511,45 +508,40 @@ impl<'s> Walk<'s> {
             self.claimants
                 .entry(to.to_owned())
                 .or_default()
-                .insert(user.to_owned());
+                .insert(user);
         }
     }
 
     /// Settles who gets `email` between the incoming user and its current holder, if any;
     /// returns the address the incoming user's row takes.
-    fn claim(&mut self, change: &UserChange, email: &str) -> Result<String, Incomplete> {
+    fn claim(&mut self, change: &'s UserChange, email: &str) -> Result<String, Incomplete> {
         let user = change.id.as_str();
         if !self.covers(email) {
             return Err(Incomplete(format!(
                 "the claimed address of {user} is not locked"
             )));
         }
-        let Some(holder) = self
-            .holders
-            .get(email)
-            .filter(|h| h.as_str() != user)
-            .cloned()
-        else {
+        let Some(holder) = self.holders.get(email).copied().filter(|h| *h != user) else {
             return Ok(email.to_owned());
         };
         let row = self
             .rows
-            .get(&holder)
+            .get(holder)
             .map(|r| AppRow {
                 address: r.address.clone(),
                 updated_ms: r.updated_ms,
             })
             .ok_or_else(|| Incomplete(format!("no row for the holder {holder}")))?;
-        let bookkeeping = self.users.get(&holder).map(State::as_bookkeeping);
+        let bookkeeping = self.users.get(holder).map(State::as_bookkeeping);
         if holder_loses(
-            &holder,
+            holder,
             bookkeeping.as_ref(),
             &row,
             email,
             user,
             change.version,
         ) {
-            self.move_row(&holder, displaced(&holder));
+            self.move_row(holder, displaced(holder));
             Ok(email.to_owned())
         } else {
             Ok(displaced(user))
@@ -557,7 +549,7 @@ impl<'s> Walk<'s> {
     }
 
     /// Writes the row of the version just applied.
-    fn write_row(&mut self, change: &UserChange, address: &str, role: Option<Role>) {
+    fn write_row(&mut self, change: &'s UserChange, address: &str, role: Option<Role>) {
         let user = change.id.as_str();
         let exists = self.snapshot.rows.contains_key(user);
         let previous_role = self
@@ -585,7 +577,7 @@ impl<'s> Walk<'s> {
             }
             None => {
                 self.rows.insert(
-                    user.to_owned(),
+                    user,
                     Row {
                         // Takes the address below.
                         address: String::new(),
@@ -596,26 +588,26 @@ impl<'s> Walk<'s> {
             }
         }
         self.move_row(user, address.to_owned());
-        self.touched_rows.insert(user.to_owned());
+        self.touched_rows.insert(user);
     }
 
     /// Moves `id`'s row to `address`.
-    fn move_row(&mut self, id: &str, address: String) {
+    fn move_row(&mut self, id: &'s str, address: String) {
         let Some(row) = self.rows.get_mut(id) else {
             return;
         };
         if row.address == address {
             return;
         }
-        if self.holders.get(&row.address).is_some_and(|h| h == id) {
+        if self.holders.get(&row.address).is_some_and(|h| *h == id) {
             self.holders.remove(&row.address);
         }
         row.address.clone_from(&address);
         if let Some(full) = &mut row.full {
             full.address.clone_from(&address);
         }
-        self.holders.insert(address, id.to_owned());
-        self.touched_rows.insert(id.to_owned());
+        self.holders.insert(address, id);
+        self.touched_rows.insert(id);
     }
 
     /// **Giving an address back**: once nobody live holds `address`, its newest live
@@ -632,28 +624,28 @@ impl<'s> Walk<'s> {
         };
         let best = claimants
             .iter()
-            .filter_map(|c| {
+            .filter_map(|&c| {
                 let state = self.users.get(c)?;
                 let row = self.rows.get(c)?;
                 (!state.deleted && state.version >= 0 && row.address != address)
-                    .then_some((state.version, c.as_str()))
+                    .then_some((state.version, c))
             })
             .max()
-            .map(|(_, c)| c.to_owned());
+            .map(|(_, c)| c);
         let Some(best) = best else { return Ok(()) };
-        if let Some(holder) = self.holders.get(address).cloned() {
-            let dead = self.users.get(&holder).is_some_and(|s| s.deleted);
+        if let Some(holder) = self.holders.get(address).copied() {
+            let dead = self.users.get(holder).is_some_and(|s| s.deleted);
             if !dead {
                 return Ok(());
             }
-            self.move_row(&holder, displaced(&holder));
+            self.move_row(holder, displaced(holder));
         }
-        self.move_row(&best, address.to_owned());
+        self.move_row(best, address.to_owned());
         Ok(())
     }
 
     /// `user.deleted`: the tombstone, then the row's delete.
-    fn delete(&mut self, user: &str) -> Result<Planned, Incomplete> {
+    fn delete(&mut self, user: &'s str) -> Result<Planned, Incomplete> {
         let state = self.user(user)?.clone();
         if state.deleted {
             match state.pending {
@@ -678,7 +670,7 @@ impl<'s> Walk<'s> {
     /// **Deferred deletes**: the tombstoned user's row is deleted where the application's
     /// foreign keys allow, and kept (the delete retried later) where they refuse; either
     /// way its address goes to its newest remaining claimant.
-    fn finish_delete(&mut self, user: &str) -> Result<Planned, Incomplete> {
+    fn finish_delete(&mut self, user: &'s str) -> Result<Planned, Incomplete> {
         self.user_mut(user)?.pending = Pending::IfRefused;
         self.touch_user(user);
         if !self.deletes.iter().any(|d| d == user) {
@@ -695,13 +687,13 @@ impl<'s> Walk<'s> {
     }
 
     /// The net writes.
-    fn finish(self) -> Writes {
+    fn finish(mut self) -> Writes {
         let mut writes = Writes::default();
-        let mut touched_users = self.touched_users.clone();
+        let mut touched_users = std::mem::take(&mut self.touched_users);
         for user in &self.snapshot.made {
-            touched_users.entry(user.clone()).or_default();
+            touched_users.entry(user.as_str()).or_default();
         }
-        for (user, marks) in &touched_users {
+        for (user, marks) in touched_users {
             let Some(state) = self.users.get(user) else {
                 continue;
             };
@@ -725,7 +717,7 @@ impl<'s> Walk<'s> {
                 continue;
             }
             writes.bookkeeping.push(BookkeepingWrite {
-                user_id: user.clone(),
+                user_id: user.to_owned(),
                 version: state.version,
                 digest: state.digest.clone(),
                 email: state.email.clone(),
@@ -734,30 +726,37 @@ impl<'s> Walk<'s> {
                 attempted: marks.attempted,
             });
         }
-        let mut touched: Vec<&String> = self.touched_rows.iter().collect();
+        let mut touched: Vec<&str> = self.touched_rows.iter().copied().collect();
         touched.sort_unstable();
         // A row leaving an address another written row takes moves out of the way first.
         let taken: HashSet<&str> = touched
             .iter()
-            .filter_map(|id| self.rows.get(*id))
+            .filter_map(|id| self.rows.get(id))
             .map(|row| row.address.as_str())
             .collect();
-        for id in &touched {
-            let Some(row) = self.rows.get(*id) else {
+        let mut fulls = Vec::new();
+        for &id in &touched {
+            let Some(row) = self.rows.get(id) else {
                 continue;
             };
-            let before = self.snapshot.rows.get(*id).map(|r| r.address.as_str());
+            let before = self.snapshot.rows.get(id).map(|r| r.address.as_str());
             if let Some(before) = before {
                 if before != row.address && taken.contains(before) {
-                    writes.vacate.push((*id).clone());
+                    writes.vacate.push(id.to_owned());
                 }
             }
             match &row.full {
-                Some(full) => writes.rows.push(full.clone()),
+                Some(_) => fulls.push(id),
                 None if before != Some(row.address.as_str()) => {
-                    writes.moves.push(((*id).clone(), row.address.clone()));
+                    writes.moves.push((id.to_owned(), row.address.clone()));
                 }
                 None => {}
+            }
+        }
+        drop(taken);
+        for id in fulls {
+            if let Some(full) = self.rows.get_mut(id).and_then(|row| row.full.take()) {
+                writes.rows.push(full);
             }
         }
         writes.deletes = self.deletes;
