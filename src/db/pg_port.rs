@@ -175,8 +175,11 @@ fn lone_request(request: &Request) -> bool {
         && request.ids.len() <= 1
 }
 
-/// Whether a plan is lone: at most one bookkeeping row, one application row and one record,
-/// nothing vacated, moved or deleted (`clerk_sync.write_one`).
+/// Whether a plan is lone: at most one bookkeeping row, one application row and one record
+/// with one outcome, nothing vacated, moved or deleted (`clerk_sync.write_one`).
+/// `write_one` takes no outcome-if-refused: `write_plan` records that one whenever the
+/// record's user was not deleted by the plan, so a record carrying one is written by
+/// `write_plan`, whatever else the plan holds.
 fn lone_writes(writes: &Writes) -> bool {
     writes.bookkeeping.len() <= 1
         && writes.vacate.is_empty()
@@ -184,6 +187,7 @@ fn lone_writes(writes: &Writes) -> bool {
         && writes.moves.is_empty()
         && writes.deletes.is_empty()
         && writes.record.len() <= 1
+        && writes.record.iter().all(|r| r.if_refused.is_none())
 }
 
 /// The read of a lone request as a typed statement.
@@ -446,5 +450,37 @@ impl Pg {
             }
             prepared.insert(statement);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::port::Record;
+    use crate::domain::Outcome;
+
+    fn record(if_refused: Option<Outcome>) -> Record {
+        Record {
+            svix_id: "msg_1".into(),
+            event_type: "user.deleted".into(),
+            user_id: Some("user_1".into()),
+            outcome: Outcome::Applied,
+            if_refused,
+        }
+    }
+
+    #[test]
+    fn a_record_with_an_outcome_if_refused_is_not_written_by_the_lone_executor() {
+        let plain = Writes {
+            record: vec![record(None)],
+            ..Writes::default()
+        };
+        let refusable = Writes {
+            record: vec![record(Some(Outcome::Deferred))],
+            ..Writes::default()
+        };
+
+        assert!(lone_writes(&plain));
+        assert!(!lone_writes(&refusable));
     }
 }
