@@ -77,8 +77,10 @@ BEGIN
     FOREACH v_a IN ARRAY v_addresses LOOP
         v_void := pg_advisory_xact_lock(hashtextextended(v_a, 7))::text;
     END LOOP;
-    -- Read after every lock is held: the row holding each address, and every other user
-    -- claiming it with its bookkeeping.
+    -- Read after every lock is held: the row holding each address (one at most:
+    -- "User".mail_address is unique; a table whose address column is not would need every
+    -- holder read, as lock_and_read does), and every other user claiming it with its
+    -- bookkeeping.
     FOREACH v_a IN ARRAY v_addresses LOOP
         SELECT u.id, u.mail_address, floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT
           INTO v_holder, v_held, v_ms
