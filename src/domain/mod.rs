@@ -60,5 +60,53 @@ impl std::fmt::Display for MessageId {
 /// (`2024-05-01T12:34:56.789+00:00`), so that the application's Prisma queries filter and sort
 /// what clerk-sync writes. The one place this form is made, for the SQLite port and the mapping.
 pub fn prisma_sqlite_date(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
+    use chrono::{Datelike, Timelike};
+    // Written digit by digit: a format string is parsed again on every call, which cost more
+    // than the rest of a row's write (BENCHMARKS.md, session 10). Clerk's times are years
+    // 1970 to 9999 (see `EventError::OutOfRange`); others are clamped into four digits.
+    fn digits(out: &mut String, value: u32, width: u32) {
+        for place in (0..width).rev() {
+            let digit = (value / 10_u32.pow(place)) % 10;
+            out.push(char::from(b'0' + digit as u8));
+        }
+    }
+    let mut out = String::with_capacity(29);
+    digits(&mut out, at.year().clamp(0, 9999).unsigned_abs(), 4);
+    out.push('-');
+    digits(&mut out, at.month(), 2);
+    out.push('-');
+    digits(&mut out, at.day(), 2);
+    out.push('T');
+    digits(&mut out, at.hour(), 2);
+    out.push(':');
+    digits(&mut out, at.minute(), 2);
+    out.push(':');
+    digits(&mut out, at.second(), 2);
+    out.push('.');
+    digits(&mut out, (at.nanosecond() % 1_000_000_000) / 1_000_000, 3);
+    out.push_str("+00:00");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prisma_sqlite_dates_are_written_as_chrono_formats_them() {
+        let mut ms: i64 = 0;
+        for step in 0..20_000_i64 {
+            ms = (ms + 7_919 * step * step + 123_456_789_011) % 253_402_300_799_999;
+            let Some(at) = chrono::DateTime::from_timestamp_millis(ms) else {
+                continue;
+            };
+            assert_eq!(
+                super::prisma_sqlite_date(at),
+                at.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
+            );
+        }
+        let last = chrono::DateTime::from_timestamp_millis(253_402_300_799_999);
+        assert_eq!(
+            last.map(super::prisma_sqlite_date).as_deref(),
+            Some("9999-12-31T23:59:59.999+00:00")
+        );
+    }
 }
