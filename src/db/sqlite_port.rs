@@ -200,6 +200,51 @@ fn with_initial<'a>(
     request.users.iter().zip(initial).collect()
 }
 
+/// `column IN (values)` with the values bound as one JSON array, so that the statement is the
+/// same whatever their number: prepared once per connection and cached, where an
+/// `IN (?, ?, …)` list is a new statement, parsed again, for every length.
+#[derive(Debug, Clone, diesel::query_builder::QueryId)]
+struct InJson<C> {
+    column: C,
+    values: String,
+}
+
+fn in_json<C>(column: C, values: &[impl AsRef<str>]) -> QueryResult<InJson<C>> {
+    let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+    let values =
+        serde_json::to_string(&values).map_err(|e| DieselError::SerializationError(Box::new(e)))?;
+    Ok(InJson { column, values })
+}
+
+impl<C: diesel::Expression> diesel::Expression for InJson<C> {
+    type SqlType = diesel::sql_types::Bool;
+}
+
+impl<C, QS> diesel::AppearsOnTable<QS> for InJson<C> where C: diesel::AppearsOnTable<QS> {}
+
+impl<C, GB> diesel::expression::ValidGrouping<GB> for InJson<C>
+where
+    C: diesel::expression::ValidGrouping<GB>,
+{
+    type IsAggregate = C::IsAggregate;
+}
+
+impl<C> diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for InJson<C>
+where
+    C: diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
+    ) -> QueryResult<()> {
+        self.column.walk_ast(out.reborrow())?;
+        out.push_sql(" IN (SELECT value FROM json_each(");
+        out.push_bind_param::<Text, _>(&self.values)?;
+        out.push_sql("))");
+        Ok(())
+    }
+}
+
 /// [`read`] for many users: the same snapshot, a set of keys per statement.
 fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
     let mut snapshot = Snapshot::default();
@@ -208,12 +253,12 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
     for chunk in with_initial(request, &new_user).chunks(CHUNK) {
         let users: Vec<&String> = chunk.iter().map(|(user, _)| *user).collect();
         let rows: Vec<StoredRow> = s::table
-            .filter(s::user_id.eq_any(&users))
+            .filter(in_json(s::user_id, &users)?)
             .select(bookkeeping())
             .load(conn)?;
         note_users(conn, chunk, rows, &mut snapshot, &mut addresses)?;
         let rows: Vec<(String, String, String)> = u::table
-            .filter(u::id.eq_any(users))
+            .filter(in_json(u::id, &users)?)
             .select((u::id, u::mail_address, u::updated_at))
             .load(conn)?;
         for row in rows {
@@ -226,7 +271,7 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
     let (mut holders, mut claimants) = (Vec::new(), Vec::new());
     for chunk in addresses.chunks(CHUNK) {
         let rows: Vec<(String, String, String)> = u::table
-            .filter(u::mail_address.eq_any(chunk))
+            .filter(in_json(u::mail_address, chunk)?)
             .select((u::id, u::mail_address, u::updated_at))
             .load(conn)?;
         for row in rows {
@@ -236,7 +281,7 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
             note_row(&mut snapshot, row);
         }
         let rows: Vec<StoredRow> = s::table
-            .filter(s::email.eq_any(chunk))
+            .filter(in_json(s::email, chunk)?)
             .select(bookkeeping())
             .load(conn)?;
         for row in rows {
@@ -250,7 +295,7 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
     }
     for chunk in holders.chunks(CHUNK) {
         let rows: Vec<StoredRow> = s::table
-            .filter(s::user_id.eq_any(chunk))
+            .filter(in_json(s::user_id, chunk)?)
             .select(bookkeeping())
             .load(conn)?;
         for row in rows {
@@ -259,7 +304,7 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
     }
     for chunk in claimants.chunks(CHUNK) {
         let rows: Vec<(String, String, String)> = u::table
-            .filter(u::id.eq_any(chunk))
+            .filter(in_json(u::id, chunk)?)
             .select((u::id, u::mail_address, u::updated_at))
             .load(conn)?;
         for row in rows {
@@ -269,7 +314,7 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
     snapshot.addresses = addresses.into_iter().collect();
     for ids in request.ids.chunks(CHUNK) {
         let recorded: Vec<String> = d::table
-            .filter(d::svix_id.eq_any(ids))
+            .filter(in_json(d::svix_id, ids)?)
             .select(d::svix_id)
             .load(conn)?;
         snapshot.recorded.extend(recorded);
