@@ -225,7 +225,7 @@ impl Snap {
         self.0.rows.insert(
             user.to_owned(),
             AppRow {
-                address: address.to_owned(),
+                address: Some(address.to_owned()),
                 updated_ms,
             },
         );
@@ -301,6 +301,7 @@ fn an_older_holder_gives_its_address_to_a_newer_claimant() {
             moves: vec![("user_old".into(), displaced("user_old"))],
             deletes: vec![],
             record: vec![record("msg_1", &batch[0].1, Outcome::Applied, None)],
+            mapped: None,
         }
     );
 }
@@ -1488,7 +1489,7 @@ fn as_bookkeeping(b: &ModelBook) -> Bookkeeping {
 
 fn as_app_row(r: &ModelRow) -> AppRow {
     AppRow {
-        address: r.address.clone(),
+        address: Some(r.address.clone()),
         updated_ms: r.updated_ms,
     }
 }

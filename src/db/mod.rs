@@ -13,11 +13,13 @@ mod backfill;
 mod dead_letters;
 mod describe;
 mod migrations;
+mod pg_mapped;
 mod pg_port;
 pub mod port;
 mod postgres;
 mod read;
 mod sqlite;
+mod sqlite_mapped;
 mod sqlite_port;
 mod tls;
 mod url;
@@ -37,6 +39,9 @@ pub use url::{
     ChannelBinding, DatabaseUrl, Identity, PgHost, PgUrl, Pooler, Roots, SslMode, TlsSettings,
     UrlError, DEFAULT_SQLITE_FILE,
 };
+
+/// The slot of [`Database::use_shape`].
+type Shape = Arc<std::sync::OnceLock<Arc<crate::domain::table::WriteShape>>>;
 
 /// The slot of [`Database::extension`].
 type Extension = Arc<std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>>;
@@ -332,12 +337,30 @@ impl Database {
         let db = self.clone();
         tokio::spawn(async move {
             match db {
-                Database::Postgres(db) => db.transact(request, plan).await,
-                Database::Sqlite(db) => db.transact(request, plan).await,
+                Database::Postgres(db) => match db.shape.get().cloned() {
+                    Some(shape) => db.transact_mapped(shape, request, plan).await,
+                    None => db.transact(request, plan).await,
+                },
+                Database::Sqlite(db) => match db.shape.get().cloned() {
+                    Some(shape) => db.transact_mapped(shape, request, plan).await,
+                    None => db.transact(request, plan).await,
+                },
             }
         })
         .await
         .map_err(|e| DbError::Internal(format!("database task failed: {e}")))?
+    }
+
+    /// From now on, [`Self::transact`] writes the application's rows into this mapped table
+    /// (the seed's `User` table otherwise). Set once, at start, before the first delivery; a
+    /// second call is refused.
+    pub fn use_shape(&self, shape: crate::domain::table::WriteShape) -> Result<(), DbError> {
+        let slot = match self {
+            Database::Postgres(db) => &db.shape,
+            Database::Sqlite(db) => &db.shape,
+        };
+        slot.set(Arc::new(shape))
+            .map_err(|_| DbError::Internal("the mapped table was set twice".into()))
     }
 
     /// How many units of work the layer above should run at once, together: PostgreSQL's

@@ -140,7 +140,7 @@ fn snapshot(raw: &str) -> Result<Snapshot, DbError> {
         snapshot.add_bookkeeping(row);
     }
     for (id, address, updated_ms) in read.w {
-        snapshot.add_row(id, address, updated_ms);
+        snapshot.add_row(id, Some(address), updated_ms);
     }
     Ok(snapshot)
 }

@@ -22,7 +22,7 @@
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashSet};
 
-use crate::domain::{Outcome, Role};
+use crate::domain::{Outcome, Role, Value};
 
 /// What a unit of work needs locked and read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,8 +75,9 @@ impl Bookkeeping {
 /// An application row as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRow {
-    /// The address it holds.
-    pub address: String,
+    /// The address it holds (none: a mapped table's address column holds NULL, or there is no
+    /// such column).
+    pub address: Option<String>,
     /// Its `updatedAt`, in ms since the epoch (0 when it cannot be read).
     pub updated_ms: i64,
 }
@@ -120,7 +121,7 @@ impl Snapshot {
     }
 
     /// Notes an application row read.
-    pub(super) fn add_row(&mut self, id: String, address: String, updated_ms: i64) {
+    pub(super) fn add_row(&mut self, id: String, address: Option<String>, updated_ms: i64) {
         self.rows.insert(
             id,
             AppRow {
@@ -189,7 +190,7 @@ pub struct Record {
 }
 
 /// What to write, in the order [`super::port`]'s documentation gives.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Writes {
     /// Bookkeeping rows.
     pub bookkeeping: Vec<BookkeepingWrite>,
@@ -205,6 +206,33 @@ pub struct Writes {
     pub deletes: Vec<String>,
     /// Deliveries to record.
     pub record: Vec<Record>,
+    /// On a mapped table (see [`crate::domain::table::WriteShape`]), what the rows hold,
+    /// column by column; none on the seed application's `User` table.
+    pub mapped: Option<Box<MappedWrites>>,
+}
+
+/// The column values of a plan's writes on a mapped table, made by the layer above from the
+/// mapping: the writer binds them as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MappedWrites {
+    /// For each of [`Writes::rows`], by position, what its insert or update writes.
+    pub rows: Vec<MappedRow>,
+    /// For each of [`Writes::moves`], by position, what the address column takes (the
+    /// address, or NULL).
+    pub moves: Vec<Value>,
+    /// What a delete sets instead of deleting the row (a soft delete): (column, value). Empty:
+    /// rows are deleted.
+    pub soft_delete: Vec<(usize, Value)>,
+}
+
+/// What one row write binds: (column index in the shape, value) pairs. A column absent from
+/// the list is left alone (its default on insert, its value on update).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MappedRow {
+    /// What an insert writes (when [`RowWrite::exists`] is false).
+    pub insert: Vec<(usize, Value)>,
+    /// What an update writes (when it is true).
+    pub update: Vec<(usize, Value)>,
 }
 
 impl Writes {

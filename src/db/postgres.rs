@@ -52,6 +52,9 @@ pub struct Pg {
     pub(super) committers: usize,
     /// What the layer above keeps for this database (see [`super::Database::extension`]).
     pub(super) extension: super::Extension,
+    /// The mapped table deliveries are written to, when it is not the seed's `User` (see
+    /// [`super::Database::use_shape`]).
+    pub(super) shape: super::Shape,
     /// [`Pg::preferred_batch`], once read from the server.
     preferred: std::sync::Arc<tokio::sync::OnceCell<usize>>,
     /// The port's write statements prepared on pool connections (see `super::pg_port`).
@@ -376,6 +379,7 @@ impl Pg {
             direct,
             committers: options.committers.min(options.max_connections),
             extension: Default::default(),
+            shape: Default::default(),
             preferred: Default::default(),
             prepared: Default::default(),
         })

@@ -43,6 +43,9 @@ pub struct Lite {
     pool: Pool<Conn>,
     /// What the layer above keeps for this database (see [`super::Database::extension`]).
     pub(super) extension: super::Extension,
+    /// The mapped table deliveries are written to, when it is not the seed's `User` (see
+    /// [`super::Database::use_shape`]).
+    pub(super) shape: super::Shape,
 }
 
 fn pragmas(busy_ms: u128, cache_kib: u32) -> String {
@@ -85,6 +88,7 @@ impl Lite {
         Ok(Self {
             pool,
             extension: Default::default(),
+            shape: Default::default(),
         })
     }
 

@@ -100,7 +100,7 @@ fn bookkeeping() -> BookkeepingColumns {
 
 fn note_row(snapshot: &mut Snapshot, (id, address, updated_at): (String, String, String)) {
     let updated_ms = app_date_ms(&updated_at);
-    snapshot.add_row(id, address, updated_ms);
+    snapshot.add_row(id, Some(address), updated_ms);
 }
 
 /// Up to this many users, the snapshot is read key by key (statements prepared once); beyond

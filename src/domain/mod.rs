@@ -10,10 +10,12 @@ mod event;
 mod outcome;
 pub mod table;
 mod user;
+mod value;
 
 pub use event::{Event, EventError};
 pub use outcome::Outcome;
 pub use user::{ClerkUserId, EmailAddress, Role, UserChange, UserProfile};
+pub use value::Value;
 
 /// Lowercase hex, two digits a byte: how digests and derived ids are written (stored
 /// values compare with it, so it never changes).

@@ -101,3 +101,89 @@ pub struct LiveEnum {
     /// Its labels.
     pub labels: Vec<String>,
 }
+
+/// The application's user table as the mapped writer writes it (a table other than the seed
+/// application's `User`): names and how each column binds, made once at start from the mapping
+/// (`crate::mapping`) and checked against the live table. Plain data: the writer in `db` builds
+/// its statements from it and decides nothing by it beyond which statement to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteShape {
+    /// The PostgreSQL schema (`@@schema`); none for the connection's own (and on SQLite).
+    pub schema: Option<String>,
+    /// The table's name.
+    pub name: String,
+    /// Every column, by the mapping's index (`Mapping::columns`): the writes name them by it.
+    pub columns: Vec<WriteColumn>,
+    /// The column holding the Clerk user id (unique): rows are found by it.
+    pub clerk_id: usize,
+    /// The column holding the user's address, when the newest-claim rule applies to it (it is
+    /// unique): rows holding a locked address are read by it, and the address is locked.
+    pub unique_address: Option<usize>,
+    /// The column holding the row's last update (a timestamp), read as [`crate::db`]'s
+    /// `AppRow::updated_ms`.
+    pub updated_at: Option<usize>,
+}
+
+impl WriteShape {
+    /// `"schema"."name"`, or `"name"` without a schema.
+    pub fn qualified_name(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", quoted(schema), quoted(&self.name)),
+            None => quoted(&self.name),
+        }
+    }
+
+    /// The column's name, double-quoted for SQL.
+    pub fn quoted_column(&self, index: usize) -> String {
+        self.columns
+            .get(index)
+            .map_or_else(|| quoted(""), |c| quoted(&c.name))
+    }
+}
+
+/// An identifier double-quoted for SQL (a `"` inside doubled).
+pub fn quoted(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// One column of a [`WriteShape`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteColumn {
+    /// Its name.
+    pub name: String,
+    /// How a value is bound into it.
+    pub bind: Bind,
+}
+
+/// How a [`crate::domain::Value`] is bound into a column: on PostgreSQL the type its text is
+/// cast to; on SQLite the storage class Prisma writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    /// `text`, `varchar`, `char`, `citext`.
+    Text,
+    /// `uuid` (text on SQLite).
+    Uuid,
+    /// `integer`.
+    Int,
+    /// `bigint`.
+    BigInt,
+    /// `double precision`.
+    Float,
+    /// `numeric` (its exact text on SQLite).
+    Decimal,
+    /// `boolean` (0 or 1 on SQLite).
+    Bool,
+    /// `timestamp without time zone` (Prisma's text form on SQLite).
+    Timestamp,
+    /// `timestamp with time zone`.
+    TimestampTz,
+    /// `date`.
+    Date,
+    /// A PostgreSQL enum: the type's name, double-quoted (and schema-qualified) for SQL (text
+    /// on SQLite).
+    Enum(String),
+    /// `jsonb` (text on SQLite).
+    Json,
+    /// Never written by clerk-sync.
+    Unsupported,
+}

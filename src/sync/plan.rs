@@ -69,7 +69,7 @@ impl Planned {
 pub struct Incomplete(String);
 
 /// What to write for some deliveries, and what each did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// The i-th delivery's outcome.
     pub outcomes: Vec<Planned>,
@@ -211,6 +211,13 @@ pub fn displaced(user: &str) -> String {
     format!("{user}@displaced.invalid")
 }
 
+/// The address a row holds to the rules: a row holding none (NULL in an optional address
+/// column, or a table without one) holds its user's no-email placeholder, which nothing else
+/// can claim.
+fn held(user: &str, row: &AppRow) -> String {
+    row.address.clone().unwrap_or_else(|| no_email(user))
+}
+
 /// How new a holder is: the newest version clerk-sync applied for it, or, for a row the
 /// application wrote itself, its `updatedAt` to the second (the precision both backends
 /// keep alike).
@@ -339,11 +346,12 @@ impl<'s> Walk<'s> {
         let mut holders = HashMap::with_capacity(snapshot.rows.len());
         let mut rows = HashMap::with_capacity(snapshot.rows.len());
         for (id, row) in &snapshot.rows {
-            holders.insert(row.address.clone(), id.as_str());
+            let address = held(id, row);
+            holders.insert(address.clone(), id.as_str());
             rows.insert(
                 id.as_str(),
                 Row {
-                    address: row.address.clone(),
+                    address,
                     updated_ms: row.updated_ms,
                     full: None,
                 },
@@ -528,7 +536,7 @@ impl<'s> Walk<'s> {
             .rows
             .get(holder)
             .map(|r| AppRow {
-                address: r.address.clone(),
+                address: Some(r.address.clone()),
                 updated_ms: r.updated_ms,
             })
             .ok_or_else(|| Incomplete(format!("no row for the holder {holder}")))?;
@@ -739,7 +747,8 @@ impl<'s> Walk<'s> {
             let Some(row) = self.rows.get(id) else {
                 continue;
             };
-            let before = self.snapshot.rows.get(id).map(|r| r.address.as_str());
+            let before = self.snapshot.rows.get(id).map(|r| held(id, r));
+            let before = before.as_deref();
             if let Some(before) = before {
                 if before != row.address && taken.contains(before) {
                     writes.vacate.push(id.to_owned());
