@@ -81,6 +81,27 @@ async fn run_migrations(db: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// clerk-sync's own tables only: a mapped table is the application's, never created or
+/// altered here.
+async fn run_own_migrations(db: &Database) -> anyhow::Result<()> {
+    let report = db.migrate_own().await.context("migrating the database")?;
+    for version in &report.applied {
+        tracing::info!(version, "applied migration");
+    }
+    Ok(())
+}
+
+/// Deliveries are written into the mapped table from now on.
+fn use_mapping(db: &Database, mapping: &Mapping) -> anyhow::Result<()> {
+    crate::sync::use_mapping(db, mapping.clone()).context("using the mapping")?;
+    tracing::info!(
+        model = %mapping.model,
+        table = %mapping.table,
+        "writing the application's own user model"
+    );
+    Ok(())
+}
+
 /// `clerk-sync migrate`.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let start = start_mapping(&args.mapping)?;
@@ -96,10 +117,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         // clerk-sync's own tables are migrated.
         StartMapping::Mapped(schema, mapping) => {
             check_live(&db, schema, mapping).await?;
-            let report = db.migrate_own().await.context("migrating the database")?;
-            for version in &report.applied {
-                tracing::info!(version, "applied migration");
-            }
+            run_own_migrations(&db).await?;
         }
     }
     log_connection(&db);
@@ -155,7 +173,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         StartMapping::Mapped(schema, mapping) => {
             check_live(&db, schema, mapping).await?;
-            return Err(not_supported_yet(mapping));
+            if !args.no_migrate {
+                run_own_migrations(&db).await?;
+            }
+            use_mapping(&db, mapping)?;
         }
     }
     if db.check_ready().await.is_ok() {
@@ -505,7 +526,7 @@ enum StartMapping {
     Seed,
     /// A schema file whose user model is the seed shape: checked against the table too.
     SeedChecked(Schema, Mapping),
-    /// A schema file with another shape: checked, and not written yet.
+    /// A schema file with another shape: checked, then written as the mapping says.
     Mapped(Schema, Mapping),
 }
 
@@ -544,12 +565,16 @@ async fn check_live(db: &Database, schema: &Schema, mapping: &Mapping) -> anyhow
 
 /// For the commands that write the table besides `serve` (replay, backfill), as `serve`
 /// does: migrates when `migrate`, and checks the schema file, when there is one, against the
-/// table; a user model other than the seed's is checked and refused, before any migration.
+/// table; a user model other than the seed's is checked before clerk-sync's own tables are
+/// migrated, and written as the mapping says.
 async fn migrate_and_check(args: &MappingArgs, db: &Database, migrate: bool) -> anyhow::Result<()> {
     let start = start_mapping(args)?;
     if let StartMapping::Mapped(schema, mapping) = &start {
         check_live(db, schema, mapping).await?;
-        return Err(not_supported_yet(mapping));
+        if migrate {
+            run_own_migrations(db).await?;
+        }
+        return use_mapping(db, mapping);
     }
     if migrate {
         run_migrations(db).await?;
@@ -558,19 +583,6 @@ async fn migrate_and_check(args: &MappingArgs, db: &Database, migrate: bool) -> 
         check_live(db, schema, mapping).await?;
     }
     Ok(())
-}
-
-fn not_supported_yet(mapping: &Mapping) -> anyhow::Error {
-    anyhow::anyhow!(
-        "model {} maps to the table {} (key \"{}\", Clerk id in \"{}\"), which is not the \
-         seed application's User table; writing such a table is not supported yet, and \
-         clerk-sync will not write the seed table in its place. `clerk-sync mapping` shows the \
-         plan for it",
-        mapping.model,
-        mapping.table,
-        mapping.key.column,
-        mapping.clerk_id
-    )
 }
 
 /// `clerk-sync check`.

@@ -1810,6 +1810,7 @@ impl Case {
             } else {
                 Dedup::ById
             },
+            ..SyncOptions::default()
         }
     }
 

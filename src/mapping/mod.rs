@@ -30,6 +30,7 @@ pub mod config;
 pub mod keys;
 pub mod live;
 pub mod prisma;
+mod shape;
 pub mod source;
 pub mod values;
 

@@ -33,7 +33,7 @@
 //!   absent.
 //! - A source with no value for this user takes the column's [`Absent`]: NULL, [`Write::Keep`],
 //!   the empty string, or the no-email placeholder (`<id>@no-email.invalid`, made by
-//!   [`crate::sync::plan::no_email`]). A flag Clerk always sends (`banned`, `locked`, …) but
+//!   `crate::sync::plan::no_email`). A flag Clerk always sends (`banned`, `locked`, …) but
 //!   left out of an event reads as `false`, the flag's off state.
 //! - Constants are written as they are, an enum constant by its label.
 
@@ -195,8 +195,15 @@ impl Mapping {
         emails().find(|a| a.unique).or_else(|| emails().next())
     }
 
-    /// The values one user version writes, `now` being the time of the write.
-    pub fn values(&self, change: &UserChange, now: DateTime<Utc>) -> Result<RowValues, ValueError> {
+    /// The values one user version writes, `now` being the time of the write; a required
+    /// address column of a user without an address takes `no_email(user id)` (the rules'
+    /// placeholder, `crate::sync`'s to make).
+    pub fn values(
+        &self,
+        change: &UserChange,
+        now: DateTime<Utc>,
+        no_email: fn(&str) -> String,
+    ) -> Result<RowValues, ValueError> {
         let mut insert_only = Vec::new();
         let mut sourced = Vec::new();
         for (i, column) in self.columns.iter().enumerate() {
@@ -214,7 +221,7 @@ impl Mapping {
                     let value = source_value(column, source, change)?;
                     sourced.push(Assignment {
                         column: i,
-                        write: fill_absent(column, value, *absent, change)?,
+                        write: fill_absent(column, value, *absent, change, no_email)?,
                     });
                     continue;
                 }
@@ -225,6 +232,18 @@ impl Mapping {
         Ok(RowValues {
             insert_only,
             sourced,
+        })
+    }
+
+    /// Whether this version names a role the role column takes (`public_metadata.role`
+    /// matched to the column's enum, or any text for a text column): the role rule's "named".
+    /// False without a role column.
+    pub fn names_role(&self, change: &UserChange) -> bool {
+        self.role_column().is_some_and(|i| {
+            matches!(
+                source_value(&self.columns[i], &Source::Role, change),
+                Ok(Some(_))
+            )
         })
     }
 
@@ -554,6 +573,7 @@ fn fill_absent(
     value: Option<Value>,
     absent: Absent,
     change: &UserChange,
+    no_email: fn(&str) -> String,
 ) -> Result<Write, ValueError> {
     if let Some(value) = value {
         return Ok(Write::Value(value));
@@ -562,10 +582,7 @@ fn fill_absent(
         Absent::Null => Write::Value(Value::Null),
         Absent::Keep => Write::Keep,
         Absent::Empty => Write::Value(Value::Text(String::new())),
-        Absent::Placeholder => Write::Value(fixed_text(
-            column,
-            crate::sync::plan::no_email(change.id.as_str()),
-        )?),
+        Absent::Placeholder => Write::Value(fixed_text(column, no_email(change.id.as_str()))?),
         // Only the flags Clerk always sends get here, when an event leaves one out.
         Absent::Never if column.kind == ColumnKind::Bool => Write::Value(Value::Bool(false)),
         Absent::Never => return Err(mismatch(column, "a source with no value")),

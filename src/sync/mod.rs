@@ -37,6 +37,7 @@
 
 pub mod dead_letter;
 mod group;
+mod mapped;
 pub mod plan;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +55,20 @@ pub struct SyncOptions {
     pub skip_users_without_email: bool,
     /// How a repeat is told.
     pub dedup: Dedup,
+    /// Whether the newest-claim rule applies (set from the mapping in force).
+    pub addresses: Addresses,
+}
+
+/// What the table's address column is to the rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Addresses {
+    /// Unique: two rows may not hold one address, so the newest claim on it wins (the seed
+    /// table's `mail_address`, any mapped unique email column).
+    #[default]
+    Unique,
+    /// Not unique, or no such column: each row holds its own user's address and nobody
+    /// claims it from anybody.
+    Follow,
 }
 
 /// How a delivery that was applied before is told (and answered `duplicate`).
@@ -104,13 +119,26 @@ struct Engine {
     /// Most deliveries one batch transaction takes: lowered when the server's lock table
     /// could not hold a batch's address locks (see [`apply_batch`]).
     batch_cap: AtomicUsize,
+    /// The mapped table written, when it is not the seed's `User` (see [`use_mapping`]).
+    mapped: OnceLock<Arc<mapped::Mapped>>,
 }
 
 fn engine(db: &Database) -> Arc<Engine> {
     db.extension(|| Engine {
         group: OnceLock::new(),
         batch_cap: AtomicUsize::new(usize::MAX),
+        mapped: OnceLock::new(),
     })
+}
+
+/// From now on, deliveries are written into the application's own user model as `mapping`
+/// says (a table other than the seed's `User`). Once, at start, before the first delivery.
+pub fn use_mapping(db: &Database, mapping: crate::mapping::Mapping) -> Result<(), DbError> {
+    db.use_shape(mapping.write_shape())?;
+    engine(db)
+        .mapped
+        .set(Arc::new(mapped::Mapped::new(mapping)))
+        .map_err(|_| DbError::Internal("the mapping was set twice".into()))
 }
 
 /// The smallest batch split further when the server's lock table is full.
@@ -168,11 +196,19 @@ async fn apply_together(
     batch: Arc<[(MessageId, Event)]>,
     options: SyncOptions,
 ) -> Result<Vec<Outcome>, DbError> {
+    let mapped = engine(db).mapped.get().cloned();
+    let (batch, options) = match &mapped {
+        Some(mapped) => (mapped.prepare(batch), mapped.options(options)),
+        None => (batch, options),
+    };
     let request = plan::request(&batch, options);
     let (planned, deleted) = db
         .transact(request, move |snapshot| {
-            let plan = plan::plan(&batch, snapshot, options)
+            let mut plan = plan::plan(&batch, snapshot, options)
                 .map_err(|e| DbError::Internal(e.to_string()))?;
+            if let Some(mapped) = &mapped {
+                mapped.fill(&mut plan.writes, &batch, chrono::Utc::now())?;
+            }
             Ok((plan.writes, plan.outcomes))
         })
         .await?;
@@ -235,14 +271,21 @@ pub async fn apply_batch(
 /// of its own.
 pub async fn retry_pending_deletes(db: &Database) -> Result<PendingDeletes, DbError> {
     let mut report = PendingDeletes::default();
+    let mapped = engine(db).mapped.get().cloned();
     for user in db.pending_deletes(100).await? {
         let request = plan::retry_request(&user);
+        let mapped = mapped.clone();
         let (planned, deleted) = db
             .transact(request, move |snapshot| {
                 match plan::plan_retry(&user, snapshot)
                     .map_err(|e| DbError::Internal(e.to_string()))?
                 {
-                    Some(plan) => Ok((plan.writes, plan.outcomes)),
+                    Some(mut plan) => {
+                        if let Some(mapped) = &mapped {
+                            mapped.fill(&mut plan.writes, &[], chrono::Utc::now())?;
+                        }
+                        Ok((plan.writes, plan.outcomes))
+                    }
                     None => Ok((Default::default(), Vec::new())),
                 }
             })

@@ -23,7 +23,7 @@ use crate::db::port::{
     AppRow, Bookkeeping, BookkeepingWrite, Record, Request, RowWrite, Snapshot, Writes,
 };
 use crate::domain::{Event, MessageId, Outcome, Role, UserChange};
-use crate::sync::{Dedup, SyncOptions};
+use crate::sync::{Addresses, Dedup, SyncOptions};
 
 /// A delivery's outcome as planned: known now, or hanging on whether the application's
 /// foreign keys let a planned delete through.
@@ -85,11 +85,14 @@ pub fn request(batch: &[(MessageId, Event)], options: SyncOptions) -> Request {
         .collect();
     users.sort_unstable();
     users.dedup();
-    let mut claims: Vec<String> = batch
-        .iter()
-        .filter_map(|(_, e)| change_of(e).and_then(|c| c.email.as_ref()))
-        .map(|e| e.as_str().to_owned())
-        .collect();
+    let mut claims: Vec<String> = match options.addresses {
+        Addresses::Unique => batch
+            .iter()
+            .filter_map(|(_, e)| change_of(e).and_then(|c| c.email.as_ref()))
+            .map(|e| e.as_str().to_owned())
+            .collect(),
+        Addresses::Follow => Vec::new(),
+    };
     claims.sort_unstable();
     claims.dedup();
     let ids = match options.dedup {
@@ -209,6 +212,12 @@ pub fn no_email(user: &str) -> String {
 /// claim.
 pub fn displaced(user: &str) -> String {
     format!("{user}@displaced.invalid")
+}
+
+/// **Placeholders**: an address in the reserved `.invalid` domain is one the rules made (no
+/// email, displaced, moving), never a claim.
+pub fn is_placeholder(address: &str) -> bool {
+    address.ends_with(".invalid")
 }
 
 /// The address a row holds to the rules: a row holding none (NULL in an optional address
@@ -415,7 +424,7 @@ impl<'s> Walk<'s> {
     /// placeholder (`.invalid` addresses are never claims, and only their user's row can
     /// hold one).
     fn covers(&self, address: &str) -> bool {
-        self.snapshot.addresses.contains(address) || address.ends_with(".invalid")
+        self.snapshot.addresses.contains(address) || is_placeholder(address)
     }
 
     /// **Dedup**: a delivery whose id was recorded before, or delivered earlier in this
@@ -483,9 +492,10 @@ impl<'s> Walk<'s> {
         self.set_claim(user, previous.as_deref(), email);
         self.touch_user(user);
 
-        let address = match email {
-            None => no_email(user),
-            Some(email) => self.claim(change, email)?,
+        let address = match (email, self.options.addresses) {
+            (None, _) => no_email(user),
+            (Some(email), Addresses::Follow) => email.to_owned(),
+            (Some(email), Addresses::Unique) => self.claim(change, email)?,
         };
         self.write_row(change, &address, role);
 
@@ -622,6 +632,9 @@ impl<'s> Walk<'s> {
     /// claimant whose row does not hold it gets it (a tombstoned holder, kept only for the
     /// application's foreign keys, always gives it up).
     fn settle(&mut self, address: &str) -> Result<(), Incomplete> {
+        if self.options.addresses == Addresses::Follow {
+            return Ok(());
+        }
         if !self.covers(address) {
             return Err(Incomplete(format!(
                 "a released address is not locked: {address:?}"
@@ -750,7 +763,8 @@ impl<'s> Walk<'s> {
             let before = self.snapshot.rows.get(id).map(|r| held(id, r));
             let before = before.as_deref();
             if let Some(before) = before {
-                if before != row.address && taken.contains(before) {
+                let unique = self.options.addresses == Addresses::Unique;
+                if unique && before != row.address && taken.contains(before) {
                     writes.vacate.push(id.to_owned());
                 }
             }

@@ -130,6 +130,12 @@ pub struct UserRow {
 }
 
 #[derive(QueryableByName)]
+struct Text1 {
+    #[diesel(sql_type = Nullable<Text>)]
+    v: Option<String>,
+}
+
+#[derive(QueryableByName)]
 struct Number {
     #[diesel(sql_type = BigInt)]
     n: i64,
@@ -307,6 +313,17 @@ impl TestDb {
         row.n
     }
 
+    /// A single nullable text (`SELECT … AS v`).
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        let query = diesel::sql_query(sql);
+        let row: Text1 = match self.connect().await {
+            Conn::Pg(mut c) => query.get_result(&mut *c).await,
+            Conn::Lite(mut c) => query.get_result(&mut c).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        row.v
+    }
+
     /// The application's User table, ordered by id; dates as text (Prisma's form on SQLite,
     /// `YYYY-MM-DDTHH:MM:SS` on PostgreSQL).
     pub async fn users(&self) -> Vec<UserRow> {
@@ -377,6 +394,9 @@ pub struct AppOptions {
     pub dead_letters: clerk_sync::db::DeadLetterLimits,
     /// The session sync (`POST /api/auth/sync`); off when `None`.
     pub session: Option<clerk_sync::session::Config>,
+    /// The application's own user model, when it is not the seed's `User`: only clerk-sync's
+    /// tables are migrated, and deliveries are written as the mapping says.
+    pub mapping: Option<clerk_sync::mapping::Mapping>,
 }
 
 impl Default for AppOptions {
@@ -390,6 +410,7 @@ impl Default for AppOptions {
             client_timeout: Duration::from_secs(5),
             dead_letters: clerk_sync::db::DeadLetterLimits::default(),
             session: None,
+            mapping: None,
         }
     }
 }
@@ -448,7 +469,15 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
             .expect("direct url");
     }
     let database = Database::open(&url, PoolOptions::default()).expect("open database");
-    database.migrate().await.expect("migrate");
+    match options.mapping {
+        Some(mapping) => {
+            database.migrate_own().await.expect("migrate");
+            clerk_sync::sync::use_mapping(&database, mapping).expect("the mapping");
+        }
+        None => {
+            database.migrate().await.expect("migrate");
+        }
+    }
     let verifier = Verifier::parse(&options.secrets.join(" ")).expect("secrets");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let state = AppState {

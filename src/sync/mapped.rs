@@ -1,0 +1,181 @@
+//! A mapped table (any application's user model, see [`crate::mapping`]): the same rules and
+//! the same planner; what a planned row write puts into each column is the mapping's.
+//!
+//! Three things differ from the seed's `User` table, each decided here:
+//! - **The address rule follows the column.** The newest claim on an address applies only to a
+//!   unique address column; a non-unique one (or none) just follows its user
+//!   ([`Addresses::Follow`]). On an optional unique column a row without an address of its own
+//!   (no email, displaced) holds NULL instead of a placeholder.
+//! - **The role rule's "named"** is whether the role column takes the version's
+//!   `public_metadata.role` (an enum label the application declared, matched as the mapping
+//!   says). The planner sees it as [`UserChange::role`] being some; a role an earlier webhook
+//!   set and no version names any more goes back to the column's default.
+//! - **A delete** deletes the row, or, with a soft delete, sets its flag and time instead.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt};
+
+use super::plan;
+use super::{Addresses, SyncOptions};
+use crate::db::port::{MappedRow, MappedWrites, Writes};
+use crate::db::DbError;
+use crate::domain::{Event, MessageId, Role, UserChange, Value};
+use crate::mapping::{AddressColumn, Delete, Mapping, Write};
+
+/// The mapping in force, with what the rules need of it.
+pub(super) struct Mapped {
+    mapping: Mapping,
+    address: Option<AddressColumn>,
+    role: Option<usize>,
+}
+
+impl Mapped {
+    pub(super) fn new(mapping: Mapping) -> Self {
+        Self {
+            address: mapping.address_column(),
+            role: mapping.role_column(),
+            mapping,
+        }
+    }
+
+    /// The options on this table: the address rule as its column allows.
+    pub(super) fn options(&self, options: SyncOptions) -> SyncOptions {
+        SyncOptions {
+            addresses: if self.address.is_some_and(|a| a.unique) {
+                Addresses::Unique
+            } else {
+                Addresses::Follow
+            },
+            ..options
+        }
+    }
+
+    /// The deliveries as the planner sees them on this table: a version names a role exactly
+    /// when the role column takes it.
+    pub(super) fn prepare(&self, batch: Arc<[(MessageId, Event)]>) -> Arc<[(MessageId, Event)]> {
+        let named = |change: &UserChange| self.role.is_some() && self.mapping.names_role(change);
+        let differs = batch.iter().any(|(_, event)| match event {
+            Event::Upsert { change, .. } => change.role.is_some() != named(change),
+            _ => false,
+        });
+        if !differs {
+            return batch;
+        }
+        batch
+            .iter()
+            .map(|(id, event)| {
+                let mut event = event.clone();
+                if let Event::Upsert { change, .. } = &mut event {
+                    // Which role is the mapping's to say; to the planner, only whether one is.
+                    change.role = named(change).then_some(Role::Admin);
+                }
+                (id.clone(), event)
+            })
+            .collect()
+    }
+
+    /// Fills in what each planned write puts into the table's columns, `now` being the time
+    /// of the write.
+    pub(super) fn fill(
+        &self,
+        writes: &mut Writes,
+        batch: &[(MessageId, Event)],
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let mut changes: HashMap<(&str, i64, &str), &UserChange> = HashMap::with_capacity(batch.len());
+        for (_, event) in batch {
+            if let Event::Upsert { change, .. } = event {
+                changes.insert(
+                    (change.id.as_str(), change.version, change.digest.as_str()),
+                    change,
+                );
+            }
+        }
+        let versions: HashMap<&str, (i64, &str)> = writes
+            .bookkeeping
+            .iter()
+            .map(|b| (b.user_id.as_str(), (b.version, b.digest.as_str())))
+            .collect();
+        let mut rows = Vec::with_capacity(writes.rows.len());
+        for row in &writes.rows {
+            let change = versions
+                .get(row.id.as_str())
+                .and_then(|&(version, digest)| changes.get(&(row.id.as_str(), version, digest)))
+                .ok_or_else(|| {
+                    DbError::Internal("a planned row write without its version".into())
+                })?;
+            let values = self
+                .mapping
+                .values(change, now, plan::no_email)
+                .map_err(|e| DbError::Refused(e.to_string()))?;
+            let address = self
+                .address
+                .filter(|a| a.unique)
+                .map(|a| (a.column, self.address_value(&row.address)));
+            let mut out = MappedRow::default();
+            for assignment in values.insert() {
+                if let Write::Value(value) = &assignment.write {
+                    out.insert.push((assignment.column, value.clone()));
+                }
+            }
+            for assignment in values.update() {
+                let value = match &assignment.write {
+                    Write::Value(value) => Some(value.clone()),
+                    // **The role rule**: a role a webhook set, named no more, goes back to
+                    // the column's default.
+                    Write::Keep if Some(assignment.column) == self.role && row.role.is_some() => {
+                        self.mapping.columns[assignment.column].default_value()
+                    }
+                    Write::Keep => None,
+                };
+                if let Some(value) = value {
+                    out.update.push((assignment.column, value));
+                }
+            }
+            if let Some((column, value)) = address {
+                for list in [&mut out.insert, &mut out.update] {
+                    if let Some(slot) = list.iter_mut().find(|(c, _)| *c == column) {
+                        slot.1 = value.clone();
+                    }
+                }
+            }
+            rows.push(out);
+        }
+        let moves = writes
+            .moves
+            .iter()
+            .map(|(_, address)| self.address_value(address))
+            .collect();
+        let soft_delete = match self.mapping.delete {
+            Delete::Hard => Vec::new(),
+            Delete::Soft { .. } => self
+                .mapping
+                .soft_delete_values(now)
+                .map_err(|e| DbError::Refused(e.to_string()))?
+                .into_iter()
+                .filter_map(|a| match a.write {
+                    Write::Value(value) => Some((a.column, value)),
+                    Write::Keep => None,
+                })
+                .collect(),
+        };
+        writes.mapped = Some(Box::new(MappedWrites {
+            rows,
+            moves,
+            soft_delete,
+        }));
+        Ok(())
+    }
+
+    /// What the address column holds for a planned address: NULL for a placeholder where the
+    /// column allows it.
+    fn address_value(&self, address: &str) -> Value {
+        if plan::is_placeholder(address) && self.address.is_some_and(|a| a.nullable) {
+            Value::Null
+        } else {
+            Value::Text(address.to_owned())
+        }
+    }
+}
