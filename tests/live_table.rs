@@ -288,7 +288,7 @@ async fn a_schema_that_disagrees_with_the_table_exits_1_naming_the_field(backend
     }
 }
 
-async fn serve_refuses_a_table_that_disagrees_and_a_shape_it_cannot_write_yet(backend: Backend) {
+async fn serve_refuses_a_table_that_disagrees_and_serves_one_that_agrees(backend: Backend) {
     let shape = "cuid-clerkid";
     let db = shape_db(shape, backend).await;
     let dir = tempfile::tempdir().expect("dir");
@@ -308,12 +308,13 @@ async fn serve_refuses_a_table_that_disagrees_and_a_shape_it_cannot_write_yet(ba
             .arg("--config")
             .arg(&config)
             .env("CLERK_WEBHOOK_SIGNING_SECRET", &secret)
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null());
-        run(command)
+        command
     };
 
-    let disagrees = serve(&wrong);
-    let agrees = serve(&fixture("cuid-clerkid.prisma"));
+    let disagrees = run(serve(&wrong));
+    let agrees = running_for(serve(&fixture("cuid-clerkid.prisma")), Duration::from_secs(3));
 
     assert_eq!(disagrees.status, Some(1), "{}", disagrees.stderr);
     assert!(
@@ -323,65 +324,73 @@ async fn serve_refuses_a_table_that_disagrees_and_a_shape_it_cannot_write_yet(ba
         "{}",
         disagrees.stderr
     );
-    assert_eq!(agrees.status, Some(1), "{}", agrees.stderr);
+    assert_eq!(agrees.status, None, "serve stopped: {}", agrees.stderr);
     assert!(
-        agrees.stderr.contains("not supported yet") && agrees.stderr.contains("clerk-sync mapping"),
+        agrees
+            .stderr
+            .contains("writing the application's own user model"),
         "{}",
         agrees.stderr
     );
-    assert!(agrees.stderr.contains("\"User\""), "{}", agrees.stderr);
-    // Nothing of the seed table was written in the shape's place.
-    assert_eq!(
-        db.number("SELECT count(*) AS n FROM \"User\"").await,
-        0,
-        "the shape's table stays empty"
-    );
+    assert!(agrees.stderr.contains("listening"), "{}", agrees.stderr);
 }
 
-async fn replay_and_backfill_refuse_a_shape_they_cannot_write_yet(backend: Backend) {
+/// Runs `command` for `limit`, then stops it: its exit status (none when it was still
+/// running) and what it wrote.
+fn running_for(mut command: Command, limit: Duration) -> Run {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    let mut exited = None;
+    while started.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = status.code();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("its output");
+    Run {
+        status: exited,
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+async fn replay_writes_a_mapped_table(backend: Backend) {
     let shape = "cuid-clerkid";
     let db = shape_db(shape, backend).await;
     let dir = tempfile::tempdir().expect("dir");
-    let config = write(dir.path(), "clerk-sync.toml", "[user]\nid = \"cuid\"\n");
     let event = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/clerk-events/user.created.openapi-example.json");
-    let with_mapping = |command: &mut Command| {
-        command
-            .arg("--database-url")
-            .arg(&db.url)
-            .arg("--prisma-schema")
-            .arg(fixture("cuid-clerkid.prisma"))
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null());
-    };
     let mut replay = clerk_sync(dir.path());
-    replay.arg("replay").arg(&event);
-    with_mapping(&mut replay);
+    replay
+        .arg("replay")
+        .arg(&event)
+        .arg("--database-url")
+        .arg(&db.url)
+        .arg("--prisma-schema")
+        .arg(fixture("cuid-clerkid.prisma"))
+        .stdin(Stdio::null());
     let replayed = run(replay);
-    // Refused before Clerk is asked anything: nothing listens at this address.
-    let mut backfill = clerk_sync(dir.path());
-    backfill
-        .arg("backfill")
-        .arg("--api-url")
-        .arg("http://127.0.0.1:9/v1")
-        .env("CLERK_SECRET_KEY", "sk_test_refused_before_use");
-    with_mapping(&mut backfill);
-    let backfilled = run(backfill);
 
-    for (what, done) in [("replay", &replayed), ("backfill", &backfilled)] {
-        assert_eq!(done.status, Some(1), "{what}: {}", done.stderr);
-        assert!(
-            done.stderr.contains("not supported yet") && done.stderr.contains("\"User\""),
-            "{what}: {}",
-            done.stderr
-        );
-    }
+    assert_eq!(replayed.status, Some(0), "{}", replayed.stderr);
     assert_eq!(
-        db.number("SELECT count(*) AS n FROM \"User\"").await,
-        0,
-        "the shape's table stays empty"
+        db.number(
+            "SELECT count(*) AS n FROM \"User\" \
+             WHERE \"clerkId\" = 'user_2g7np7Hrk0SN6kj5EDMLDaKNL0S' AND length(id) = 25"
+        )
+        .await,
+        1,
+        "{}",
+        replayed.stdout
     );
+    // Only clerk-sync's own tables were added: no seed table in the shape's place.
+    assert_eq!(db.number("SELECT count(*) AS n FROM \"User\"").await, 1);
 }
 
 async fn migrate_checks_a_mapped_table_and_creates_no_seed_table(backend: Backend) {
@@ -478,8 +487,8 @@ on_every_backend!(the_table_alone_maps_as_the_schema_does);
 
 on_both_backends!(
     a_schema_that_disagrees_with_the_table_exits_1_naming_the_field,
-    serve_refuses_a_table_that_disagrees_and_a_shape_it_cannot_write_yet,
-    replay_and_backfill_refuse_a_shape_they_cannot_write_yet,
+    serve_refuses_a_table_that_disagrees_and_serves_one_that_agrees,
+    replay_writes_a_mapped_table,
     migrate_checks_a_mapped_table_and_creates_no_seed_table,
     the_seed_schema_on_an_empty_database_migrates_then_serves,
 );

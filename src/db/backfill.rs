@@ -485,6 +485,7 @@ impl Database {
         started_ms: i64,
         cutoff_ms: i64,
     ) -> Result<Vec<String>, DbError> {
+        self.refuse_mapped("`backfill --prune`")?;
         let walk = walk_id.map(str::to_owned);
         let rows: Vec<IdRow> = match self {
             Database::Postgres(_) => {

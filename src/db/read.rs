@@ -88,6 +88,7 @@ impl From<Row> for AppUser {
 impl Database {
     /// The application's row for `id` and whether the user is tombstoned.
     pub async fn read_user(&self, id: &ClerkUserId) -> Result<UserLookup, DbError> {
+        self.refuse_mapped("the session sync's read of a user's row")?;
         let id = id.as_str().to_owned();
         match self {
             Database::Postgres(db) => {
