@@ -1,15 +1,47 @@
 //! The port on PostgreSQL for a mapped table (see [`crate::domain::table::WriteShape`]): the
 //! same unit of work as [`super::pg_port`], its statements built from the shape.
+//!
+//! Statements: each is a [`Statement`], whose text depends on the shape and on which columns a
+//! write names, never on a value or on how many rows it writes (several rows go in as one
+//! array per column, `unnest`ed). diesel-async keeps such a statement prepared on its
+//! connection, keyed by its text and its parameters' types, so a connection prepares each one
+//! once. (`diesel::sql_query` would not do: it marks itself unsafe to cache, and every
+//! execution would be prepared anew, one more round trip.) Through a transaction pooler the
+//! cache is off, and each statement is prepared within its transaction.
+//!
+//! Values: every value is bound as text and cast in the statement to its column's type, by
+//! the column's [`Bind`]; identifiers only ever through [`quoted`].
+//!
+//! Round trips of one unit of work, its statements prepared: `BEGIN` pipelined with the users'
+//! lock; the address locks (only with a unique address column); the read; each kind of write
+//! present (one statement per list of columns written, one per delete); `COMMIT`.
+//!
+//! Errors: as `DbError::from` classes diesel's, with the server's message cut before any
+//! quoted value it echoes (`invalid input syntax for type uuid: "…"`): no user data reaches an
+//! error.
 
 use std::sync::Arc;
 
-use super::port::{Deleted, Request, Snapshot, Writes};
+use diesel::pg::Pg as PgBackend;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Untyped};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use foldhash::HashSet;
+
+use super::pg_port::InTransaction;
+use super::port::{moving, Bookkeeping, Deleted, MappedWrites, Record, Request, Snapshot, Writes};
 use super::postgres::Pg;
 use super::DbError;
-use crate::domain::table::WriteShape;
+use crate::domain::table::{quoted, Bind, WriteShape};
+use crate::domain::{Outcome, Value};
 
 impl Pg {
-    /// One unit of work on a mapped table: lock and read `request`, plan, write, commit.
+    /// One unit of work on a mapped table: lock and read `request`, plan, write, commit (the
+    /// steps of [`super::port`], on `shape`'s table). `BEGIN` (through a pooler, with its
+    /// `SET LOCAL`s) is pipelined with the users' lock; the rest runs statement by statement.
+    /// diesel does not see this transaction: it is ended here, whatever happens.
     pub(super) async fn transact_mapped<T, F>(
         &self,
         shape: Arc<WriteShape>,
@@ -19,9 +51,990 @@ impl Pg {
     where
         F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError>,
     {
-        let _ = (shape, request, plan);
-        Err(DbError::Internal(
-            "the mapped writer is not built yet".into(),
-        ))
+        // Checked before a connection is taken: a shape naming a column it lacks is a bug.
+        let table = Table::new(&shape)?;
+        let open = InTransaction(Some(self.pool.get().await?));
+        let conn: &AsyncPgConnection = open.connection()?;
+        let result = async {
+            let (mut begin_on, mut lock_on) = (conn, conn);
+            // BEGIN goes first on the first poll; the lock's statement (its preparation, or
+            // its execution) after it.
+            let begin = begin_on.batch_execute(self.begin_sql());
+            let lock = lock_users(&request).load::<Name>(&mut lock_on);
+            let (begun, made) = futures_util::future::join(begin, lock).await;
+            begun.map_err(db_error)?;
+            let made = made.map_err(db_error)?;
+            let mut on = conn;
+            let addresses = match table.address {
+                Some(_) => {
+                    table
+                        .lock_addresses(&request)
+                        .get_result::<Addresses>(&mut on)
+                        .await
+                        .map_err(db_error)?
+                        .addresses
+                }
+                None => Vec::new(),
+            };
+            let read = table
+                .read(&request, &addresses)
+                .load::<ReadRow>(&mut on)
+                .await
+                .map_err(db_error)?;
+            let snapshot = snapshot(made, addresses, read);
+            let (writes, value) = plan(&snapshot)?;
+            if writes.is_empty() {
+                on.batch_execute("COMMIT").await.map_err(db_error)?;
+                return Ok((value, Deleted::default()));
+            }
+            let done = write(conn, &table, &writes).await?;
+            on.batch_execute("COMMIT").await.map_err(db_error)?;
+            Ok::<_, DbError>((value, Deleted(done)))
+        }
+        .await;
+        // No transaction may outlive this unit of work on a connection the pool hands out
+        // again: after a failure it is rolled back; if even that fails, `open` drops the
+        // connection instead of returning it.
+        let mut on = conn;
+        if result.is_ok() || on.batch_execute("ROLLBACK").await.is_ok() {
+            open.release();
+        }
+        result
+    }
+}
+
+/// The snapshot from what the lock and the read answered.
+fn snapshot(made: Vec<Name>, addresses: Vec<String>, read: Vec<ReadRow>) -> Snapshot {
+    let mut snapshot = Snapshot {
+        made: made.into_iter().map(|n| n.user_id).collect(),
+        addresses: addresses.into_iter().collect(),
+        ..Snapshot::default()
+    };
+    for row in read {
+        if row.recorded {
+            snapshot.recorded.insert(row.id);
+            continue;
+        }
+        if row.held {
+            snapshot.add_row(row.id.clone(), row.address, row.updated_ms.unwrap_or(0));
+        }
+        if row.kept {
+            snapshot.add_bookkeeping((
+                row.id,
+                row.version.unwrap_or(-1),
+                row.digest.unwrap_or_default(),
+                row.email,
+                row.deleted,
+                row.delete_pending,
+                row.role_from_webhook,
+            ));
+        }
+    }
+    snapshot
+}
+
+/// Writes the plan, in the port's order; answers the users whose rows were deleted.
+async fn write(
+    mut on: &AsyncPgConnection,
+    table: &Table<'_>,
+    writes: &Writes,
+) -> Result<HashSet<String>, DbError> {
+    let mapped = match writes.mapped.as_deref() {
+        Some(mapped)
+            if mapped.rows.len() == writes.rows.len()
+                && mapped.moves.len() == writes.moves.len() =>
+        {
+            mapped
+        }
+        Some(_) => {
+            return Err(DbError::Internal(
+                "a mapped plan whose column values do not match its rows or moves".into(),
+            ))
+        }
+        None => {
+            return Err(DbError::Internal(
+                "a plan for a mapped table without its column values".into(),
+            ))
+        }
+    };
+    if !writes.bookkeeping.is_empty() {
+        bookkeeping(writes)
+            .execute(&mut on)
+            .await
+            .map_err(db_error)?;
+    }
+    if !writes.vacate.is_empty() {
+        let placeholders = writes.vacate.iter().map(|id| Some(moving(id))).collect();
+        table
+            .set_address(writes.vacate.clone(), placeholders)?
+            .execute(&mut on)
+            .await
+            .map_err(db_error)?;
+    }
+    // As the seed port: every insert, then every update.
+    let rows = writes.rows.iter().zip(&mapped.rows);
+    let inserts: Vec<_> = rows
+        .clone()
+        .filter(|(row, _)| !row.exists)
+        .map(|(row, values)| (row.id.as_str(), values.insert.as_slice()))
+        .collect();
+    for (columns, group) in groups(&inserts) {
+        if columns.is_empty() {
+            for _ in &group {
+                let sql = format!("INSERT INTO {} DEFAULT VALUES", table.name);
+                Statement::new(&sql)
+                    .execute(&mut on)
+                    .await
+                    .map_err(db_error)?;
+            }
+            continue;
+        }
+        table
+            .insert(&columns, &group)?
+            .execute(&mut on)
+            .await
+            .map_err(db_error)?;
+    }
+    let updates: Vec<_> = rows
+        .filter(|(row, _)| row.exists)
+        .map(|(row, values)| (row.id.as_str(), values.update.as_slice()))
+        .collect();
+    for (columns, group) in groups(&updates) {
+        let found = if columns.is_empty() {
+            // Nothing to write, but the row must still be there.
+            let ids = group.iter().map(|(id, _)| (*id).to_owned()).collect();
+            let count: Count = table
+                .count(ids)
+                .get_result(&mut on)
+                .await
+                .map_err(db_error)?;
+            usize::try_from(count.n).unwrap_or(0)
+        } else {
+            table
+                .update(&columns, &group)?
+                .execute(&mut on)
+                .await
+                .map_err(db_error)?
+        };
+        if found != group.len() {
+            // The application deleted a row since the lock was taken: the next attempt
+            // inserts it.
+            return Err(DbError::Unavailable(
+                "a row of the plan was deleted concurrently; retry".into(),
+            ));
+        }
+    }
+    if !writes.moves.is_empty() {
+        let ids = writes.moves.iter().map(|(id, _)| id.clone()).collect();
+        let bind = table.address_bind()?;
+        let addresses = mapped.moves.iter().map(|v| text(v, bind)).collect();
+        table
+            .set_address(ids, addresses)?
+            .execute(&mut on)
+            .await
+            .map_err(db_error)?;
+    }
+    let done = delete(on, table, mapped, &writes.deletes).await?;
+    if !writes.deletes.is_empty() {
+        let mut done_ids: Vec<String> = done.iter().cloned().collect();
+        done_ids.sort_unstable();
+        pending(writes.deletes.clone(), done_ids)
+            .execute(&mut on)
+            .await
+            .map_err(db_error)?;
+    }
+    if !writes.record.is_empty() {
+        let count = writes.record.len();
+        let written = record(writes, &done)
+            .execute(&mut on)
+            .await
+            .map_err(db_error)?;
+        if written != count {
+            return Err(DbError::Unavailable(
+                "a delivery of the plan was recorded concurrently; retry".into(),
+            ));
+        }
+    }
+    Ok(done)
+}
+
+/// The deletes: soft (one update, always through), or each row in a savepoint of its own, a
+/// foreign key's refusal undoing that delete only. Answers the users whose deletes went
+/// through.
+async fn delete(
+    mut on: &AsyncPgConnection,
+    table: &Table<'_>,
+    mapped: &MappedWrites,
+    users: &[String],
+) -> Result<HashSet<String>, DbError> {
+    let mut done = HashSet::default();
+    if users.is_empty() {
+        return Ok(done);
+    }
+    if !mapped.soft_delete.is_empty() {
+        table
+            .soft_delete(&mapped.soft_delete, users.to_vec())?
+            .execute(&mut on)
+            .await
+            .map_err(db_error)?;
+        done.extend(users.iter().cloned());
+        return Ok(done);
+    }
+    for user in users {
+        // A foreign key the application declared DEFERRABLE would only fail at COMMIT, past
+        // the savepoint: checked now.
+        on.batch_execute("SAVEPOINT clerk_sync_delete; SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        match table.delete(user).execute(&mut on).await {
+            Ok(_) => {
+                on.batch_execute("RELEASE SAVEPOINT clerk_sync_delete")
+                    .await
+                    .map_err(db_error)?;
+                done.insert(user.clone());
+            }
+            Err(DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)) => {
+                on.batch_execute(
+                    "ROLLBACK TO SAVEPOINT clerk_sync_delete; RELEASE SAVEPOINT clerk_sync_delete",
+                )
+                .await
+                .map_err(db_error)?;
+            }
+            Err(other) => return Err(db_error(other)),
+        }
+    }
+    Ok(done)
+}
+
+/// Row writes with the same columns, in the order of their first row: (columns, rows).
+type Group<'w> = (Vec<usize>, Vec<(&'w str, &'w [(usize, Value)])>);
+
+/// `rows` grouped by the columns they write (in the order written), so that each group is one
+/// statement whose text is the same whatever the rows.
+fn groups<'w>(rows: &[(&'w str, &'w [(usize, Value)])]) -> Vec<Group<'w>> {
+    let mut groups: Vec<Group<'w>> = Vec::new();
+    for &(id, values) in rows {
+        let columns = values.iter().map(|(c, _)| *c);
+        match groups
+            .iter_mut()
+            .find(|(c, _)| c.iter().copied().eq(columns.clone()))
+        {
+            Some((_, group)) => group.push((id, values)),
+            None => groups.push((columns.collect(), vec![(id, values)])),
+        }
+    }
+    groups
+}
+
+/// The shape's table as its statements name it.
+struct Table<'s> {
+    shape: &'s WriteShape,
+    /// `"schema"."name"`.
+    name: String,
+    /// The Clerk id column, quoted.
+    clerk_id: String,
+    /// The unique address column, quoted, and how it binds.
+    address: Option<(String, &'s Bind)>,
+    /// The expression reading the row's update time (alias `r`) in ms, NULL when unreadable.
+    updated_ms: String,
+}
+
+impl<'s> Table<'s> {
+    fn new(shape: &'s WriteShape) -> Result<Self, DbError> {
+        let column = |index: usize| {
+            shape
+                .columns
+                .get(index)
+                .map(|c| (quoted(&c.name), &c.bind))
+                .ok_or_else(|| DbError::Internal("the mapped shape lacks a column it names".into()))
+        };
+        let (clerk_id, _) = column(shape.clerk_id)?;
+        let address = shape.unique_address.map(column).transpose()?;
+        let updated_ms = match shape.updated_at.map(column).transpose()? {
+            Some((name, Bind::Timestamp | Bind::TimestampTz | Bind::Date)) => format!(
+                "CASE WHEN isfinite(r.{name}) \
+                 THEN floor(extract(epoch FROM r.{name}) * 1000)::int8 END"
+            ),
+            _ => "NULL::int8".to_owned(),
+        };
+        Ok(Self {
+            shape,
+            name: shape.qualified_name(),
+            clerk_id,
+            address,
+            updated_ms,
+        })
+    }
+
+    /// A column the writes name, quoted, and how it binds.
+    fn column(&self, index: usize) -> Result<(String, &'s Bind), DbError> {
+        let column =
+            self.shape.columns.get(index).ok_or_else(|| {
+                DbError::Internal("a write names a column the shape lacks".into())
+            })?;
+        Ok((quoted(&column.name), &column.bind))
+    }
+
+    /// How the address column binds (there must be one).
+    fn address_bind(&self) -> Result<&'s Bind, DbError> {
+        self.address
+            .as_ref()
+            .map(|(_, bind)| *bind)
+            .ok_or_else(no_address_column)
+    }
+
+    /// Locks the addresses involved, in byte order: the claims, the users' bookkeeping
+    /// emails and the addresses their rows hold. Answers them.
+    fn lock_addresses(&self, request: &Request) -> Statement {
+        let address = self
+            .address
+            .as_ref()
+            .map_or("NULL", |(name, _)| name.as_str());
+        let mut s = Statement::new(
+            "SELECT l.addresses, \
+                    (SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) \
+                       FROM unnest(l.addresses) AS a) AS locked \
+               FROM (SELECT COALESCE(array_agg(a ORDER BY a COLLATE \"C\"), '{}') AS addresses \
+                       FROM (SELECT unnest(",
+        );
+        s.bind(Param::Texts(request.claims.clone()));
+        s.push(
+            "::text[]) AS a UNION SELECT s.email FROM clerk_sync.users s WHERE s.user_id = ANY(",
+        );
+        s.bind(Param::Texts(request.users.clone()));
+        s.push(&format!(
+            "::text[]) UNION SELECT r.{address}::text FROM {} r WHERE r.{} = ANY(",
+            self.name, self.clerk_id
+        ));
+        s.bind(Param::Texts(request.users.clone()));
+        s.push("::text[])) AS d WHERE a IS NOT NULL) AS l");
+        s
+    }
+
+    /// Reads, under the locks, the involved users' bookkeeping and rows (one row each), and
+    /// the deliveries already recorded (`recorded`).
+    fn read(&self, request: &Request, addresses: &[String]) -> Statement {
+        let mut s = Statement::new("WITH ids AS (SELECT unnest(");
+        s.bind(Param::Texts(request.users.clone()));
+        s.push("::text[]) AS id");
+        let address = match &self.address {
+            Some((address, _)) => {
+                // The rows holding a locked address, and the users claiming one.
+                s.push(&format!(
+                    " UNION SELECT r.{clerk}::text FROM {table} r \
+                      WHERE r.{address} = ANY(",
+                    clerk = self.clerk_id,
+                    table = self.name,
+                ));
+                s.bind(Param::Texts(addresses.to_vec()));
+                s.push(&format!(
+                    "::text[]) AND r.{} IS NOT NULL \
+                     UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY(",
+                    self.clerk_id
+                ));
+                s.bind(Param::Texts(addresses.to_vec()));
+                s.push("::text[])");
+                format!("r.{address}::text")
+            }
+            None => "NULL::text".to_owned(),
+        };
+        s.push(&format!(
+            ") SELECT false AS recorded, k.id, \
+                      s.user_id IS NOT NULL AS kept, s.version, s.digest, s.email, \
+                      s.deleted_at IS NOT NULL AS deleted, \
+                      COALESCE(s.delete_pending, false) AS delete_pending, \
+                      COALESCE(s.role_from_webhook, false) AS role_from_webhook, \
+                      r.{clerk} IS NOT NULL AS held, {address} AS address, \
+                      {updated} AS updated_ms \
+                 FROM ids k \
+                 LEFT JOIN clerk_sync.users s ON s.user_id = k.id \
+                 LEFT JOIN {table} r ON r.{clerk} = k.id \
+               UNION ALL \
+               SELECT true, d.svix_id, false, NULL::int8, NULL::text, NULL::text, false, \
+                      false, false, false, NULL::text, NULL::int8 \
+                 FROM clerk_sync.deliveries d WHERE d.svix_id = ANY(",
+            clerk = self.clerk_id,
+            table = self.name,
+            updated = self.updated_ms,
+        ));
+        s.bind(Param::Texts(request.ids.clone()));
+        s.push("::text[])");
+        s
+    }
+
+    /// Inserts a group of rows writing the same columns.
+    fn insert(
+        &self,
+        columns: &[usize],
+        rows: &[(&str, &[(usize, Value)])],
+    ) -> Result<Statement, DbError> {
+        let mut names = Vec::with_capacity(columns.len());
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, &column) in columns.iter().enumerate() {
+            let (name, bind) = self.column(column)?;
+            names.push(name);
+            values.push(format!("cs_new.c{i}{}", cast(bind)?));
+        }
+        let mut s = Statement::new(&format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest(",
+            self.name,
+            names.join(", "),
+            values.join(", ")
+        ));
+        for (i, &column) in columns.iter().enumerate() {
+            if i > 0 {
+                s.push(", ");
+            }
+            s.bind(Param::NullableTexts(self.column_values(i, column, rows)?));
+            s.push("::text[]");
+        }
+        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+        s.push(&format!(") AS cs_new({})", aliases.join(", ")));
+        Ok(s)
+    }
+
+    /// Updates a group of rows writing the same columns, by Clerk id.
+    fn update(
+        &self,
+        columns: &[usize],
+        rows: &[(&str, &[(usize, Value)])],
+    ) -> Result<Statement, DbError> {
+        let mut sets = Vec::with_capacity(columns.len());
+        for (i, &column) in columns.iter().enumerate() {
+            let (name, bind) = self.column(column)?;
+            sets.push(format!("{name} = cs_new.c{i}{}", cast(bind)?));
+        }
+        let mut s = Statement::new(&format!(
+            "UPDATE {} AS cs_row SET {} FROM unnest(",
+            self.name,
+            sets.join(", ")
+        ));
+        s.bind(Param::Texts(
+            rows.iter().map(|(id, _)| (*id).to_owned()).collect(),
+        ));
+        s.push("::text[]");
+        for (i, &column) in columns.iter().enumerate() {
+            s.push(", ");
+            s.bind(Param::NullableTexts(self.column_values(i, column, rows)?));
+            s.push("::text[]");
+        }
+        let aliases: Vec<String> = (0..columns.len()).map(|i| format!(", c{i}")).collect();
+        s.push(&format!(
+            ") AS cs_new(id{}) WHERE cs_row.{} = cs_new.id",
+            aliases.concat(),
+            self.clerk_id
+        ));
+        Ok(s)
+    }
+
+    /// The `i`th value of every row of a group (which writes `column` there), as text.
+    fn column_values(
+        &self,
+        i: usize,
+        column: usize,
+        rows: &[(&str, &[(usize, Value)])],
+    ) -> Result<Vec<Option<String>>, DbError> {
+        let (_, bind) = self.column(column)?;
+        Ok(rows
+            .iter()
+            .map(|(_, values)| values.get(i).and_then(|(_, v)| text(v, bind)))
+            .collect())
+    }
+
+    /// How many of these users have a row.
+    fn count(&self, ids: Vec<String>) -> Statement {
+        let mut s = Statement::new(&format!(
+            "SELECT count(*) AS n FROM {} WHERE {} = ANY(",
+            self.name, self.clerk_id
+        ));
+        s.bind(Param::Texts(ids));
+        s.push("::text[])");
+        s
+    }
+
+    /// The address column of each row := its value (a vacated row's placeholder, a move).
+    fn set_address(
+        &self,
+        ids: Vec<String>,
+        addresses: Vec<Option<String>>,
+    ) -> Result<Statement, DbError> {
+        let (address, bind) = self.address.as_ref().ok_or_else(no_address_column)?;
+        let mut s = Statement::new(&format!(
+            "UPDATE {} AS cs_row SET {address} = cs_new.a{} FROM unnest(",
+            self.name,
+            cast(bind)?
+        ));
+        s.bind(Param::Texts(ids));
+        s.push("::text[], ");
+        s.bind(Param::NullableTexts(addresses));
+        s.push(&format!(
+            "::text[]) AS cs_new(id, a) WHERE cs_row.{} = cs_new.id",
+            self.clerk_id
+        ));
+        Ok(s)
+    }
+
+    /// A soft delete: the columns := their values for every user's row.
+    fn soft_delete(
+        &self,
+        values: &[(usize, Value)],
+        users: Vec<String>,
+    ) -> Result<Statement, DbError> {
+        let mut s = Statement::new(&format!("UPDATE {} SET ", self.name));
+        for (i, (column, value)) in values.iter().enumerate() {
+            let (name, bind) = self.column(*column)?;
+            if i > 0 {
+                s.push(", ");
+            }
+            s.push(&format!("{name} = "));
+            s.bind(Param::Text(text(value, bind)));
+            s.push(&format!("::text{}", cast(bind)?));
+        }
+        s.push(&format!(" WHERE {} = ANY(", self.clerk_id));
+        s.bind(Param::Texts(users));
+        s.push("::text[])");
+        Ok(s)
+    }
+
+    /// Deletes a user's row.
+    fn delete(&self, user: &str) -> Statement {
+        let mut s = Statement::new(&format!(
+            "DELETE FROM {} WHERE {} = ",
+            self.name, self.clerk_id
+        ));
+        s.bind(Param::Text(Some(user.to_owned())));
+        s.push("::text");
+        s
+    }
+}
+
+fn no_address_column() -> DbError {
+    DbError::Internal("a plan moves addresses on a table without an address column".into())
+}
+
+/// Locks the users' bookkeeping rows in byte order, making those absent (with their initial
+/// values, a new user's past the end of [`Request::initial`]); answers those made.
+fn lock_users(request: &Request) -> Statement {
+    let new_user = Bookkeeping::new_user();
+    let initial: Vec<&Bookkeeping> = (0..request.users.len())
+        .map(|i| request.initial.get(i).unwrap_or(&new_user))
+        .collect();
+    // Rows that conflict are locked (DO UPDATE ... WHERE false: locked, left as they are)
+    // in the order the SELECT gives them; the RETURNING rows are those inserted. Naming the
+    // key in the SET makes the lock FOR UPDATE, as the seed's lone lock (a SET of other
+    // columns only would take FOR NO KEY UPDATE).
+    let mut s = Statement::new(
+        "INSERT INTO clerk_sync.users AS s (user_id, version, digest, email, role_from_webhook) \
+         SELECT * FROM unnest(",
+    );
+    s.bind(Param::Texts(request.users.clone()));
+    s.push("::text[], ");
+    s.bind(Param::BigInts(initial.iter().map(|b| b.version).collect()));
+    s.push("::int8[], ");
+    s.bind(Param::Texts(
+        initial.iter().map(|b| b.digest.clone()).collect(),
+    ));
+    s.push("::text[], ");
+    s.bind(Param::NullableTexts(
+        initial.iter().map(|b| b.email.clone()).collect(),
+    ));
+    s.push("::text[], ");
+    s.bind(Param::Bools(
+        initial.iter().map(|b| b.role_from_webhook).collect(),
+    ));
+    s.push(
+        "::bool[]) AS n(user_id, version, digest, email, role_from_webhook) \
+         ORDER BY n.user_id COLLATE \"C\" \
+         ON CONFLICT (user_id) DO UPDATE SET user_id = s.user_id WHERE false \
+         RETURNING s.user_id",
+    );
+    s
+}
+
+/// The bookkeeping rows written, as the seed port writes them.
+fn bookkeeping(writes: &Writes) -> Statement {
+    let b = &writes.bookkeeping;
+    let mut s = Statement::new(
+        "UPDATE clerk_sync.users s \
+            SET version = n.version, digest = n.digest, email = n.email, \
+                role_from_webhook = n.role, \
+                deleted_at = CASE WHEN n.tombstone THEN COALESCE(s.deleted_at, now()) \
+                                  ELSE s.deleted_at END, \
+                delete_attempted_at = CASE WHEN n.attempted THEN now() \
+                                           ELSE s.delete_attempted_at END \
+           FROM unnest(",
+    );
+    s.bind(Param::Texts(b.iter().map(|b| b.user_id.clone()).collect()));
+    s.push("::text[], ");
+    s.bind(Param::BigInts(b.iter().map(|b| b.version).collect()));
+    s.push("::int8[], ");
+    s.bind(Param::Texts(b.iter().map(|b| b.digest.clone()).collect()));
+    s.push("::text[], ");
+    s.bind(Param::NullableTexts(
+        b.iter().map(|b| b.email.clone()).collect(),
+    ));
+    s.push("::text[], ");
+    s.bind(Param::Bools(
+        b.iter().map(|b| b.role_from_webhook).collect(),
+    ));
+    s.push("::bool[], ");
+    s.bind(Param::Bools(b.iter().map(|b| b.tombstone).collect()));
+    s.push("::bool[], ");
+    s.bind(Param::Bools(b.iter().map(|b| b.attempted).collect()));
+    s.push(
+        "::bool[]) AS n(user_id, version, digest, email, role, tombstone, attempted) \
+         WHERE s.user_id = n.user_id",
+    );
+    s
+}
+
+/// Each deleted user's `delete_pending`: whether its delete was refused.
+fn pending(users: Vec<String>, done: Vec<String>) -> Statement {
+    let mut s = Statement::new("UPDATE clerk_sync.users SET delete_pending = NOT (user_id = ANY(");
+    s.bind(Param::Texts(done));
+    s.push("::text[])) WHERE user_id = ANY(");
+    s.bind(Param::Texts(users));
+    s.push("::text[])");
+    s
+}
+
+/// The deliveries recorded, each with its outcome, or its outcome-if-refused when its user's
+/// delete did not go through.
+fn record(writes: &Writes, done: &HashSet<String>) -> Statement {
+    let r = &writes.record;
+    let outcome = |d: &Record| -> Outcome {
+        match (d.if_refused, &d.user_id) {
+            (Some(refused), Some(user)) if !done.contains(user) => refused,
+            _ => d.outcome,
+        }
+    };
+    let mut s = Statement::new(
+        "INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome) \
+         SELECT * FROM unnest(",
+    );
+    s.bind(Param::Texts(r.iter().map(|d| d.svix_id.clone()).collect()));
+    s.push("::text[], ");
+    s.bind(Param::Texts(
+        r.iter().map(|d| d.event_type.clone()).collect(),
+    ));
+    s.push("::text[], ");
+    s.bind(Param::NullableTexts(
+        r.iter().map(|d| d.user_id.clone()).collect(),
+    ));
+    s.push("::text[], ");
+    s.bind(Param::Texts(
+        r.iter().map(|d| outcome(d).as_str().to_owned()).collect(),
+    ));
+    s.push("::text[]) ON CONFLICT (svix_id) DO NOTHING");
+    s
+}
+
+/// The cast of a value's text to a column's type.
+fn cast(bind: &Bind) -> Result<String, DbError> {
+    Ok(match bind {
+        Bind::Text => String::new(),
+        Bind::Uuid => "::uuid".into(),
+        Bind::Int => "::int4".into(),
+        Bind::BigInt => "::int8".into(),
+        Bind::Float => "::float8".into(),
+        Bind::Decimal => "::numeric".into(),
+        Bind::Bool => "::boolean".into(),
+        Bind::Timestamp => "::timestamp".into(),
+        Bind::TimestampTz => "::timestamptz".into(),
+        Bind::Date => "::date".into(),
+        // Already quoted (and qualified) by the mapping.
+        Bind::Enum(name) => format!("::{name}"),
+        Bind::Json => "::jsonb".into(),
+        Bind::Unsupported => {
+            return Err(DbError::Internal(
+                "a write names a column clerk-sync never writes".into(),
+            ))
+        }
+    })
+}
+
+/// A value as the text its column's cast reads (none: NULL).
+fn text(value: &Value, bind: &Bind) -> Option<String> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Text(s) | Value::Decimal(s) | Value::Enum(s) => s.clone(),
+        Value::Uuid(u) => u.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::BigInt(i) => i.to_string(),
+        Value::Float(x) if x.is_nan() => "NaN".into(),
+        Value::Float(x) if x.is_infinite() => {
+            if *x > 0.0 { "Infinity" } else { "-Infinity" }.into()
+        }
+        // Rust prints the shortest text that reads back as the same double.
+        Value::Float(x) => x.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Timestamp(at) => match bind {
+            Bind::TimestampTz => at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+            _ => at.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        },
+        Value::Date(day) => day.format("%Y-%m-%d").to_string(),
+        Value::Json(json) => json.to_string(),
+    })
+}
+
+/// A diesel error as [`DbError::from`] classes it, the server's message cut before any
+/// quoted value it echoes.
+fn db_error(error: DieselError) -> DbError {
+    match error {
+        DieselError::DatabaseError(kind, info) => match info.message().find(": \"") {
+            Some(at) => {
+                let cut = info.message()[..at].to_owned();
+                DbError::from(DieselError::DatabaseError(kind, Box::new(cut)))
+            }
+            None => DbError::from(DieselError::DatabaseError(kind, info)),
+        },
+        other => DbError::from(other),
+    }
+}
+
+/// One parameter of a [`Statement`].
+enum Param {
+    /// `text`, maybe NULL.
+    Text(Option<String>),
+    /// `text[]`.
+    Texts(Vec<String>),
+    /// `text[]` with NULLs.
+    NullableTexts(Vec<Option<String>>),
+    /// `int8[]`.
+    BigInts(Vec<i64>),
+    /// `bool[]`.
+    Bools(Vec<bool>),
+}
+
+/// SQL text with parameters between its pieces. Unlike `diesel::sql_query`, it leaves diesel
+/// free to cache its prepared statement (by its text and its parameters' types): built from
+/// identifiers and column lists only, its text is the same every time for the same writes.
+struct Statement {
+    /// The text before each parameter, then after the last one (one more than `params`).
+    sql: Vec<String>,
+    /// The parameters, `$1`, `$2`, … in order.
+    params: Vec<Param>,
+}
+
+impl Statement {
+    fn new(sql: &str) -> Self {
+        Self {
+            sql: vec![sql.to_owned()],
+            params: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sql: &str) {
+        if let Some(last) = self.sql.last_mut() {
+            last.push_str(sql);
+        }
+    }
+
+    fn bind(&mut self, param: Param) {
+        self.params.push(param);
+        self.sql.push(String::new());
+    }
+}
+
+impl QueryFragment<PgBackend> for Statement {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, PgBackend>) -> diesel::QueryResult<()> {
+        for (i, sql) in self.sql.iter().enumerate() {
+            out.push_sql(sql);
+            match self.params.get(i) {
+                Some(Param::Text(v)) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Some(Param::Texts(v)) => out.push_bind_param::<Array<Text>, _>(v)?,
+                Some(Param::NullableTexts(v)) => {
+                    out.push_bind_param::<Array<Nullable<Text>>, _>(v)?
+                }
+                Some(Param::BigInts(v)) => out.push_bind_param::<Array<BigInt>, _>(v)?,
+                Some(Param::Bools(v)) => out.push_bind_param::<Array<Bool>, _>(v)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for Statement {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Statement {
+    type SqlType = Untyped;
+}
+
+/// A user made by the lock.
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+}
+
+/// The addresses locked, in byte order.
+#[derive(QueryableByName)]
+struct Addresses {
+    #[diesel(sql_type = Array<Text>)]
+    addresses: Vec<String>,
+}
+
+/// A count.
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// A row of the read: a delivery already recorded, or an involved user's bookkeeping row
+/// (`kept`) and application row (`held`), either of which may be absent.
+#[derive(QueryableByName)]
+struct ReadRow {
+    #[diesel(sql_type = Bool)]
+    recorded: bool,
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Bool)]
+    kept: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    version: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    digest: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    email: Option<String>,
+    #[diesel(sql_type = Bool)]
+    deleted: bool,
+    #[diesel(sql_type = Bool)]
+    delete_pending: bool,
+    #[diesel(sql_type = Bool)]
+    role_from_webhook: bool,
+    #[diesel(sql_type = Bool)]
+    held: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    address: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    updated_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::table::WriteColumn;
+    use chrono::{TimeZone, Utc};
+
+    fn shape() -> WriteShape {
+        let column = |name: &str, bind| WriteColumn {
+            name: name.into(),
+            bind,
+        };
+        WriteShape {
+            schema: None,
+            name: "User".into(),
+            columns: vec![
+                column("clerkId", Bind::Text),
+                column("email", Bind::Text),
+                column("role", Bind::Enum("\"Role\"".into())),
+            ],
+            clerk_id: 0,
+            unique_address: Some(1),
+            updated_at: None,
+        }
+    }
+
+    fn sql(statement: &Statement) -> String {
+        diesel::debug_query::<PgBackend, _>(statement)
+            .to_string()
+            .split(" -- binds")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn safe_to_cache(statement: &impl QueryFragment<PgBackend>) -> bool {
+        statement
+            .is_safe_to_cache_prepared(&PgBackend)
+            .expect("test value")
+    }
+
+    #[test]
+    fn a_statement_is_cached_by_its_text_which_is_the_same_whatever_the_rows() {
+        let shape = shape();
+        let table = Table::new(&shape).expect("test value");
+        let one = vec![(1, Value::Text("a@x.test".into()))];
+        let two = vec![(1, Value::Text("b@x.test".into()))];
+        let (one, two) = (one.as_slice(), two.as_slice());
+
+        let single = table.insert(&[1], &[("user_a", one)]).expect("test value");
+        let double = table
+            .insert(&[1], &[("user_a", one), ("user_b", two)])
+            .expect("test value");
+
+        assert!(safe_to_cache(&single));
+        assert_eq!(sql(&single), sql(&double));
+        assert_eq!(
+            sql(&single),
+            "INSERT INTO \"User\" (\"email\") SELECT cs_new.c0 FROM unnest($1::text[]) AS cs_new(c0)"
+        );
+    }
+
+    #[test]
+    fn diesel_never_caches_a_sql_query_even_boxed() {
+        // Why `Statement` exists: `sql_query` marks itself unsafe to cache.
+        let boxed = diesel::sql_query("SELECT $1")
+            .into_boxed::<PgBackend>()
+            .bind::<Nullable<Text>, _>(Some("x"));
+
+        assert!(!safe_to_cache(&boxed));
+        assert!(!safe_to_cache(&diesel::sql_query("SELECT 1")));
+    }
+
+    #[test]
+    fn each_value_is_sent_as_the_text_its_cast_reads() {
+        let at = Utc
+            .timestamp_millis_opt(1_714_564_800_123)
+            .single()
+            .expect("test value");
+
+        assert_eq!(
+            text(&Value::Timestamp(at), &Bind::Timestamp).as_deref(),
+            Some("2024-05-01 12:00:00.123000")
+        );
+        assert_eq!(
+            text(&Value::Timestamp(at), &Bind::TimestampTz).as_deref(),
+            Some("2024-05-01 12:00:00.123000+00")
+        );
+        assert_eq!(
+            text(&Value::Float(f64::NAN), &Bind::Float).as_deref(),
+            Some("NaN")
+        );
+        assert_eq!(
+            text(&Value::Float(f64::NEG_INFINITY), &Bind::Float).as_deref(),
+            Some("-Infinity")
+        );
+        assert_eq!(text(&Value::Null, &Bind::Uuid), None);
+        assert_eq!(
+            cast(&Bind::Enum("\"Role\"".into())).expect("test value"),
+            "::\"Role\""
+        );
+        assert!(cast(&Bind::Unsupported).is_err());
+    }
+
+    #[test]
+    fn an_error_keeps_its_class_but_not_the_value_the_server_echoed() {
+        let echoed = DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("invalid input syntax for type uuid: \"secret@x.test\"".to_owned()),
+        );
+        let refused = DieselError::DatabaseError(
+            DatabaseErrorKind::NotNullViolation,
+            Box::new("null value in column \"email\" of relation \"User\"".to_owned()),
+        );
+
+        let echoed = db_error(echoed);
+        let refused = db_error(refused);
+
+        assert!(
+            matches!(&echoed, DbError::Internal(t) if !t.contains("secret") && t.contains("uuid"))
+        );
+        assert!(matches!(&refused, DbError::Refused(t) if t.contains("\"email\"")));
     }
 }

@@ -381,11 +381,11 @@ impl Pg {
     }
 }
 
-/// A pool connection inside a transaction [`Pg::transact`] opened. Dropped before
-/// [`Self::release`] (a failed rollback, a panic in the planner, a cancelled future), it is
-/// detached from the pool and closed, so that the server rolls the transaction back and the
-/// pool never hands it out mid-transaction.
-struct InTransaction(Option<PgObject>);
+/// A pool connection inside a transaction [`Pg::transact`] (or `Pg::transact_mapped`)
+/// opened. Dropped before [`Self::release`] (a failed rollback, a panic in the planner, a
+/// cancelled future), it is detached from the pool and closed, so that the server rolls the
+/// transaction back and the pool never hands it out mid-transaction.
+pub(super) struct InTransaction(pub(super) Option<PgObject>);
 
 /// A connection of [`Pg`]'s pool.
 type PgObject = deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
@@ -397,7 +397,7 @@ impl InTransaction {
             .ok_or_else(|| DbError::Internal("a unit of work without its connection".into()))
     }
 
-    fn connection(&self) -> Result<&AsyncPgConnection, DbError> {
+    pub(super) fn connection(&self) -> Result<&AsyncPgConnection, DbError> {
         Ok(self.object()?)
     }
 
@@ -406,7 +406,7 @@ impl InTransaction {
     }
 
     /// The transaction ended: the connection goes back to the pool.
-    fn release(mut self) {
+    pub(super) fn release(mut self) {
         drop(self.0.take());
     }
 }
