@@ -314,7 +314,10 @@ async fn serve_refuses_a_table_that_disagrees_and_serves_one_that_agrees(backend
     };
 
     let disagrees = run(serve(&wrong));
-    let agrees = running_for(serve(&fixture("cuid-clerkid.prisma")), Duration::from_secs(3));
+    let agrees = running_for(
+        serve(&fixture("cuid-clerkid.prisma")),
+        Duration::from_secs(3),
+    );
 
     assert_eq!(disagrees.status, Some(1), "{}", disagrees.stderr);
     assert!(

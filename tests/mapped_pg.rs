@@ -202,6 +202,7 @@ fn row_write(id: &str, exists: bool) -> RowWrite {
         exists,
         created_at: at(0),
         updated_at: at(0),
+        digest: String::new(),
     }
 }
 

@@ -145,6 +145,7 @@ impl Version {
             exists,
             created_at: at_ms(self.created),
             updated_at: at_ms(self.at),
+            digest: self.digest(),
         }
     }
 

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use clerk_sync::mapping::Mapping;
-use common::{deleted, eventually, spawn_app_with, AppOptions, Backend, ClerkUser, TestApp, TestDb, T0};
+use common::{
+    deleted, eventually, spawn_app_with, AppOptions, Backend, ClerkUser, TestApp, TestDb, T0,
+};
 use serde_json::json;
 
 const CUID: &str = "cuid-clerkid";
@@ -165,8 +167,10 @@ async fn key(app: &TestApp, shape: &str, user: &str) -> String {
                     .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
         }
         // uuid(): a version 4 UUID, hyphenated lowercase.
-        UUID => uuid::Uuid::parse_str(&key).is_ok_and(|u| u.get_version_num() == 4)
-            && key == key.to_lowercase(),
+        UUID => {
+            uuid::Uuid::parse_str(&key).is_ok_and(|u| u.get_version_num() == 4)
+                && key == key.to_lowercase()
+        }
         // autoincrement(): the database's integer.
         _ => key.parse::<i64>().is_ok_and(|k| k > 0),
     };
@@ -198,10 +202,15 @@ async fn created_updated_stale_and_out_of_order(shape: &str, backend: Backend) {
     let mut bob2 = bob.clone();
     bob2.updated_at = T0 + 5_000;
     bob2.last_name = Some("Later".into());
-    app.expect_outcome("msg_b2", &bob2.updated(), "applied").await;
+    app.expect_outcome("msg_b2", &bob2.updated(), "applied")
+        .await;
     app.expect_outcome("msg_b1", &bob.created(), "stale").await;
 
-    assert_eq!(key(&app, shape, "user_ada").await, first_key, "a key never changes");
+    assert_eq!(
+        key(&app, shape, "user_ada").await,
+        first_key,
+        "a key never changes"
+    );
     assert_eq!(rows(&app, shape, "user_ada").await, 1);
     let col = |user: &'static str, c: &'static str| column(&app, shape, user, c);
     let n = names(shape);
@@ -210,13 +219,19 @@ async fn created_updated_stale_and_out_of_order(shape: &str, backend: Backend) {
         CUID => {
             assert_eq!(col("user_ada", "firstName").await, some("Augusta"));
             assert_eq!(col("user_ada", "lastName").await, some("Lovelace"));
-            assert_eq!(col("user_ada", "imageUrl").await, some("https://img.clerk.com/x"));
+            assert_eq!(
+                col("user_ada", "imageUrl").await,
+                some("https://img.clerk.com/x")
+            );
             assert_eq!(col("user_bob", "lastName").await, some("Later"));
         }
         AUTOINCREMENT => {
             assert_eq!(col("user_ada", "name").await, some("Augusta Lovelace"));
             assert_eq!(col("user_ada", "username").await, some("ada"));
-            assert_eq!(col("user_ada", "avatar_url").await, some("https://img.clerk.com/x"));
+            assert_eq!(
+                col("user_ada", "avatar_url").await,
+                some("https://img.clerk.com/x")
+            );
             // Left to the database.
             assert_eq!(col("user_ada", "plan").await, some("free"));
             assert_eq!(col("user_bob", "name").await, some("Bob Later"));
@@ -244,8 +259,10 @@ async fn an_email_is_handed_over_where_the_column_is_unique(shape: &str, backend
     let n = names(shape);
     let old = ClerkUser::new("user_old", 1_000, "shared@example.com");
     let new = ClerkUser::new("user_new", 2_000, "shared@example.com");
-    app.expect_outcome("msg_old", &old.created(), "applied").await;
-    app.expect_outcome("msg_new", &new.created(), "applied").await;
+    app.expect_outcome("msg_old", &old.created(), "applied")
+        .await;
+    app.expect_outcome("msg_new", &new.created(), "applied")
+        .await;
 
     let col = |user: &'static str| column(&app, shape, user, n.email);
     assert_eq!(col("user_new").await, some("shared@example.com"));
@@ -263,13 +280,15 @@ async fn an_email_is_handed_over_where_the_column_is_unique(shape: &str, backend
     let mut moved = new.clone();
     moved.updated_at = T0 + 3_000;
     moved.emails = vec![("idn_primary".into(), "elsewhere@example.com".into())];
-    app.expect_outcome("msg_moved", &moved.updated(), "applied").await;
+    app.expect_outcome("msg_moved", &moved.updated(), "applied")
+        .await;
     assert_eq!(col("user_new").await, some("elsewhere@example.com"));
     assert_eq!(col("user_old").await, some("shared@example.com"), "{shape}");
 
     // A user without any address.
     let none = ClerkUser::new("user_none", 1_000, "x@example.com").without_email();
-    app.expect_outcome("msg_none", &none.created(), "applied").await;
+    app.expect_outcome("msg_none", &none.created(), "applied")
+        .await;
     let expected = match shape {
         AUTOINCREMENT => None,
         _ => some("user_none@no-email.invalid"),
@@ -290,8 +309,13 @@ async fn a_deleted_user_goes_as_the_shape_says(shape: &str, backend: Backend) {
                 "INSERT INTO \"Post\" (id, title, \"authorId\") VALUES ('post_1', 'Hello', '{ada_key}')"
             ))
             .await;
-        app.expect_outcome("msg_del", &deleted("user_ada"), "deferred").await;
-        assert_eq!(rows(&app, shape, "user_ada").await, 1, "kept for the foreign key");
+        app.expect_outcome("msg_del", &deleted("user_ada"), "deferred")
+            .await;
+        assert_eq!(
+            rows(&app, shape, "user_ada").await,
+            1,
+            "kept for the foreign key"
+        );
         app.db.exec("DELETE FROM \"Post\"").await;
         let gone = eventually(Duration::from_secs(10), || async {
             rows(&app, shape, "user_ada").await == 0
@@ -299,26 +323,44 @@ async fn a_deleted_user_goes_as_the_shape_says(shape: &str, backend: Backend) {
         .await;
         assert!(gone, "the deferred delete completes once the post is gone");
     } else {
-        app.expect_outcome("msg_del", &deleted("user_ada"), "applied").await;
+        app.expect_outcome("msg_del", &deleted("user_ada"), "applied")
+            .await;
     }
     // A late update never brings it back, nor clears a soft delete.
     let mut late = ada.clone();
     late.updated_at = T0 + 9_000;
     late.first_name = Some("Late".into());
-    app.expect_outcome("msg_late", &late.updated(), "stale").await;
+    app.expect_outcome("msg_late", &late.updated(), "stale")
+        .await;
 
     if shape == UUID {
-        assert_eq!(rows(&app, shape, "user_ada").await, 1, "a soft delete keeps the row");
-        assert_eq!(column(&app, shape, "user_ada", "deleted").await, some("true"));
+        assert_eq!(
+            rows(&app, shape, "user_ada").await,
+            1,
+            "a soft delete keeps the row"
+        );
+        assert_eq!(
+            column(&app, shape, "user_ada", "deleted").await,
+            some("true")
+        );
         let at: i64 = column(&app, shape, "user_ada", "deletedAt")
             .await
             .expect("deletedAt set")
             .parse()
             .expect("ms");
         let now = chrono::Utc::now().timestamp_millis();
-        assert!((now - 60_000..=now + 1_000).contains(&at), "deletedAt {at}, now {now}");
-        assert_eq!(column(&app, shape, "user_ada", "firstName").await, some("Ada"));
-        assert_eq!(column(&app, shape, "user_ada", n.email).await, some("ada@example.com"));
+        assert!(
+            (now - 60_000..=now + 1_000).contains(&at),
+            "deletedAt {at}, now {now}"
+        );
+        assert_eq!(
+            column(&app, shape, "user_ada", "firstName").await,
+            some("Ada")
+        );
+        assert_eq!(
+            column(&app, shape, "user_ada", n.email).await,
+            some("ada@example.com")
+        );
     } else {
         assert_eq!(rows(&app, shape, "user_ada").await, 0);
     }
@@ -336,7 +378,11 @@ async fn the_role_rule_on_the_application_s_enum(backend: Backend) {
     v.updated_at += 1_000;
     v.public_metadata = json!({"role": "Owner"});
     app.expect_outcome("msg_2", &v.updated(), "applied").await;
-    assert_eq!(role().await, some("OWNER"), "any case, any label of the enum");
+    assert_eq!(
+        role().await,
+        some("OWNER"),
+        "any case, any label of the enum"
+    );
 
     // A role the enum lacks names none: the webhook's role goes back to the default.
     v.updated_at += 1_000;
@@ -345,9 +391,15 @@ async fn the_role_rule_on_the_application_s_enum(backend: Backend) {
     assert_eq!(role().await, some("MEMBER"));
 
     // A role the application set is left alone by versions naming none.
-    let cast = if backend == Backend::Sqlite { "'ADMIN'" } else { "'ADMIN'::\"Role\"" };
+    let cast = if backend == Backend::Sqlite {
+        "'ADMIN'"
+    } else {
+        "'ADMIN'::\"Role\""
+    };
     app.db
-        .exec(&format!("UPDATE \"User\" SET role = {cast} WHERE clerk_id = 'user_ada'"))
+        .exec(&format!(
+            "UPDATE \"User\" SET role = {cast} WHERE clerk_id = 'user_ada'"
+        ))
         .await;
     v.updated_at += 1_000;
     v.public_metadata = json!({});
@@ -383,9 +435,20 @@ async fn a_row_the_application_made_first_is_adopted(shape: &str, backend: Backe
     app.expect_outcome("msg_1", &ada.created(), "applied").await;
 
     assert_eq!(rows(&app, shape, "user_ada").await, 1);
-    assert_eq!(column(&app, shape, "user_ada", n.key).await, before, "its key stays");
-    let updated = if shape == AUTOINCREMENT { "updated_at" } else { "updatedAt" };
-    assert_eq!(column(&app, shape, "user_ada", updated).await, ms(T0 + 1_000));
+    assert_eq!(
+        column(&app, shape, "user_ada", n.key).await,
+        before,
+        "its key stays"
+    );
+    let updated = if shape == AUTOINCREMENT {
+        "updated_at"
+    } else {
+        "updatedAt"
+    };
+    assert_eq!(
+        column(&app, shape, "user_ada", updated).await,
+        ms(T0 + 1_000)
+    );
     if shape == AUTOINCREMENT {
         assert_eq!(column(&app, shape, "user_ada", "plan").await, some("pro"));
     }
@@ -393,20 +456,30 @@ async fn a_row_the_application_made_first_is_adopted(shape: &str, backend: Backe
 
 async fn a_metadata_path_from_clerk_sync_toml(shape: &str, backend: Backend) {
     let (config, column_name) = match shape {
-        CUID => ("[user.fields]\nimageUrl = \"public_metadata.picture.url\"\n", "imageUrl"),
+        CUID => (
+            "[user.fields]\nimageUrl = \"public_metadata.picture.url\"\n",
+            "imageUrl",
+        ),
         AUTOINCREMENT => ("[user.fields]\nplan = \"public_metadata.plan\"\n", "plan"),
-        _ => ("[user.fields]\nlastName = \"public_metadata.surname\"\n", "lastName"),
+        _ => (
+            "[user.fields]\nlastName = \"public_metadata.surname\"\n",
+            "lastName",
+        ),
     };
     let app = shape_app(shape, backend, Some(config)).await;
     let mut v = ClerkUser::new("user_ada", 1_000, "ada@example.com");
-    v.public_metadata = json!({"picture": {"url": "https://pics/ada"}, "plan": "team", "surname": "Byron"});
+    v.public_metadata =
+        json!({"picture": {"url": "https://pics/ada"}, "plan": "team", "surname": "Byron"});
     app.expect_outcome("msg_1", &v.created(), "applied").await;
     let expected = match shape {
         CUID => "https://pics/ada",
         AUTOINCREMENT => "team",
         _ => "Byron",
     };
-    assert_eq!(column(&app, shape, "user_ada", column_name).await, some(expected));
+    assert_eq!(
+        column(&app, shape, "user_ada", column_name).await,
+        some(expected)
+    );
 
     // The path gone: NULL where optional, the default or the empty string where required.
     v.updated_at += 1_000;
@@ -417,7 +490,11 @@ async fn a_metadata_path_from_clerk_sync_toml(shape: &str, backend: Backend) {
         AUTOINCREMENT => some("team"),
         _ => some(""),
     };
-    assert_eq!(column(&app, shape, "user_ada", column_name).await, gone, "{shape}");
+    assert_eq!(
+        column(&app, shape, "user_ada", column_name).await,
+        gone,
+        "{shape}"
+    );
 }
 
 /// Two instances on one database insert the same new user at once: one row.
@@ -475,7 +552,10 @@ macro_rules! per_shape {
 }
 
 async fn the_role_rule(shape: &str, backend: Backend) {
-    assert_eq!(shape, UUID, "the shape with an enum of the application's own");
+    assert_eq!(
+        shape, UUID,
+        "the shape with an enum of the application's own"
+    );
     the_role_rule_on_the_application_s_enum(backend).await;
 }
 

@@ -171,6 +171,8 @@ pub struct RowWrite {
     pub created_at: DateTime<Utc>,
     /// `updatedAt`.
     pub updated_at: DateTime<Utc>,
+    /// The digest of the version written (which, with `updated_at`, names it).
+    pub digest: String,
 }
 
 /// A delivery to record.

@@ -797,6 +797,7 @@ mod tests {
                 exists,
                 created_at: at,
                 updated_at: at,
+                digest: String::new(),
             };
             let mut rows: Vec<RowWrite> = (0..n).map(|i| write(i, true)).collect();
             rows.extend((n..n + 3).map(|i| write(i, false)));

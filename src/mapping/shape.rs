@@ -17,10 +17,7 @@ impl Mapping {
             .collect();
         let index = |keep: &dyn Fn(&super::Column) -> bool| self.columns.iter().position(keep);
         let clerk_id = index(&|c| c.name == self.clerk_id).unwrap_or_default();
-        let unique_address = self
-            .address_column()
-            .filter(|a| a.unique)
-            .map(|a| a.column);
+        let unique_address = self.address_column().filter(|a| a.unique).map(|a| a.column);
         let updated_at = index(&|c| {
             matches!(c.kind, ColumnKind::DateTime { .. })
                 && matches!(

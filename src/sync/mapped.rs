@@ -84,7 +84,8 @@ impl Mapped {
         batch: &[(MessageId, Event)],
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        let mut changes: HashMap<(&str, i64, &str), &UserChange> = HashMap::with_capacity(batch.len());
+        let mut changes: HashMap<(&str, i64, &str), &UserChange> =
+            HashMap::with_capacity(batch.len());
         for (_, event) in batch {
             if let Event::Upsert { change, .. } = event {
                 changes.insert(
@@ -93,19 +94,16 @@ impl Mapped {
                 );
             }
         }
-        let versions: HashMap<&str, (i64, &str)> = writes
-            .bookkeeping
-            .iter()
-            .map(|b| (b.user_id.as_str(), (b.version, b.digest.as_str())))
-            .collect();
         let mut rows = Vec::with_capacity(writes.rows.len());
         for row in &writes.rows {
-            let change = versions
-                .get(row.id.as_str())
-                .and_then(|&(version, digest)| changes.get(&(row.id.as_str(), version, digest)))
-                .ok_or_else(|| {
-                    DbError::Internal("a planned row write without its version".into())
-                })?;
+            let version = (
+                row.id.as_str(),
+                row.updated_at.timestamp_millis(),
+                row.digest.as_str(),
+            );
+            let change = changes.get(&version).ok_or_else(|| {
+                DbError::Internal("a planned row write without its version".into())
+            })?;
             let values = self
                 .mapping
                 .values(change, now, plan::no_email)

@@ -586,6 +586,7 @@ impl<'s> Walk<'s> {
             role: role.or(previous_role).or((!exists).then_some(Role::User)),
             created_at: change.created_at,
             updated_at: change.updated_at,
+            digest: change.digest.clone(),
             exists,
         };
         match self.rows.get_mut(user) {
