@@ -113,11 +113,35 @@ impl<'a> Bound<'a> {
     }
 }
 
+/// An SQL text cut where its bind parameters go: diesel writes each placeholder itself (and a
+/// quoted name may hold any character, so no character can stand for one).
+#[derive(Debug, Clone)]
+struct Sql(Vec<String>);
+
+impl Sql {
+    fn new(text: impl Into<String>) -> Self {
+        Sql(vec![text.into()])
+    }
+
+    /// `text` after what is there.
+    fn push(&mut self, text: &str) {
+        if let Some(last) = self.0.last_mut() {
+            last.push_str(text);
+        }
+    }
+
+    /// A bind parameter, then `text`.
+    fn then(mut self, text: impl Into<String>) -> Self {
+        self.0.push(text.into());
+        self
+    }
+}
+
 /// A statement on the application's table: its SQL text and its binds, in order. Cached by
 /// diesel per connection by its text (see the module's documentation).
 #[derive(Debug)]
 struct Statement<'a> {
-    sql: &'a str,
+    sql: &'a Sql,
     binds: Vec<Bound<'a>>,
 }
 
@@ -128,9 +152,16 @@ impl QueryId for Statement<'_> {
 
 impl QueryFragment<Sqlite> for Statement<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql(self.sql);
-        for bind in &self.binds {
+        let (first, rest) = self.sql.0.split_first().unzip();
+        if rest.map_or(0, <[String]>::len) != self.binds.len() {
+            return Err(DieselError::QueryBuilderError(
+                "a statement's binds do not match its text".into(),
+            ));
+        }
+        out.push_sql(first.map_or("", String::as_str));
+        for (bind, text) in self.binds.iter().zip(rest.unwrap_or_default()) {
             bind.walk(&mut out)?;
+            out.push_sql(text);
         }
         Ok(())
     }
@@ -180,13 +211,13 @@ struct Table<'s> {
     name: String,
     clerk_id: String,
     /// The rows of a set of Clerk ids (bound as one JSON array).
-    rows_by_id: String,
+    rows_by_id: Sql,
     /// The rows holding a set of addresses (a unique address column only).
-    rows_by_address: Option<String>,
+    rows_by_address: Option<Sql>,
     /// The address column := ?, by Clerk id.
-    set_address: Option<String>,
+    set_address: Option<Sql>,
     /// The row's delete, by Clerk id.
-    delete: String,
+    delete: Sql,
 }
 
 impl<'s> Table<'s> {
@@ -211,17 +242,21 @@ impl<'s> Table<'s> {
                 .as_ref()
                 .map_or("NULL".into(), |u| format!("CAST({u} AS TEXT)")),
         );
-        let rows_by_id =
-            format!("{select} WHERE {clerk_id} IN (SELECT value FROM json_each(?))");
-        let rows_by_address = address.as_ref().map(|a| {
-            format!(
-                "{select} WHERE {a} IN (SELECT value FROM json_each(?)) AND {clerk_id} IS NOT NULL"
-            )
-        });
-        let set_address = address
+        let in_set = |column: &str| {
+            Sql::new(format!(
+                "{select} WHERE {column} IN (SELECT value FROM json_each("
+            ))
+        };
+        let rows_by_id = in_set(&clerk_id).then("))");
+        let rows_by_address = address
             .as_ref()
-            .map(|a| format!("UPDATE {name} SET {a} = ? WHERE {clerk_id} = ?"));
-        let delete = format!("DELETE FROM {name} WHERE {clerk_id} = ?");
+            .map(|a| in_set(a).then(format!(")) AND {clerk_id} IS NOT NULL")));
+        let set_address = address.as_ref().map(|a| {
+            Sql::new(format!("UPDATE {name} SET {a} = "))
+                .then(format!(" WHERE {clerk_id} = "))
+                .then("")
+        });
+        let delete = Sql::new(format!("DELETE FROM {name} WHERE {clerk_id} = ")).then("");
         Ok(Table {
             shape,
             name,
@@ -242,7 +277,8 @@ impl<'s> Table<'s> {
             .ok_or_else(|| mismatch("a column index past the shape's columns"))
     }
 
-    /// The rows of `ids` (or holding the addresses `ids`, with `by_address`).
+    /// The rows of the Clerk ids `keys` (with `by_address`: the rows holding the addresses
+    /// `keys`, none without an address column).
     fn rows(
         &self,
         conn: &mut SqliteConnection,
@@ -277,7 +313,7 @@ impl<'s> Table<'s> {
     ) -> Result<(), DbError> {
         let sql = self
             .set_address
-            .as_deref()
+            .as_ref()
             .ok_or_else(|| mismatch("an address written without an address column"))?;
         Statement {
             sql,
@@ -288,7 +324,11 @@ impl<'s> Table<'s> {
     }
 
     /// `INSERT INTO t (<columns>) VALUES (…)`: the same text for the same columns.
-    fn insert(&self, conn: &mut SqliteConnection, values: &[(usize, Value)]) -> Result<(), DbError> {
+    fn insert(
+        &self,
+        conn: &mut SqliteConnection,
+        values: &[(usize, Value)],
+    ) -> Result<(), DbError> {
         let mut binds = Vec::with_capacity(values.len());
         let mut columns = Vec::with_capacity(values.len());
         for (index, value) in values {
@@ -296,14 +336,17 @@ impl<'s> Table<'s> {
             columns.push(self.shape.quoted_column(*index));
         }
         let sql = if columns.is_empty() {
-            format!("INSERT INTO {} DEFAULT VALUES", self.name)
+            Sql::new(format!("INSERT INTO {} DEFAULT VALUES", self.name))
         } else {
-            format!(
-                "INSERT INTO {} ({}) VALUES ({})",
+            let mut sql = Sql::new(format!(
+                "INSERT INTO {} ({}) VALUES (",
                 self.name,
-                columns.join(", "),
-                vec!["?"; columns.len()].join(", ")
-            )
+                columns.join(", ")
+            ));
+            for n in 1..=columns.len() {
+                sql = sql.then(if n == columns.len() { ")" } else { ", " });
+            }
+            sql
         };
         Statement { sql: &sql, binds }.execute(conn)?;
         Ok(())
@@ -318,25 +361,25 @@ impl<'s> Table<'s> {
         values: &[(usize, Value)],
     ) -> Result<usize, DbError> {
         let mut binds = Vec::with_capacity(values.len() + 1);
-        let mut set = Vec::with_capacity(values.len());
-        for (index, value) in values {
+        let mut sql = if values.is_empty() {
+            Sql::new(format!("SELECT 1 AS n FROM {}", self.name))
+        } else {
+            Sql::new(format!("UPDATE {} SET ", self.name))
+        };
+        for (n, (index, value)) in values.iter().enumerate() {
             binds.push(Bound::value(value, self.bind(*index)?));
-            set.push(format!("{} = ?", self.shape.quoted_column(*index)));
+            if n > 0 {
+                sql.push(", ");
+            }
+            sql.push(&self.shape.quoted_column(*index));
+            sql.push(" = ");
+            sql = sql.then("");
         }
         binds.push(Bound::text(id));
-        let sql = if set.is_empty() {
-            format!(
-                "SELECT 1 AS n FROM {} WHERE {} = ?",
-                self.name, self.clerk_id
-            )
-        } else {
-            format!(
-                "UPDATE {} SET {} WHERE {} = ?",
-                self.name,
-                set.join(", "),
-                self.clerk_id
-            )
-        };
+        sql.push(" WHERE ");
+        sql.push(&self.clerk_id);
+        sql.push(" = ");
+        let sql = sql.then("");
         let statement = Statement { sql: &sql, binds };
         if values.is_empty() {
             return Ok(statement.load::<One>(conn)?.len());
@@ -442,7 +485,9 @@ fn mapped(writes: &Writes) -> Result<&MappedWrites, DbError> {
         .as_deref()
         .ok_or_else(|| mismatch("no column values"))?;
     if mapped.rows.len() != writes.rows.len() || mapped.moves.len() != writes.moves.len() {
-        return Err(mismatch("column values not one for one with the rows and moves"));
+        return Err(mismatch(
+            "column values not one for one with the rows and moves",
+        ));
     }
     Ok(mapped)
 }
@@ -471,14 +516,12 @@ fn write(
             ));
         }
     }
+    let address = match table.shape.unique_address {
+        Some(index) => table.bind(index)?,
+        None => &Bind::Text,
+    };
     for ((id, _), value) in writes.moves.iter().zip(&mapped.moves) {
-        let column = table
-            .shape
-            .unique_address
-            .map(|index| table.bind(index))
-            .transpose()?
-            .unwrap_or(&Bind::Text);
-        table.set_address(conn, id, Bound::value(value, column))?;
+        table.set_address(conn, id, Bound::value(value, address))?;
     }
     let mut deleted = Deleted::default();
     for user in &writes.deletes {
@@ -506,4 +549,94 @@ fn write(
     }
     seed::write_records(conn, &writes.record, &deleted, &now)?;
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+
+    use super::*;
+    use crate::domain::table::WriteColumn;
+
+    /// Counts the statements diesel puts in the connection's cache.
+    fn counting(conn: &mut SqliteConnection) -> Arc<AtomicUsize> {
+        let cached = Arc::new(AtomicUsize::new(0));
+        let counter = cached.clone();
+        let instrumentation = move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::CacheQuery { .. } = event {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let instrumentation: Box<dyn Instrumentation> = Box::new(instrumentation);
+        conn.set_instrumentation(instrumentation);
+        cached
+    }
+
+    fn shape() -> WriteShape {
+        let column = |name: &str, bind: Bind| WriteColumn {
+            name: name.to_owned(),
+            bind,
+        };
+        WriteShape {
+            schema: None,
+            name: "people".to_owned(),
+            columns: vec![
+                column("clerk", Bind::Text),
+                column("mail", Bind::Text),
+                column("seats", Bind::Int),
+                column("at", Bind::Timestamp),
+            ],
+            clerk_id: 0,
+            unique_address: Some(1),
+            updated_at: Some(3),
+        }
+    }
+
+    /// The module's claim: a statement of one text is prepared once per connection, whatever
+    /// its values (NULL included) and however many keys a set holds; a `sql_query` never is.
+    #[test]
+    fn a_statement_of_one_text_is_prepared_once_per_connection() -> Result<(), DbError> {
+        let mut conn = SqliteConnection::establish(":memory:")?;
+        conn.batch_execute(include_str!(
+            "../../migrations/sqlite/2026-11-27-000001_bookkeeping/up.sql"
+        ))?;
+        conn.batch_execute(
+            "CREATE TABLE people (clerk TEXT UNIQUE, mail TEXT UNIQUE, seats INTEGER, at TEXT);
+             INSERT INTO people VALUES ('a', 'a@x', 1, NULL), ('b', 'b@x', 2, NULL);",
+        )?;
+        let shape = shape();
+        let table = Table::new(&shape)?;
+        let cached = counting(&mut conn);
+
+        for keys in [vec!["a"], vec!["a", "b"], vec!["c", "b", "a"]] {
+            table.rows(&mut conn, &keys, false)?;
+        }
+        let values = [
+            vec![(2, Value::Int(3)), (1, Value::Text("c@x".into()))],
+            vec![(2, Value::Null), (1, Value::Null)],
+        ];
+        for (id, values) in ["a", "b"].into_iter().zip(&values) {
+            assert_eq!(table.update(&mut conn, id, values)?, 1);
+        }
+        assert_eq!(cached.load(Ordering::SeqCst), 2, "one select, one update");
+
+        for _ in 0..2 {
+            diesel::sql_query("SELECT 1 AS n").load::<One>(&mut conn)?;
+        }
+        assert_eq!(
+            cached.load(Ordering::SeqCst),
+            2,
+            "sql_query is never cached"
+        );
+
+        for version in [1, 2] {
+            diesel::update(s::table.find("a"))
+                .set(s::version.eq(version))
+                .execute(&mut conn)?;
+        }
+        assert_eq!(cached.load(Ordering::SeqCst), 2, "nor is diesel's UPDATE");
+        Ok(())
+    }
 }
