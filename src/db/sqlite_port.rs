@@ -15,11 +15,12 @@ use diesel::upsert::excluded;
 use foldhash::HashSet;
 
 use super::port::{
-    moving, Bookkeeping, BookkeepingWrite, Deleted, Request, RowWrite, Snapshot, StoredRow, Writes,
+    moving, Bookkeeping, BookkeepingWrite, Deleted, Record, Request, RowWrite, Snapshot, StoredRow,
+    Writes,
 };
 use crate::domain::Role;
 
-mod schema {
+pub(super) mod schema {
     diesel::table! {
         /// The application's table, as Prisma created it on SQLite.
         #[sql_name = "User"]
@@ -60,14 +61,14 @@ mod schema {
 }
 
 use schema::app_user as u;
-use schema::clerk_sync_deliveries as d;
-use schema::clerk_sync_users as s;
+pub(super) use schema::clerk_sync_deliveries as d;
+pub(super) use schema::clerk_sync_users as s;
 
 /// Prisma's SQLite date format.
 pub use crate::domain::prisma_sqlite_date as prisma_date;
 
 /// A date the application wrote, in ms (0 when unreadable).
-fn app_date_ms(text: &str) -> i64 {
+pub(super) fn app_date_ms(text: &str) -> i64 {
     let parsed = DateTime::parse_from_rfc3339(text)
         .map(|d| d.with_timezone(&Utc))
         .or_else(|_| {
@@ -76,7 +77,7 @@ fn app_date_ms(text: &str) -> i64 {
     parsed.map(|d| d.timestamp_millis()).unwrap_or(0)
 }
 
-type BookkeepingColumns = (
+pub(super) type BookkeepingColumns = (
     s::user_id,
     s::version,
     s::digest,
@@ -86,7 +87,7 @@ type BookkeepingColumns = (
     s::role_from_webhook,
 );
 
-fn bookkeeping() -> BookkeepingColumns {
+pub(super) fn bookkeeping() -> BookkeepingColumns {
     (
         s::user_id,
         s::version,
@@ -108,7 +109,7 @@ fn note_row(snapshot: &mut Snapshot, (id, address, updated_at): (String, String,
 const FEW: usize = 8;
 
 /// Largest number of keys or rows per statement, well under SQLite's bound on parameters.
-const CHUNK: usize = 2_000;
+pub(super) const CHUNK: usize = 2_000;
 
 /// The bookkeeping row made for `user`, as a read would find it.
 fn made_row(user: &str, initial: &Bookkeeping) -> StoredRow {
@@ -166,7 +167,7 @@ fn make_users(
 
 /// Notes the bookkeeping rows of `users`, those `read` and those made now for the rest, and
 /// the addresses they claim.
-fn note_users(
+pub(super) fn note_users(
     conn: &mut SqliteConnection,
     users: &[(&String, &Bookkeeping)],
     read: Vec<StoredRow>,
@@ -192,7 +193,7 @@ fn note_users(
 
 /// The request's users, each with the values its bookkeeping row is made with if absent
 /// ([`Request::initial`] by position; `new_user` past its end).
-fn with_initial<'a>(
+pub(super) fn with_initial<'a>(
     request: &'a Request,
     new_user: &'a Bookkeeping,
 ) -> Vec<(&'a String, &'a Bookkeeping)> {
@@ -204,12 +205,12 @@ fn with_initial<'a>(
 /// same whatever their number: prepared once per connection and cached, where an
 /// `IN (?, ?, …)` list is a new statement, parsed again, for every length.
 #[derive(Debug, Clone, diesel::query_builder::QueryId)]
-struct InJson<C> {
+pub(super) struct InJson<C> {
     column: C,
     values: String,
 }
 
-fn in_json<C>(column: C, values: &[impl AsRef<str>]) -> QueryResult<InJson<C>> {
+pub(super) fn in_json<C>(column: C, values: &[impl AsRef<str>]) -> QueryResult<InJson<C>> {
     let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
     let values =
         serde_json::to_string(&values).map_err(|e| DieselError::SerializationError(Box::new(e)))?;
@@ -421,7 +422,7 @@ const ONE_BY_ONE: usize = FEW;
 /// Writes bookkeeping rows (they exist: the lock made them): the planned columns, the
 /// tombstone's time (`now`) where asked and none is there, the delete attempt's time (`now`)
 /// where asked.
-fn write_bookkeeping(
+pub(super) fn write_bookkeeping(
     conn: &mut SqliteConnection,
     rows: &[BookkeepingWrite],
     now: &str,
@@ -599,14 +600,7 @@ pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Delete
         let attempt = conn.transaction(|c| diesel::delete(u::table.find(user)).execute(c));
         let done = match attempt {
             Ok(_) => true,
-            // SQLite reports the violation with the plain (not extended) error code, so diesel
-            // does not classify it; its message is fixed by SQLite.
-            Err(DieselError::DatabaseError(kind, info))
-                if kind == DatabaseErrorKind::ForeignKeyViolation
-                    || info.message().contains("FOREIGN KEY constraint failed") =>
-            {
-                false
-            }
+            Err(error) if refused_by_foreign_key(&error) => false,
             Err(other) => return Err(other),
         };
         diesel::update(s::table.find(user))
@@ -616,8 +610,32 @@ pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Delete
             deleted.0.insert(user.clone());
         }
     }
-    let records: Vec<_> = writes
-        .record
+    write_records(conn, &writes.record, &deleted, &now)?;
+    Ok(deleted)
+}
+
+/// Whether a delete failed because the application's foreign keys refused it.
+pub(super) fn refused_by_foreign_key(error: &DieselError) -> bool {
+    match error {
+        // SQLite reports the violation with the plain (not extended) error code, so diesel
+        // does not classify it; its message is fixed by SQLite.
+        DieselError::DatabaseError(kind, info) => {
+            *kind == DatabaseErrorKind::ForeignKeyViolation
+                || info.message().contains("FOREIGN KEY constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// Records deliveries, received `now`: each with its outcome, or its outcome-if-refused when
+/// its user is not among those `deleted`.
+pub(super) fn write_records(
+    conn: &mut SqliteConnection,
+    records: &[Record],
+    deleted: &Deleted,
+    now: &str,
+) -> QueryResult<()> {
+    let records: Vec<_> = records
         .iter()
         .map(|record| {
             let refused = record
@@ -633,14 +651,14 @@ pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Delete
                 d::event_type.eq(&record.event_type),
                 d::user_id.eq(record.user_id.as_deref()),
                 d::outcome.eq(outcome.as_str()),
-                d::received_at.eq(&now),
+                d::received_at.eq(now),
             )
         })
         .collect();
     for chunk in records.chunks(CHUNK) {
         diesel::insert_into(d::table).values(chunk).execute(conn)?;
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// Deferred deletes, the longest-waiting first (SQLite sorts NULL first).
