@@ -210,6 +210,7 @@ fn row(id: &str, exists: bool) -> RowWrite {
         exists,
         created_at: at(T0),
         updated_at: at(T0),
+        digest: String::new(),
     }
 }
 
