@@ -17,7 +17,7 @@ use clerk_sync::db::port::{
 };
 use clerk_sync::domain::{Event, MessageId, Role, UserChange};
 use clerk_sync::sync::plan::{plan, plan_retry, request, retry_request, Plan, Planned};
-use clerk_sync::sync::{Dedup, Outcome, SyncOptions};
+use clerk_sync::sync::{Addresses, Dedup, Outcome, SyncOptions};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -305,6 +305,32 @@ fn an_older_holder_gives_its_address_to_a_newer_claimant() {
             mapped: None,
         }
     );
+}
+
+#[test]
+fn a_non_unique_address_just_follows_its_user() {
+    // Two users of one address, on a table whose address column is not unique: nobody is
+    // displaced, nothing is locked for the address, and a user leaving it gives nothing back.
+    let other = Version::of("user_old", 1_000).email(ADA);
+    let same = Version::of("user_new", 2_000).email(ADA);
+    let moved = Version::of("user_new", 3_000).email(BOB);
+    let batch = [(msg("msg_1"), same.event()), (msg("msg_2"), moved.event())];
+    let options = SyncOptions {
+        addresses: Addresses::Follow,
+        ..SyncOptions::default()
+    };
+    let snap = Snap::default()
+        .user("user_new", new_user())
+        .user("user_old", other.applied())
+        .row("user_old", ADA, 1_000);
+
+    let plan = plan_of(&batch, snap, options);
+
+    assert!(request(&batch, options).claims.is_empty());
+    assert_eq!(plan.outcomes, known(&[Outcome::Applied, Outcome::Applied]));
+    assert_eq!(plan.writes.rows, vec![moved.row_insert(BOB, None)]);
+    assert!(plan.writes.vacate.is_empty() && plan.writes.moves.is_empty());
+    assert_eq!(plan.writes.bookkeeping, vec![moved.bookkeeping_write()]);
 }
 
 #[test]

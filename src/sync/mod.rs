@@ -34,6 +34,12 @@
 //! concurrent ones ([`group`]), a replay or backfill batch, a prune and a deferred
 //! delete's retry all take this one path. Concurrent deliveries serialise in the database,
 //! never in memory, so several instances may share one database.
+//!
+//! On the application's own user model ([`use_mapping`]), the same planner decides; `mapped`
+//! says what each planned row puts into the table's columns, and what the rules become where
+//! the table differs: the newest claim applies only to a unique address column (a non-unique
+//! one follows its user, [`Addresses::Follow`]), an optional one holds NULL instead of a
+//! placeholder, the role rule names what the role column takes, and a delete may be soft.
 
 pub mod dead_letter;
 mod group;
