@@ -53,11 +53,21 @@ impl Mapped {
     }
 
     /// The deliveries as the planner sees them on this table: a version names a role exactly
-    /// when the role column takes it.
+    /// when the role column takes it, and an address longer than the address column holds is
+    /// no address (a cut address would be someone else's mailbox; see [`crate::mapping`]).
     pub(super) fn prepare(&self, batch: Arc<[(MessageId, Event)]>) -> Arc<[(MessageId, Event)]> {
         let named = |change: &UserChange| self.role.is_some() && self.mapping.names_role(change);
+        let max = self
+            .address
+            .and_then(|a| self.mapping.columns[a.column].max_length);
+        let fits = |change: &UserChange| {
+            change
+                .email
+                .as_ref()
+                .is_none_or(|e| max.is_none_or(|max| e.as_str().chars().count() <= max))
+        };
         let differs = batch.iter().any(|(_, event)| match event {
-            Event::Upsert { change, .. } => change.role.is_some() != named(change),
+            Event::Upsert { change, .. } => change.role.is_some() != named(change) || !fits(change),
             _ => false,
         });
         if !differs {
@@ -70,6 +80,9 @@ impl Mapped {
                 if let Event::Upsert { change, .. } = &mut event {
                     // Which role is the mapping's to say; to the planner, only whether one is.
                     change.role = named(change).then_some(Role::Admin);
+                    if !fits(change) {
+                        change.email = None;
+                    }
                 }
                 (id.clone(), event)
             })
@@ -175,5 +188,66 @@ impl Mapped {
         } else {
             Value::Text(address.to_owned())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NARROW: &str = r#"
+model User {
+  id        String   @id @default(cuid())
+  clerkId   String   @unique
+  email     String   @unique @db.VarChar(24)
+  role      Role     @default(MEMBER)
+  updatedAt DateTime @updatedAt
+}
+enum Role {
+  MEMBER
+  OWNER
+}
+"#;
+
+    fn event(email: &str, role: &str) -> (MessageId, Event) {
+        let body = serde_json::json!({
+            "type": "user.updated", "object": "event", "timestamp": 1,
+            "data": {"object": "user", "id": "user_1", "created_at": 1, "updated_at": 2,
+                     "email_addresses": [{"id": "idn_1", "email_address": email}],
+                     "primary_email_address_id": "idn_1",
+                     "public_metadata": {"role": role}}
+        });
+        let id = MessageId::parse("msg_1").expect("an id");
+        (
+            id,
+            Event::parse(body.to_string().as_bytes()).expect("an event"),
+        )
+    }
+
+    fn prepared(mapped: &Mapped, email: &str, role: &str) -> UserChange {
+        let batch: Arc<[(MessageId, Event)]> = Arc::from(vec![event(email, role)]);
+        match &mapped.prepare(batch)[0].1 {
+            Event::Upsert { change, .. } => change.clone(),
+            _ => panic!("not an upsert"),
+        }
+    }
+
+    #[test]
+    fn the_planner_sees_what_the_table_can_hold() {
+        let mapped = Mapped::new(Mapping::from_text(NARROW, None).expect("a mapping"));
+
+        let fits = prepared(&mapped, "ada@example.com", "owner");
+        let too_long = prepared(&mapped, "ada.lovelace.byron@example.com", "superuser");
+
+        assert_eq!(
+            fits.email.as_ref().map(|e| e.as_str()),
+            Some("ada@example.com")
+        );
+        assert!(fits.role.is_some(), "OWNER is a value of the enum");
+        assert!(
+            too_long.email.is_none(),
+            "an address the column cannot hold is none"
+        );
+        assert!(too_long.role.is_none(), "a role the enum lacks names none");
     }
 }
