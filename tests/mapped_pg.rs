@@ -63,6 +63,7 @@ enum Fixture {
 fn column(name: &str, bind: Bind) -> WriteColumn {
     WriteColumn {
         name: name.into(),
+        field: name.into(),
         bind,
     }
 }
@@ -94,6 +95,7 @@ impl Fixture {
                 clerk_id: 1,
                 unique_address: Some(2),
                 updated_at: Some(7),
+                created_at: None,
             },
             Fixture::Autoincrement => WriteShape {
                 schema: Some("public".into()),
@@ -112,6 +114,7 @@ impl Fixture {
                 clerk_id: 1,
                 unique_address: Some(2),
                 updated_at: Some(8),
+                created_at: None,
             },
             Fixture::UuidSoftDelete => WriteShape {
                 schema: None,
@@ -131,6 +134,7 @@ impl Fixture {
                 clerk_id: 1,
                 unique_address: None,
                 updated_at: Some(9),
+                created_at: None,
             },
         }
     }
@@ -744,6 +748,7 @@ async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error() {
         clerk_id: 0,
         unique_address: Some(1),
         updated_at: Some(13),
+        created_at: None,
     };
     let database = open(&db, shape).await;
     let id = uuid::Uuid::new_v4();

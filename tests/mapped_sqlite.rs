@@ -45,6 +45,7 @@ CREATE UNIQUE INDEX "odd_mail" ON "we""ird table"("mail; --");
 fn column(name: &str, bind: Bind) -> WriteColumn {
     WriteColumn {
         name: name.to_owned(),
+        field: name.to_owned(),
         bind,
     }
 }
@@ -61,6 +62,7 @@ fn shape(
         clerk_id: ids.0,
         unique_address: ids.1,
         updated_at: ids.2,
+        created_at: None,
     }
 }
 

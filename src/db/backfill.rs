@@ -9,6 +9,7 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::QueryableByName;
 
 use super::{Database, DbError};
+use crate::domain::table::quoted;
 
 /// A walk over Clerk's users, as checkpointed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +160,60 @@ const WALK_COLUMNS: &str =
 /// A JSON array of strings, which SQLite reads with `json_each`.
 fn json_list(items: &[String]) -> Result<String, DbError> {
     serde_json::to_string(items).map_err(|e| DbError::Internal(e.to_string()))
+}
+
+/// The application's table as the prune reads it: its name, the column holding the Clerk id,
+/// and the columns holding Clerk's creation and update times, all quoted for SQL.
+struct PruneTable {
+    name: String,
+    clerk: String,
+    times: Vec<String>,
+}
+
+impl PruneTable {
+    /// The seed's `User`, or the mapped table (see [`Database::use_shape`]).
+    fn of(db: &Database) -> Result<Self, DbError> {
+        let shape = match db {
+            Database::Postgres(db) => db.shape.get().cloned(),
+            Database::Sqlite(db) => db.shape.get().cloned(),
+        };
+        let Some(shape) = shape else {
+            return Ok(Self {
+                name: quoted("User"),
+                clerk: quoted("id"),
+                times: vec![quoted("createdAt"), quoted("updatedAt")],
+            });
+        };
+        let column = |index: usize| {
+            shape
+                .columns
+                .get(index)
+                .map(|c| quoted(&c.name))
+                .ok_or_else(|| DbError::Internal("the mapped shape lacks a column it names".into()))
+        };
+        Ok(Self {
+            name: shape.qualified_name(),
+            clerk: column(shape.clerk_id)?,
+            times: [shape.created_at, shape.updated_at]
+                .into_iter()
+                .flatten()
+                .map(column)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Each time column before the cutoff (`before` writes one comparison), all together;
+    /// `TRUE` when the table has none.
+    fn times_before(&self, before: impl Fn(&str) -> String) -> String {
+        if self.times.is_empty() {
+            return "TRUE".into();
+        }
+        self.times
+            .iter()
+            .map(|c| before(c))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
 }
 
 impl Database {
@@ -472,48 +527,53 @@ impl Database {
         Ok(())
     }
 
-    /// Users a complete walk did not see and whose rows may be pruned: rows of "User" whose
-    /// id is a Clerk id, and users clerk-sync's bookkeeping knows, that are not tombstoned,
-    /// were not seen by `walk_id` (when given), whose Clerk times (the row's `createdAt`
-    /// and `updatedAt`, the applied version) are all before `cutoff_ms`, and that received
-    /// no delivery since `started_ms`. Anything unreadable is kept. (The deliveries since the
-    /// walk began are read once, through the index on `received_at`: no index on
-    /// `deliveries.user_id` is added to the webhook path for the prune's sake.)
+    /// Users a complete walk did not see and whose rows may be pruned: rows of the
+    /// application's table whose Clerk id (the seed's `id`, a mapped table's Clerk-id column)
+    /// is a Clerk id, and users clerk-sync's bookkeeping knows, that are not tombstoned, were
+    /// not seen by `walk_id` (when given), whose Clerk times (the row's creation and update
+    /// columns, where the table has them, and the applied version) are all before
+    /// `cutoff_ms`, and that received no delivery since `started_ms`. Anything unreadable is
+    /// kept. (The deliveries since the walk began are read once, through the index on
+    /// `received_at`: no index on `deliveries.user_id` is added to the webhook path for the
+    /// prune's sake.)
     pub async fn backfill_prune_candidates(
         &self,
         walk_id: Option<&str>,
         started_ms: i64,
         cutoff_ms: i64,
     ) -> Result<Vec<String>, DbError> {
-        self.refuse_mapped("`backfill --prune`")?;
+        let table = PruneTable::of(self)?;
         let walk = walk_id.map(str::to_owned);
         let rows: Vec<IdRow> = match self {
             Database::Postgres(_) => {
+                let times = table.times_before(|column| {
+                    format!("floor(extract(epoch FROM u.{column}) * 1000) < $2")
+                });
                 pg::load(
                     self,
-                    diesel::sql_query(
+                    diesel::sql_query(format!(
                         r#"SELECT c.id AS user_id FROM (
-                               SELECT id FROM "User" WHERE id LIKE 'user\_%'
+                               SELECT {clerk} AS id FROM {name} WHERE {clerk} LIKE 'user\_%'
                                UNION
                                SELECT user_id FROM clerk_sync.users WHERE deleted_at IS NULL
                            ) c
                            LEFT JOIN clerk_sync.users s ON s.user_id = c.id
-                           LEFT JOIN "User" u ON u.id = c.id
+                           LEFT JOIN {name} u ON u.{clerk} = c.id
                           WHERE s.deleted_at IS NULL
                             AND NOT EXISTS (
                                     SELECT 1 FROM (
                                         SELECT unnest(b.user_ids) AS id FROM clerk_sync.backfill_seen b
                                          WHERE b.walk_id = $1) seen
                                      WHERE seen.id = c.id)
-                            AND (u.id IS NULL OR (
-                                    (extract(epoch FROM u."createdAt") * 1000)::bigint < $2
-                                AND (extract(epoch FROM u."updatedAt") * 1000)::bigint < $2))
+                            AND (u.{clerk} IS NULL OR ({times}))
                             AND (s.version IS NULL OR s.version < $2)
                             AND NOT EXISTS (
                                     SELECT 1 FROM clerk_sync.deliveries d
                                      WHERE d.user_id = c.id AND d.received_at >= to_timestamp($3 / 1000.0))
                           ORDER BY c.id"#,
-                    )
+                        clerk = table.clerk,
+                        name = table.name,
+                    ))
                     .bind::<Nullable<Text>, _>(walk)
                     .bind::<BigInt, _>(cutoff_ms)
                     .bind::<BigInt, _>(started_ms),
@@ -524,39 +584,39 @@ impl Database {
                 let started = chrono::DateTime::from_timestamp_millis(started_ms)
                     .map(super::sqlite_port::prisma_date)
                     .ok_or_else(|| DbError::Internal("walk start out of range".into()))?;
+                // Prisma's text, or ms as integers or reals; numbered parameters, each bound once.
+                let times = table.times_before(|column| {
+                    let column = format!("u.{column}");
+                    format!(
+                        "(CASE typeof({column}) WHEN 'integer' THEN {column} WHEN 'real' THEN {column}
+                          ELSE CAST((julianday({column}) - 2440587.5) * 86400000.0 AS INTEGER) END) < ?2"
+                    )
+                });
+                let sql = format!(
+                    r#"SELECT c.id AS user_id FROM (
+                           SELECT {clerk} AS id FROM {name} WHERE {clerk} LIKE 'user\_%' ESCAPE '\'
+                           UNION
+                           SELECT user_id FROM clerk_sync_users WHERE deleted_at IS NULL
+                       ) c
+                       LEFT JOIN clerk_sync_users s ON s.user_id = c.id
+                       LEFT JOIN {name} u ON u.{clerk} = c.id
+                      WHERE s.deleted_at IS NULL
+                        AND c.id NOT IN (
+                                SELECT j.value FROM clerk_sync_backfill_seen b, json_each(b.user_ids) j
+                                 WHERE b.walk_id = ?1)
+                        AND (u.{clerk} IS NULL OR ({times}))
+                        AND (s.version IS NULL OR s.version < ?2)
+                        AND c.id NOT IN (
+                                SELECT d.user_id FROM clerk_sync_deliveries d
+                                 WHERE d.received_at >= ?3 AND d.user_id IS NOT NULL)
+                      ORDER BY c.id"#,
+                    clerk = table.clerk,
+                    name = table.name,
+                );
                 db.run(move |conn| {
                     use diesel::RunQueryDsl;
-                    let ms = |column: &str| {
-                        format!(
-                            "(CASE typeof({column}) WHEN 'integer' THEN {column} WHEN 'real' THEN {column}
-                              ELSE CAST((julianday({column}) - 2440587.5) * 86400000.0 AS INTEGER) END)"
-                        )
-                    };
-                    let sql = format!(
-                        r#"SELECT c.id AS user_id FROM (
-                               SELECT id FROM "User" WHERE id LIKE 'user\_%' ESCAPE '\'
-                               UNION
-                               SELECT user_id FROM clerk_sync_users WHERE deleted_at IS NULL
-                           ) c
-                           LEFT JOIN clerk_sync_users s ON s.user_id = c.id
-                           LEFT JOIN "User" u ON u.id = c.id
-                          WHERE s.deleted_at IS NULL
-                            AND c.id NOT IN (
-                                    SELECT j.value FROM clerk_sync_backfill_seen b, json_each(b.user_ids) j
-                                     WHERE b.walk_id = ?)
-                            AND (u.id IS NULL OR ({created} < ? AND {updated} < ?))
-                            AND (s.version IS NULL OR s.version < ?)
-                            AND c.id NOT IN (
-                                    SELECT d.user_id FROM clerk_sync_deliveries d
-                                     WHERE d.received_at >= ? AND d.user_id IS NOT NULL)
-                          ORDER BY c.id"#,
-                        created = ms("u.\"createdAt\""),
-                        updated = ms("u.\"updatedAt\""),
-                    );
                     Ok(diesel::sql_query(sql)
                         .bind::<Nullable<Text>, _>(walk)
-                        .bind::<BigInt, _>(cutoff_ms)
-                        .bind::<BigInt, _>(cutoff_ms)
                         .bind::<BigInt, _>(cutoff_ms)
                         .bind::<Text, _>(started)
                         .load(conn)?)

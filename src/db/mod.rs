@@ -363,22 +363,6 @@ impl Database {
             .map_err(|_| DbError::Internal("the mapped table was set twice".into()))
     }
 
-    /// Refuses `what` on a mapped table (see [`Self::use_shape`]): it reads the seed's `User`
-    /// columns only.
-    fn refuse_mapped(&self, what: &str) -> Result<(), DbError> {
-        let mapped = match self {
-            Database::Postgres(db) => db.shape.get().is_some(),
-            Database::Sqlite(db) => db.shape.get().is_some(),
-        };
-        if mapped {
-            return Err(DbError::Incompatible(format!(
-                "{what} reads the seed application's User table only; it does not read a \
-                 mapped user model yet"
-            )));
-        }
-        Ok(())
-    }
-
     /// How many units of work the layer above should run at once, together: PostgreSQL's
     /// `--committers` (0: none, each delivery on its own), SQLite's one writer.
     pub fn committers(&self) -> usize {

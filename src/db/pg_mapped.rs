@@ -924,6 +924,7 @@ mod tests {
     fn shape() -> WriteShape {
         let column = |name: &str, bind| WriteColumn {
             name: name.into(),
+            field: name.into(),
             bind,
         };
         WriteShape {
@@ -937,6 +938,7 @@ mod tests {
             clerk_id: 0,
             unique_address: Some(1),
             updated_at: None,
+            created_at: None,
         }
     }
 

@@ -577,6 +577,7 @@ mod tests {
     fn shape() -> WriteShape {
         let column = |name: &str, bind: Bind| WriteColumn {
             name: name.to_owned(),
+            field: name.to_owned(),
             bind,
         };
         WriteShape {
@@ -591,6 +592,7 @@ mod tests {
             clerk_id: 0,
             unique_address: Some(1),
             updated_at: Some(3),
+            created_at: None,
         }
     }
 

@@ -122,6 +122,9 @@ pub struct WriteShape {
     /// The column holding the row's last update (a timestamp), read as [`crate::db`]'s
     /// `AppRow::updated_ms`.
     pub updated_at: Option<usize>,
+    /// The column filled from Clerk's `created_at` (a timestamp): `backfill --prune` keeps a
+    /// row created after its cutoff.
+    pub created_at: Option<usize>,
 }
 
 impl WriteShape {
@@ -151,6 +154,8 @@ pub fn quoted(identifier: &str) -> String {
 pub struct WriteColumn {
     /// Its name.
     pub name: String,
+    /// The Prisma field it holds: the key it is read back as (the session sync's answer).
+    pub field: String,
     /// How a value is bound into it.
     pub bind: Bind,
 }

@@ -12,22 +12,27 @@ impl Mapping {
             .iter()
             .map(|c| WriteColumn {
                 name: c.name.clone(),
+                field: c.field.clone(),
                 bind: self.bind(&c.kind),
             })
             .collect();
         let index = |keep: &dyn Fn(&super::Column) -> bool| self.columns.iter().position(keep);
         let clerk_id = index(&|c| c.name == self.clerk_id).unwrap_or_default();
         let unique_address = self.address_column().filter(|a| a.unique).map(|a| a.column);
-        let updated_at = index(&|c| {
-            matches!(c.kind, ColumnKind::DateTime { .. })
-                && matches!(
-                    c.fill,
-                    Fill::Source {
-                        source: Source::User(UserField::UpdatedAt),
-                        ..
-                    }
-                )
-        });
+        let filled_from = |field: UserField| {
+            index(&|c| {
+                matches!(c.kind, ColumnKind::DateTime { .. })
+                    && matches!(
+                        c.fill,
+                        Fill::Source {
+                            source: Source::User(f),
+                            ..
+                        } if f == field
+                    )
+            })
+        };
+        let updated_at = filled_from(UserField::UpdatedAt);
+        let created_at = filled_from(UserField::CreatedAt);
         WriteShape {
             schema: self.table.schema.clone(),
             name: self.table.name.clone(),
@@ -35,6 +40,7 @@ impl Mapping {
             clerk_id,
             unique_address,
             updated_at,
+            created_at,
         }
     }
 

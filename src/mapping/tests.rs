@@ -578,3 +578,23 @@ fn load_reads_the_schema_and_config_files() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn the_write_shape_names_fields_and_finds_clerks_creation_and_update_columns() -> TestResult {
+    let mapping = Mapping::from_text(AUTOINCREMENT, None)?;
+
+    let shape = mapping.write_shape();
+
+    let named = |index: Option<usize>| {
+        index
+            .and_then(|i| shape.columns.get(i))
+            .map(|c| (c.name.as_str(), c.field.as_str()))
+    };
+    assert_eq!(
+        named(Some(shape.clerk_id)),
+        Some(("clerk_user_id", "clerkUserId"))
+    );
+    assert_eq!(named(shape.created_at), Some(("created_at", "createdAt")));
+    assert_eq!(named(shape.updated_at), Some(("updated_at", "updatedAt")));
+    Ok(())
+}
