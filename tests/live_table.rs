@@ -23,28 +23,7 @@ const SHAPES: [(&str, &str); 3] = [
     ("uuid-soft-delete", "[user]\nid = \"uuid\"\n"),
 ];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/prisma")
-        .join(name)
-}
-
-/// A fresh database holding the shape's tables, made from Prisma's DDL for the backend.
-async fn shape_db(shape: &str, backend: Backend) -> TestDb {
-    let db = TestDb::empty(backend).await;
-    let ddl = match backend {
-        Backend::Sqlite => format!("{shape}.sqlite.sql"),
-        Backend::Postgres | Backend::Pooled => format!("{shape}.postgresql.sql"),
-    };
-    if backend == Backend::Sqlite {
-        // The file must exist before the test's own connection makes the tables.
-        let path = db.sqlite_path().expect("a sqlite path");
-        std::fs::File::create(path).expect("create the sqlite file");
-    }
-    let sql = std::fs::read_to_string(fixture(&ddl)).expect("the shape's DDL");
-    db.exec(&sql).await;
-    db
-}
+use common::{prisma_fixture as fixture, shape_db};
 
 /// A `clerk-sync` command in `dir`, with none of the developer's settings.
 fn clerk_sync(dir: &Path) -> Command {

@@ -9,7 +9,7 @@
 mod clerk_api;
 mod common;
 
-use std::path::Path;
+use common::shape_db;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -37,31 +37,6 @@ const CUID: &str = "cuid-clerkid";
 const UUID: &str = "uuid-soft-delete";
 
 // ---------------------------------------------------------------- set-up
-
-fn fixture_path(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/prisma")
-        .join(name)
-}
-
-fn fixture(name: &str) -> String {
-    let path = fixture_path(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A fresh database holding the shape's tables, made from Prisma's DDL for the backend.
-async fn shape_db(shape: &str, backend: Backend) -> TestDb {
-    let db = TestDb::empty(backend).await;
-    let ddl = match backend {
-        Backend::Sqlite => format!("{shape}.sqlite.sql"),
-        Backend::Postgres | Backend::Pooled => format!("{shape}.postgresql.sql"),
-    };
-    if let Some(path) = db.sqlite_path() {
-        std::fs::File::create(path).expect("create the sqlite file");
-    }
-    db.exec(&fixture(&ddl)).await;
-    db
-}
 
 /// The instance's signing key, made once per run: its private PEM and its JWK.
 fn signing_key() -> &'static (String, Value) {
@@ -107,8 +82,11 @@ struct Setup {
 async fn setup(shape: &str, backend: Backend) -> Setup {
     let api = StandIn::start(Vec::new(), KEY, 0).expect("stand-in");
     api.set_jwks(json!({"keys": [signing_key().1]}));
-    let mapping =
-        Mapping::from_text(&fixture(&format!("{shape}.prisma")), None).expect("the mapping");
+    let mapping = Mapping::from_text(
+        &common::prisma_fixture_text(&format!("{shape}.prisma")),
+        None,
+    )
+    .expect("the mapping");
     let session = clerk_sync::session::Config {
         secret_key: Some(SecretKey::parse(KEY).expect("key")),
         api_url: api.url.clone(),
@@ -316,7 +294,7 @@ async fn prune(db: &TestDb, api: &StandIn, shape: &str) -> Output {
         .args(["backfill", "--prune", "--retries", "3"])
         .args(["--api-url", &api.url, "--max-requests-per-10s", "0"])
         .arg("--prisma-schema")
-        .arg(fixture_path(&format!("{shape}.prisma")))
+        .arg(common::prisma_fixture(&format!("{shape}.prisma")))
         .env("DATABASE_URL", &db.url)
         .env("DIRECT_URL", db.direct.as_deref().unwrap_or(""))
         .env("CLERK_SECRET_KEY", KEY)

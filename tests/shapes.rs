@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use clerk_sync::mapping::Mapping;
 use common::{
-    deleted, eventually, spawn_app_with, AppOptions, Backend, ClerkUser, TestApp, TestDb, T0,
+    deleted, eventually, prisma_fixture_text, shape_db, spawn_app_with, AppOptions, Backend,
+    ClerkUser, TestApp, TestDb, T0,
 };
 use serde_json::json;
 
@@ -18,32 +18,11 @@ const CUID: &str = "cuid-clerkid";
 const AUTOINCREMENT: &str = "autoincrement-mapped";
 const UUID: &str = "uuid-soft-delete";
 
-fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/prisma")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A fresh database holding the shape's tables, made from Prisma's DDL for the backend.
-async fn shape_db(shape: &str, backend: Backend) -> TestDb {
-    let db = TestDb::empty(backend).await;
-    let ddl = match backend {
-        Backend::Sqlite => format!("{shape}.sqlite.sql"),
-        Backend::Postgres | Backend::Pooled => format!("{shape}.postgresql.sql"),
-    };
-    if let Some(path) = db.sqlite_path() {
-        std::fs::File::create(path).expect("create the sqlite file");
-    }
-    db.exec(&fixture(&ddl)).await;
-    db
-}
-
 /// The app on the shape's table, mapped from its schema alone (and `config`, if any).
 async fn shape_app(shape: &str, backend: Backend, config: Option<&str>) -> TestApp {
     let db = shape_db(shape, backend).await;
-    let mapping =
-        Mapping::from_text(&fixture(&format!("{shape}.prisma")), config).expect("the mapping");
+    let mapping = Mapping::from_text(&prisma_fixture_text(&format!("{shape}.prisma")), config)
+        .expect("the mapping");
     spawn_app_with(
         db,
         AppOptions {
@@ -500,8 +479,8 @@ async fn a_metadata_path_from_clerk_sync_toml(shape: &str, backend: Backend) {
 /// Two instances on one database insert the same new user at once: one row.
 async fn two_instances_make_one_row(shape: &str, backend: Backend) {
     let first = shape_app(shape, backend, None).await;
-    let mapping =
-        Mapping::from_text(&fixture(&format!("{shape}.prisma")), None).expect("the mapping");
+    let mapping = Mapping::from_text(&prisma_fixture_text(&format!("{shape}.prisma")), None)
+        .expect("the mapping");
     let second_db = TestDb {
         backend: first.db.backend,
         url: first.db.url.clone(),

@@ -29,7 +29,7 @@ use super::port::{
     moving, Bookkeeping, Deleted, MappedWrites, Request, Snapshot, StoredRow, Writes,
 };
 use super::sqlite::Lite;
-use super::sqlite_port::{self as seed, d, in_json, prisma_date, s, CHUNK};
+use super::sqlite_port::{self as seed, in_json, prisma_date, s, CHUNK};
 use super::DbError;
 use crate::domain::table::{quoted, Bind, WriteShape};
 use crate::domain::Value;
@@ -423,13 +423,7 @@ fn read(
         read_addresses(conn, table, &addresses, &mut snapshot)?;
         snapshot.addresses = addresses.into_iter().collect();
     }
-    for ids in request.ids.chunks(CHUNK) {
-        let recorded: Vec<String> = d::table
-            .filter(in_json(d::svix_id, ids)?)
-            .select(d::svix_id)
-            .load(conn)?;
-        snapshot.recorded.extend(recorded);
-    }
+    seed::note_recorded(conn, &request.ids, &mut snapshot)?;
     Ok(snapshot)
 }
 
@@ -450,28 +444,9 @@ fn read_addresses(
     }
     let mut claimants = Vec::new();
     for chunk in addresses.chunks(CHUNK) {
-        let rows: Vec<StoredRow> = s::table
-            .filter(in_json(s::email, chunk)?)
-            .select(seed::bookkeeping())
-            .load(conn)?;
-        for row in rows {
-            if !snapshot.rows.contains_key(&row.0) {
-                claimants.push(row.0.clone());
-            }
-            if !snapshot.users.contains_key(&row.0) {
-                snapshot.add_bookkeeping(row);
-            }
-        }
+        seed::note_claimants(conn, chunk, snapshot, &mut claimants)?;
     }
-    for chunk in holders.chunks(CHUNK) {
-        let rows: Vec<StoredRow> = s::table
-            .filter(in_json(s::user_id, chunk)?)
-            .select(seed::bookkeeping())
-            .load(conn)?;
-        for row in rows {
-            snapshot.add_bookkeeping(row);
-        }
-    }
+    seed::note_holders(conn, &holders, snapshot)?;
     for row in table.rows(conn, &claimants, false)? {
         note(snapshot, row);
     }

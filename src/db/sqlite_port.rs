@@ -281,28 +281,9 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
             }
             note_row(&mut snapshot, row);
         }
-        let rows: Vec<StoredRow> = s::table
-            .filter(in_json(s::email, chunk)?)
-            .select(bookkeeping())
-            .load(conn)?;
-        for row in rows {
-            if !snapshot.rows.contains_key(&row.0) {
-                claimants.push(row.0.clone());
-            }
-            if !snapshot.users.contains_key(&row.0) {
-                snapshot.add_bookkeeping(row);
-            }
-        }
+        note_claimants(conn, chunk, &mut snapshot, &mut claimants)?;
     }
-    for chunk in holders.chunks(CHUNK) {
-        let rows: Vec<StoredRow> = s::table
-            .filter(in_json(s::user_id, chunk)?)
-            .select(bookkeeping())
-            .load(conn)?;
-        for row in rows {
-            snapshot.add_bookkeeping(row);
-        }
-    }
+    note_holders(conn, &holders, &mut snapshot)?;
     for chunk in claimants.chunks(CHUNK) {
         let rows: Vec<(String, String, String)> = u::table
             .filter(in_json(u::id, chunk)?)
@@ -313,14 +294,65 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
         }
     }
     snapshot.addresses = addresses.into_iter().collect();
-    for ids in request.ids.chunks(CHUNK) {
+    note_recorded(conn, &request.ids, &mut snapshot)?;
+    Ok(snapshot)
+}
+
+/// Notes the bookkeeping rows of the users claiming `addresses` (at most [`CHUNK`]) not noted
+/// yet; adds those without an application row noted to `claimants`.
+pub(super) fn note_claimants(
+    conn: &mut SqliteConnection,
+    addresses: &[String],
+    snapshot: &mut Snapshot,
+    claimants: &mut Vec<String>,
+) -> QueryResult<()> {
+    let rows: Vec<StoredRow> = s::table
+        .filter(in_json(s::email, addresses)?)
+        .select(bookkeeping())
+        .load(conn)?;
+    for row in rows {
+        if !snapshot.rows.contains_key(&row.0) {
+            claimants.push(row.0.clone());
+        }
+        if !snapshot.users.contains_key(&row.0) {
+            snapshot.add_bookkeeping(row);
+        }
+    }
+    Ok(())
+}
+
+/// Notes the bookkeeping rows of `holders` (users whose rows hold a locked address).
+pub(super) fn note_holders(
+    conn: &mut SqliteConnection,
+    holders: &[String],
+    snapshot: &mut Snapshot,
+) -> QueryResult<()> {
+    for chunk in holders.chunks(CHUNK) {
+        let rows: Vec<StoredRow> = s::table
+            .filter(in_json(s::user_id, chunk)?)
+            .select(bookkeeping())
+            .load(conn)?;
+        for row in rows {
+            snapshot.add_bookkeeping(row);
+        }
+    }
+    Ok(())
+}
+
+/// Notes which of `ids` are recorded deliveries.
+pub(super) fn note_recorded(
+    conn: &mut SqliteConnection,
+    ids: &[String],
+    snapshot: &mut Snapshot,
+) -> QueryResult<()> {
+    for ids in ids.chunks(CHUNK) {
         let recorded: Vec<String> = d::table
             .filter(in_json(d::svix_id, ids)?)
             .select(d::svix_id)
             .load(conn)?;
         snapshot.recorded.extend(recorded);
     }
-    Ok(snapshot)
+    Ok(())
 }
 
 /// Makes the request's bookkeeping rows where absent and reads the snapshot (the caller

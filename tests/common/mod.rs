@@ -511,6 +511,35 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
     }
 }
 
+/// A file of `fixtures/prisma/` (the application shapes, their schemas and Prisma's DDL).
+pub fn prisma_fixture(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/prisma")
+        .join(name)
+}
+
+/// The text of a file of `fixtures/prisma/`.
+pub fn prisma_fixture_text(name: &str) -> String {
+    let path = prisma_fixture(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A fresh database holding an application shape's tables (`fixtures/prisma/<shape>`), made
+/// from the DDL Prisma generated for the backend.
+pub async fn shape_db(shape: &str, backend: Backend) -> TestDb {
+    let db = TestDb::empty(backend).await;
+    let ddl = match backend {
+        Backend::Sqlite => format!("{shape}.sqlite.sql"),
+        Backend::Postgres | Backend::Pooled => format!("{shape}.postgresql.sql"),
+    };
+    if let Some(path) = db.sqlite_path() {
+        // The file must exist before the test's own connection makes the tables.
+        std::fs::File::create(path).expect("create the sqlite file");
+    }
+    db.exec(&prisma_fixture_text(&ddl)).await;
+    db
+}
+
 /// Seconds since the epoch, now.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
