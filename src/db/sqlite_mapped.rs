@@ -61,7 +61,7 @@ impl Lite {
 
 /// A value as bound: the storage class Prisma writes on SQLite (NULL keeps its column's).
 #[derive(Debug)]
-enum Bound<'a> {
+pub(super) enum Bound<'a> {
     Text(Option<Cow<'a, str>>),
     BigInt(Option<i64>),
     Double(Option<f64>),
@@ -116,10 +116,10 @@ impl<'a> Bound<'a> {
 /// An SQL text cut where its bind parameters go: diesel writes each placeholder itself (and a
 /// quoted name may hold any character, so no character can stand for one).
 #[derive(Debug, Clone)]
-struct Sql(Vec<String>);
+pub(super) struct Sql(Vec<String>);
 
 impl Sql {
-    fn new(text: impl Into<String>) -> Self {
+    pub(super) fn new(text: impl Into<String>) -> Self {
         Sql(vec![text.into()])
     }
 
@@ -131,7 +131,7 @@ impl Sql {
     }
 
     /// A bind parameter, then `text`.
-    fn then(mut self, text: impl Into<String>) -> Self {
+    pub(super) fn then(mut self, text: impl Into<String>) -> Self {
         self.0.push(text.into());
         self
     }
@@ -140,9 +140,9 @@ impl Sql {
 /// A statement on the application's table: its SQL text and its binds, in order. Cached by
 /// diesel per connection by its text (see the module's documentation).
 #[derive(Debug)]
-struct Statement<'a> {
-    sql: &'a Sql,
-    binds: Vec<Bound<'a>>,
+pub(super) struct Statement<'a> {
+    pub(super) sql: &'a Sql,
+    pub(super) binds: Vec<Bound<'a>>,
 }
 
 impl QueryId for Statement<'_> {

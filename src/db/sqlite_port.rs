@@ -1,10 +1,12 @@
 //! The port on SQLite: read a snapshot, write the planned changes (see [`super::port`]).
 //! SQLite serialises writers, so the caller's `BEGIN IMMEDIATE` transaction is the only
-//! lock. Every statement is built with diesel's query builder, so that one of a fixed shape
-//! is prepared once per connection and reused (raw SQL would be parsed again each time). A
-//! few users or rows go one statement each, in those cached statements; many go a set of keys
-//! or rows per statement (prepared each time, as its length varies), as few statements as
-//! the bulk paths need.
+//! lock. A few users or rows go one statement each, each prepared once per connection and
+//! reused: diesel caches the `SELECT`s and single-row `INSERT`s its query builder makes, but
+//! never an `UPDATE`, an upsert or a multi-row `INSERT` (their `walk_ast` opts out), so the
+//! per-row updates are fixed texts with binds (`sqlite_mapped::Statement`, which diesel does
+//! cache) — raw `sql_query` would be parsed again each time too. Many go a set of keys or rows
+//! per statement (prepared each time, as its length varies), as few statements as the bulk
+//! paths need.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -13,6 +15,10 @@ use diesel::sql_types::{Nullable, Text};
 use diesel::upsert::excluded;
 
 use foldhash::HashSet;
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use super::sqlite_mapped::{Bound, Sql, Statement};
 
 use super::port::{
     moving, Bookkeeping, BookkeepingWrite, Deleted, Record, Request, RowWrite, Snapshot, StoredRow,
@@ -103,6 +109,34 @@ fn note_row(snapshot: &mut Snapshot, (id, address, updated_at): (String, String,
     let updated_ms = app_date_ms(&updated_at);
     snapshot.add_row(id, Some(address), updated_ms);
 }
+
+/// One bookkeeping row written (its tombstone and its attempt too), as a statement diesel
+/// prepares once per connection: diesel never caches an `UPDATE` it builds (its `walk_ast`
+/// opts out), and preparing one again for every delivery cost more than running it.
+static WRITE_ONE_BOOKKEEPING: LazyLock<Sql> = LazyLock::new(|| {
+    Sql::new("UPDATE clerk_sync_users SET version = ")
+        .then(", digest = ")
+        .then(", email = ")
+        .then(", role_from_webhook = ")
+        .then(", deleted_at = CASE WHEN ")
+        .then(" THEN COALESCE(deleted_at, ")
+        .then(") ELSE deleted_at END, delete_attempted_at = CASE WHEN ")
+        .then(" THEN ")
+        .then(" ELSE delete_attempted_at END WHERE user_id = ")
+        .then("")
+});
+
+/// One application row updated (a role of NULL leaves the row's own), prepared once per
+/// connection (see [`WRITE_ONE_BOOKKEEPING`]).
+static UPDATE_ONE_ROW: LazyLock<Sql> = LazyLock::new(|| {
+    Sql::new("UPDATE \"User\" SET name = ")
+        .then(", mail_address = ")
+        .then(", \"createdAt\" = ")
+        .then(", \"updatedAt\" = ")
+        .then(", role = COALESCE(")
+        .then(", role) WHERE id = ")
+        .then("")
+});
 
 /// Up to this many users, the snapshot is read key by key (statements prepared once); beyond
 /// it, a set of keys at a time.
@@ -461,24 +495,22 @@ pub(super) fn write_bookkeeping(
 ) -> QueryResult<()> {
     if rows.len() <= ONE_BY_ONE {
         for b in rows {
-            diesel::update(s::table.find(&b.user_id))
-                .set((
-                    s::version.eq(b.version),
-                    s::digest.eq(&b.digest),
-                    s::email.eq(b.email.as_deref()),
-                    s::role_from_webhook.eq(b.role_from_webhook),
-                ))
-                .execute(conn)?;
-            if b.tombstone {
-                diesel::update(s::table.find(&b.user_id).filter(s::deleted_at.is_null()))
-                    .set(s::deleted_at.eq(now))
-                    .execute(conn)?;
+            let binds = vec![
+                Bound::BigInt(Some(b.version)),
+                Bound::Text(Some(Cow::Borrowed(&b.digest))),
+                Bound::Text(b.email.as_deref().map(Cow::Borrowed)),
+                Bound::Integer(Some(i32::from(b.role_from_webhook))),
+                Bound::Integer(Some(i32::from(b.tombstone))),
+                Bound::Text(Some(Cow::Borrowed(now))),
+                Bound::Integer(Some(i32::from(b.attempted))),
+                Bound::Text(Some(Cow::Borrowed(now))),
+                Bound::Text(Some(Cow::Borrowed(&b.user_id))),
+            ];
+            Statement {
+                sql: &WRITE_ONE_BOOKKEEPING,
+                binds,
             }
-            if b.attempted {
-                diesel::update(s::table.find(&b.user_id))
-                    .set(s::delete_attempted_at.eq(now))
-                    .execute(conn)?;
-            }
+            .execute(conn)?;
         }
         return Ok(());
     }
@@ -555,20 +587,19 @@ fn write_rows(conn: &mut SqliteConnection, rows: &[RowWrite]) -> QueryResult<()>
         if part.len() <= ONE_BY_ONE {
             // SQLite's one writer holds the table since the read: the rows are there.
             for row in part {
-                let (created, updated) = (prisma_date(row.created_at), prisma_date(row.updated_at));
-                let target = u::table.find(&row.id);
-                let fields = (
-                    u::name.eq(row.name.as_deref()),
-                    u::mail_address.eq(&row.address),
-                    u::created_at.eq(&created),
-                    u::updated_at.eq(&updated),
-                );
-                match row.role {
-                    Some(role) => diesel::update(target)
-                        .set((fields, u::role.eq(role.as_db())))
-                        .execute(conn)?,
-                    None => diesel::update(target).set(fields).execute(conn)?,
-                };
+                let binds = vec![
+                    Bound::Text(row.name.as_deref().map(Cow::Borrowed)),
+                    Bound::Text(Some(Cow::Borrowed(&row.address))),
+                    Bound::Text(Some(Cow::Owned(prisma_date(row.created_at)))),
+                    Bound::Text(Some(Cow::Owned(prisma_date(row.updated_at)))),
+                    Bound::Text(row.role.map(|role| Cow::Borrowed(role.as_db()))),
+                    Bound::Text(Some(Cow::Borrowed(&row.id))),
+                ];
+                Statement {
+                    sql: &UPDATE_ONE_ROW,
+                    binds,
+                }
+                .execute(conn)?;
             }
             continue;
         }
@@ -603,6 +634,14 @@ fn write_rows(conn: &mut SqliteConnection, rows: &[RowWrite]) -> QueryResult<()>
                     .execute(conn)?;
             }
         }
+    }
+    if new_rows.len() == 1 {
+        // One row: a statement prepared once per connection (diesel prepares a multi-row
+        // insert anew every time).
+        for one in new_rows {
+            diesel::insert_into(u::table).values(one).execute(conn)?;
+        }
+        return Ok(());
     }
     for chunk in new_rows.chunks(CHUNK) {
         diesel::insert_into(u::table).values(chunk).execute(conn)?;
@@ -686,7 +725,14 @@ pub(super) fn write_records(
                 d::received_at.eq(now),
             )
         })
-        .collect();
+        .collect::<Vec<_>>();
+    if records.len() == 1 {
+        // One record: a statement prepared once per connection.
+        for one in records {
+            diesel::insert_into(d::table).values(one).execute(conn)?;
+        }
+        return Ok(());
+    }
     for chunk in records.chunks(CHUNK) {
         diesel::insert_into(d::table).values(chunk).execute(conn)?;
     }
