@@ -140,7 +140,15 @@ fn engine(db: &Database) -> Arc<Engine> {
 /// From now on, deliveries are written into the application's own user model as `mapping`
 /// says (a table other than the seed's `User`). Once, at start, before the first delivery.
 pub fn use_mapping(db: &Database, mapping: crate::mapping::Mapping) -> Result<(), DbError> {
-    db.use_shape(mapping.write_shape())?;
+    let shape = mapping.write_shape();
+    let clerk_id = shape.columns.get(shape.clerk_id).map(|c| c.name.as_str());
+    if clerk_id != Some(mapping.clerk_id.as_str()) {
+        // Rows are found by this column: never by another.
+        return Err(DbError::Internal(
+            "the mapping names a Clerk-id column its model lacks".into(),
+        ));
+    }
+    db.use_shape(shape)?;
     engine(db)
         .mapped
         .set(Arc::new(mapped::Mapped::new(mapping)))
