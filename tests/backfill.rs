@@ -60,26 +60,7 @@ async fn status(db: &TestDb) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The count printed for `name` in the summary.
-fn count(output: &Output, name: &str) -> u64 {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(name))
-                .then(|| words.next().and_then(|n| n.parse().ok()))
-                .flatten()
-        })
-        .unwrap_or_else(|| panic!("no {name} in the summary: {}", text(output)))
-}
+use common::{output_text as text, summary_count as count};
 
 /// Every list request asked for at most 500 users, in creation order.
 fn assert_paged_by_cursor(api: &StandIn) {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{eventually, free_port, new_secret, test_env, Backend, ClerkUser, TestApp, TestDb};
@@ -52,13 +52,7 @@ fn clerk_sync(database_url: &str) -> Command {
     command
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::output_text as text;
 
 /// `clerk-sync migrate` with `database_url`: whether it succeeded, and what it printed.
 async fn migrate(database_url: &str) -> (bool, String) {

@@ -307,26 +307,7 @@ async fn prune(db: &TestDb, api: &StandIn, shape: &str) -> Output {
         .expect("join")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The count printed for `name` in the summary.
-fn count(output: &Output, name: &str) -> u64 {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(name))
-                .then(|| words.next().and_then(|n| n.parse().ok()))
-                .flatten()
-        })
-        .unwrap_or_else(|| panic!("no {name} in the summary: {}", text(output)))
-}
+use common::{output_text as text, summary_count as count};
 
 /// Delivers two users through the webhook, then prunes with a Clerk that still has only
 /// the first: what `check` finds of each user's row afterwards.

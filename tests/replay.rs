@@ -31,13 +31,7 @@ fn run(db: &TestDb, args: &[&str]) -> Output {
     clerk_sync(db, args).output().expect("run clerk-sync")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::output_text as text;
 
 /// The count printed for `outcome` in the replay summary.
 fn count(output: &Output, outcome: &str) -> u64 {

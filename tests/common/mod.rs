@@ -511,6 +511,28 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
     }
 }
 
+/// A command's stdout then stderr, as text.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The count printed for `name` in a command's summary (a `name count` line of its stdout).
+pub fn summary_count(output: &std::process::Output, name: &str) -> u64 {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name))
+                .then(|| words.next().and_then(|n| n.parse().ok()))
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no {name} in the summary: {}", output_text(output)))
+}
+
 /// A file of `fixtures/prisma/` (the application shapes, their schemas and Prisma's DDL).
 pub fn prisma_fixture(name: &str) -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
