@@ -11,11 +11,15 @@
 //!   says). The planner sees it as [`UserChange::role`] being some; a role an earlier webhook
 //!   set and no version names any more goes back to the column's default.
 //! - **A delete** deletes the row, or, with a soft delete, sets its flag and time instead.
+//! - **The digest tie-break** covers what the mapping writes: two versions with the same
+//!   `updated_at` that differ only in a mapped column (an image, a metadata path) are ordered
+//!   by it too, so the row never depends on the order they arrive in.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashMapExt};
+use sha2::{Digest, Sha256};
 
 use super::plan;
 use super::{Addresses, SyncOptions};
@@ -66,13 +70,6 @@ impl Mapped {
                 .as_ref()
                 .is_none_or(|e| max.is_none_or(|max| e.as_str().chars().count() <= max))
         };
-        let differs = batch.iter().any(|(_, event)| match event {
-            Event::Upsert { change, .. } => change.role.is_some() != named(change) || !fits(change),
-            _ => false,
-        });
-        if !differs {
-            return batch;
-        }
         batch
             .iter()
             .map(|(id, event)| {
@@ -83,10 +80,36 @@ impl Mapped {
                     if !fits(change) {
                         change.email = None;
                     }
+                    change.digest = self.digest(change);
                 }
                 (id.clone(), event)
             })
             .collect()
+    }
+
+    /// **The digest tie-break** on this table: the version's own digest and every value the
+    /// mapping writes on update, in column order (nothing that depends on the time of the
+    /// write). A version the mapping cannot write keeps its own digest (its write fails).
+    fn digest(&self, change: &UserChange) -> String {
+        let Ok(values) = self
+            .mapping
+            .values(change, DateTime::UNIX_EPOCH, plan::no_email)
+        else {
+            return change.digest.clone();
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(change.digest.as_bytes());
+        for assignment in values.update() {
+            hasher.update((assignment.column as u64).to_le_bytes());
+            match &assignment.write {
+                Write::Keep => hasher.update([0]),
+                Write::Value(value) => {
+                    hasher.update([1]);
+                    hash_value(&mut hasher, value);
+                }
+            }
+        }
+        crate::domain::lower_hex(&hasher.finalize())
     }
 
     /// Fills in what each planned write puts into the table's columns, `now` being the time
@@ -188,6 +211,35 @@ impl Mapped {
         } else {
             Value::Text(address.to_owned())
         }
+    }
+}
+
+/// A value into the digest, tagged by kind and length-prefixed, so no two values hash alike.
+fn hash_value(hasher: &mut Sha256, value: &Value) {
+    let mut bytes = |tag: u8, body: &[u8]| {
+        hasher.update([tag]);
+        hasher.update((body.len() as u64).to_le_bytes());
+        hasher.update(body);
+    };
+    match value {
+        Value::Null => bytes(0, &[]),
+        Value::Text(text) => bytes(1, text.as_bytes()),
+        Value::Uuid(uuid) => bytes(2, uuid.as_bytes()),
+        Value::Int(i) => bytes(3, &i.to_le_bytes()),
+        Value::BigInt(i) => bytes(4, &i.to_le_bytes()),
+        Value::Float(x) => bytes(5, &x.to_bits().to_le_bytes()),
+        Value::Decimal(text) => bytes(6, text.as_bytes()),
+        Value::Bool(b) => bytes(7, &[u8::from(*b)]),
+        Value::Timestamp(at) => {
+            let parts = [at.timestamp(), i64::from(at.timestamp_subsec_nanos())];
+            bytes(
+                8,
+                &[parts[0].to_le_bytes(), parts[1].to_le_bytes()].concat(),
+            );
+        }
+        Value::Date(day) => bytes(9, day.to_string().as_bytes()),
+        Value::Enum(label) => bytes(10, label.as_bytes()),
+        Value::Json(json) => bytes(11, json.to_string().as_bytes()),
     }
 }
 
