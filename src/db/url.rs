@@ -302,6 +302,24 @@ impl DatabaseUrl {
                 path: PathBuf::from(path),
             });
         }
+        if let Some(rest) = raw.strip_prefix("file:") {
+            // Prisma's SQLite URL (`file:./dev.db`): a relative path is relative to the
+            // schema's folder, as Prisma resolves it, so the application's URL names the same
+            // file to both; Prisma's parameters (`?connection_limit=1`, …) are not the path.
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
+                return Err(UrlError::Empty);
+            }
+            let path = Path::new(path);
+            return Ok(DatabaseUrl::Sqlite {
+                path: if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    base.join(path)
+                },
+            });
+        }
         let lower = raw.to_ascii_lowercase();
         if lower.starts_with("postgres:") || lower.starts_with("postgresql:") {
             // Never taken for a file path (which would be logged whole, password and all).
@@ -879,6 +897,32 @@ mod tests {
             host: host.into(),
             port,
         }]
+    }
+
+    #[test]
+    fn prisma_s_file_urls_are_relative_to_the_schema_s_folder() {
+        let sqlite = |raw: &str| match DatabaseUrl::parse_relative_to(raw, Path::new("/app/prisma"))
+        {
+            Ok(DatabaseUrl::Sqlite { path }) => path,
+            other => panic!("{raw}: {other:?}"),
+        };
+        assert_eq!(sqlite("file:./dev.db"), Path::new("/app/prisma/./dev.db"));
+        assert_eq!(
+            sqlite("file:dev.db?connection_limit=1"),
+            Path::new("/app/prisma/dev.db")
+        );
+        assert_eq!(
+            sqlite("file:/var/data/app.db"),
+            Path::new("/var/data/app.db")
+        );
+        assert_eq!(
+            sqlite("file:///var/data/app.db"),
+            Path::new("/var/data/app.db")
+        );
+        assert!(matches!(
+            DatabaseUrl::parse_relative_to("file:", Path::new("/app/prisma")),
+            Err(UrlError::Empty)
+        ));
     }
 
     #[test]
