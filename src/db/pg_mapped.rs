@@ -12,15 +12,22 @@
 //! Values: every value is bound as text and cast in the statement to its column's type, by
 //! the column's [`Bind`]; identifiers only ever through [`quoted`].
 //!
-//! Round trips of one unit of work, its statements prepared: `BEGIN` pipelined with the users'
-//! lock; the address locks (only with a unique address column); the read; each kind of write
-//! present (one statement per list of columns written, one per delete); `COMMIT`.
+//! Round trips of one unit of work: `BEGIN` pipelined with the users' lock, the address locks
+//! (only with a unique address column) and the read; then a plan that writes bookkeeping, one
+//! set of inserted columns, one set of updated ones and records (every lone delivery's) is one
+//! statement, pipelined with `COMMIT`: two round trips, as the seed's port. Any other plan
+//! writes a statement per kind of write (one per list of columns, one per delete), then
+//! `COMMIT`. The first time a connection runs a statement it prepares it first (a round trip
+//! more); through a pooler, where every statement is prepared in its transaction, `COMMIT`
+//! follows the write instead of being pipelined with it.
 //!
 //! Errors: as `DbError::from` classes diesel's, with the server's message cut before any
 //! quoted value it echoes (`invalid input syntax for type uuid: "…"`): no user data reaches an
 //! error.
 
+use std::future::Future as _;
 use std::sync::Arc;
+use std::task::Poll;
 
 use diesel::pg::Pg as PgBackend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -40,8 +47,9 @@ use crate::domain::{Outcome, Value};
 impl Pg {
     /// One unit of work on a mapped table: lock and read `request`, plan, write, commit (the
     /// steps of [`super::port`], on `shape`'s table). `BEGIN` (through a pooler, with its
-    /// `SET LOCAL`s) is pipelined with the users' lock; the rest runs statement by statement.
-    /// diesel does not see this transaction: it is ended here, whatever happens.
+    /// `SET LOCAL`s) is pipelined with the locks and the read; the write with `COMMIT` where
+    /// it is one statement (see the module's doc). diesel does not see this transaction: it is
+    /// ended here, whatever happens.
     pub(super) async fn transact_mapped<T, F>(
         &self,
         shape: Arc<WriteShape>,
@@ -56,39 +64,45 @@ impl Pg {
         let open = InTransaction(Some(self.pool.get().await?));
         let conn: &AsyncPgConnection = open.connection()?;
         let result = async {
-            let (mut begin_on, mut lock_on) = (conn, conn);
-            // BEGIN goes first on the first poll; the lock's statement (its preparation, or
-            // its execution) after it.
+            let (mut begin_on, mut users_on, mut addresses_on, mut read_on) =
+                (conn, conn, conn, conn);
+            // One round trip: BEGIN goes first on the first poll, then each statement in
+            // turn, each its own snapshot after the locks before it. A statement not yet
+            // prepared on this connection holds diesel-async's statement cache while it is
+            // prepared, so the ones after it wait and still run after it.
             let begin = begin_on.batch_execute(self.begin_sql());
-            let lock = lock_users(&request).load::<Name>(&mut lock_on);
-            let (begun, made) = futures_util::future::join(begin, lock).await;
+            let users = lock_users(&request).load::<Name>(&mut users_on);
+            let addresses = async {
+                match table.address {
+                    Some(_) => table
+                        .lock_addresses(&request)
+                        .get_result::<Addresses>(&mut addresses_on)
+                        .await
+                        .map(|locked| locked.addresses),
+                    None => Ok(Vec::new()),
+                }
+            };
+            let read = table.read(&request).load::<ReadRow>(&mut read_on);
+            let (begun, made, addresses, read) =
+                futures_util::future::join4(begin, users, addresses, read).await;
             begun.map_err(db_error)?;
             let made = made.map_err(db_error)?;
-            let mut on = conn;
-            let addresses = match table.address {
-                Some(_) => {
-                    table
-                        .lock_addresses(&request)
-                        .get_result::<Addresses>(&mut on)
-                        .await
-                        .map_err(db_error)?
-                        .addresses
-                }
-                None => Vec::new(),
-            };
-            let read = table
-                .read(&request, &addresses)
-                .load::<ReadRow>(&mut on)
-                .await
-                .map_err(db_error)?;
+            let addresses = addresses.map_err(db_error)?;
+            let read = read.map_err(db_error)?;
             let snapshot = snapshot(made, addresses, read);
             let (writes, value) = plan(&snapshot)?;
+            let mut on = conn;
             if writes.is_empty() {
                 on.batch_execute("COMMIT").await.map_err(db_error)?;
                 return Ok((value, Deleted::default()));
             }
-            let done = write(conn, &table, &writes).await?;
-            on.batch_execute("COMMIT").await.map_err(db_error)?;
+            // Through a pooler every statement is prepared in its transaction: a COMMIT
+            // statement there would cost a round trip more than `batch_execute`'s.
+            let commit = !self.pooler().safe();
+            let (done, committed) = write(conn, &table, &writes, commit).await?;
+            if !committed {
+                on.batch_execute("COMMIT").await.map_err(db_error)?;
+            }
             Ok::<_, DbError>((value, Deleted(done)))
         }
         .await;
@@ -133,12 +147,14 @@ fn snapshot(made: Vec<Name>, addresses: Vec<String>, read: Vec<ReadRow>) -> Snap
     snapshot
 }
 
-/// Writes the plan, in the port's order; answers the users whose rows were deleted.
+/// Writes the plan, in the port's order; answers the users whose rows were deleted, and
+/// whether it committed too (`commit`: it may pipeline `COMMIT` after a lone statement).
 async fn write(
     mut on: &AsyncPgConnection,
     table: &Table<'_>,
     writes: &Writes,
-) -> Result<HashSet<String>, DbError> {
+    commit: bool,
+) -> Result<(HashSet<String>, bool), DbError> {
     let mapped = match writes.mapped.as_deref() {
         Some(mapped)
             if mapped.rows.len() == writes.rows.len()
@@ -169,7 +185,7 @@ async fn write(
         .map(|(row, values)| (row.id.as_str(), values.update.as_slice()))
         .collect();
     let (insert_groups, update_groups) = (groups(&inserts), groups(&updates));
-    let together = writes.vacate.is_empty()
+    let one_statement = writes.vacate.is_empty()
         && writes.moves.is_empty()
         && writes.deletes.is_empty()
         && insert_groups.len() <= 1
@@ -178,8 +194,28 @@ async fn write(
             .iter()
             .chain(&update_groups)
             .all(|(columns, _)| !columns.is_empty());
-    if together {
-        return write_together(on, table, writes, &insert_groups, &update_groups).await;
+    if one_statement {
+        let statement = together(table, writes, &insert_groups, &update_groups)?;
+        let mut write_on = on;
+        let mut write = std::pin::pin!(statement.get_result::<Written>(&mut write_on));
+        if !commit {
+            return Ok((written(write.await)?, false));
+        }
+        // The first poll sends the write (or fails before sending anything: no COMMIT then).
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        if let Poll::Ready(done) = first {
+            return Ok((written(done)?, false));
+        }
+        // The COMMIT goes through diesel-async's statement cache too (a statement prepared
+        // once per connection), so it is sent after the write's execution even while the
+        // write is still being prepared. A write that fails leaves the transaction aborted,
+        // and the COMMIT then rolls it back.
+        let mut commit_on = on;
+        let commit = Statement::new("COMMIT").execute(&mut commit_on);
+        let (done, committed) = futures_util::future::join(write, commit).await;
+        let done = written(done)?;
+        committed.map_err(db_error)?;
+        return Ok((done, true));
     }
     if !writes.bookkeeping.is_empty() {
         bookkeeping(writes)
@@ -268,20 +304,20 @@ async fn write(
             ));
         }
     }
-    Ok(done)
+    Ok((done, false))
 }
 
 /// A plan that only writes bookkeeping, rows (one set of columns inserted, one updated) and
 /// records, in ONE statement: each write a data-modifying `WITH` of its own (they touch
-/// different tables, or different rows of one), the counts checked as [`write`] checks them.
-/// Two round trips fewer than a statement each.
-async fn write_together(
-    mut on: &AsyncPgConnection,
+/// different tables, or different rows of one), the counts checked as [`write`] checks them,
+/// in the statement (`clerk_sync.written_or_retry`), so that it fails whole: a `COMMIT`
+/// pipelined after it never commits half a plan. Two round trips fewer than a statement each.
+fn together(
     table: &Table<'_>,
     writes: &Writes,
     inserts: &[Group<'_>],
     updates: &[Group<'_>],
-) -> Result<HashSet<String>, DbError> {
+) -> Result<Statement, DbError> {
     let mut s = Statement::new("WITH cs_b AS (");
     if writes.bookkeeping.is_empty() {
         s.push("SELECT 1");
@@ -311,33 +347,34 @@ async fn write_together(
         s.append(record(writes, &HashSet::default()));
         s.push(" RETURNING 1");
     }
-    s.push(
-        ") SELECT (SELECT count(*) FROM cs_u) AS updated, (SELECT count(*) FROM cs_d) AS recorded",
-    );
-    let counts: Counts = s.get_result(&mut on).await.map_err(db_error)?;
     let updated = updates.first().map_or(0, |(_, group)| group.len());
-    if usize::try_from(counts.updated).ok() != Some(updated) {
-        // The application deleted a row since the lock was taken: the next attempt inserts
-        // it.
-        return Err(DbError::Unavailable(
-            "a row of the plan was deleted concurrently; retry".into(),
-        ));
-    }
-    if usize::try_from(counts.recorded).ok() != Some(writes.record.len()) {
-        return Err(DbError::Unavailable(
-            "a delivery of the plan was recorded concurrently; retry".into(),
-        ));
-    }
-    Ok(HashSet::default())
+    s.push(") SELECT clerk_sync.written_or_retry((SELECT count(*) FROM cs_u), ");
+    s.bind(Param::BigInt(i64::try_from(updated).unwrap_or(i64::MAX)));
+    s.push("::int8, (SELECT count(*) FROM cs_d), ");
+    s.bind(Param::BigInt(
+        i64::try_from(writes.record.len()).unwrap_or(i64::MAX),
+    ));
+    s.push("::int8) AS written");
+    Ok(s)
 }
 
-/// What [`write_together`] counts.
+/// What [`together`]'s statement answered: nothing deleted (it never deletes).
+fn written(answer: diesel::QueryResult<Written>) -> Result<HashSet<String>, DbError> {
+    if answer.map_err(db_error)?.written {
+        Ok(HashSet::default())
+    } else {
+        Err(DbError::Internal(
+            "clerk_sync.written_or_retry answered false".into(),
+        ))
+    }
+}
+
+/// What [`together`]'s check answers (it fails the statement instead of answering
+/// false).
 #[derive(QueryableByName)]
-struct Counts {
-    #[diesel(sql_type = BigInt)]
-    updated: i64,
-    #[diesel(sql_type = BigInt)]
-    recorded: i64,
+struct Written {
+    #[diesel(sql_type = Bool)]
+    written: bool,
 }
 
 /// The deletes: soft (one update, always through), or each row in a savepoint of its own, a
@@ -465,20 +502,10 @@ impl<'s> Table<'s> {
             .ok_or_else(no_address_column)
     }
 
-    /// Locks the addresses involved, in byte order: the claims, the users' bookkeeping
-    /// emails and the addresses their rows hold. Answers them.
-    fn lock_addresses(&self, request: &Request) -> Statement {
-        let address = self
-            .address
-            .as_ref()
-            .map_or("NULL", |(name, _)| name.as_str());
-        let mut s = Statement::new(
-            "SELECT l.addresses, \
-                    (SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) \
-                       FROM unnest(l.addresses) AS a) AS locked \
-               FROM (SELECT COALESCE(array_agg(a ORDER BY a COLLATE \"C\"), '{}') AS addresses \
-                       FROM (SELECT unnest(",
-        );
+    /// The addresses involved: the claims, the users' bookkeeping emails and the addresses
+    /// their rows hold, as a `SELECT` of one column `a` (never NULL).
+    fn involved_addresses(&self, s: &mut Statement, request: &Request, address: &str) {
+        s.push("SELECT a FROM (SELECT unnest(");
         s.bind(Param::Texts(request.claims.clone()));
         s.push(
             "::text[]) AS a UNION SELECT s.email FROM clerk_sync.users s WHERE s.user_id = ANY(",
@@ -489,33 +516,58 @@ impl<'s> Table<'s> {
             self.name, self.clerk_id
         ));
         s.bind(Param::Texts(request.users.clone()));
-        s.push("::text[])) AS d WHERE a IS NOT NULL) AS l");
+        s.push("::text[])) AS d WHERE a IS NOT NULL");
+    }
+
+    /// Locks the addresses involved ([`Self::involved_addresses`]), in byte order; answers
+    /// them.
+    fn lock_addresses(&self, request: &Request) -> Statement {
+        let address = self
+            .address
+            .as_ref()
+            .map_or("NULL", |(name, _)| name.as_str());
+        let mut s = Statement::new(
+            "SELECT l.addresses, \
+                    (SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) \
+                       FROM unnest(l.addresses) AS a) AS locked \
+               FROM (SELECT COALESCE(array_agg(a ORDER BY a COLLATE \"C\"), '{}') AS addresses \
+                       FROM (",
+        );
+        self.involved_addresses(&mut s, request, address);
+        s.push(") AS i) AS l");
         s
     }
 
     /// Reads, under the locks, the involved users' bookkeeping and rows (one row each), and
-    /// the deliveries already recorded (`recorded`).
-    fn read(&self, request: &Request, addresses: &[String]) -> Statement {
-        let mut s = Statement::new("WITH ids AS (SELECT unnest(");
-        s.bind(Param::Texts(request.users.clone()));
-        s.push("::text[]) AS id");
+    /// the deliveries already recorded (`recorded`). The involved users are the request's,
+    /// the holders of the involved addresses and the users claiming one; those addresses are
+    /// found again here, as [`Self::lock_addresses`] found them (the read is pipelined after
+    /// the locks, without their answer).
+    fn read(&self, request: &Request) -> Statement {
+        let mut s = Statement::new("WITH ");
         let address = match &self.address {
             Some((address, _)) => {
+                s.push("cs_a AS (");
+                self.involved_addresses(&mut s, request, address);
+                s.push("), ");
+                Some(address)
+            }
+            None => None,
+        };
+        s.push("ids AS (SELECT unnest(");
+        s.bind(Param::Texts(request.users.clone()));
+        s.push("::text[]) AS id");
+        let address = match address {
+            Some(address) => {
                 // The rows holding a locked address, and the users claiming one.
                 s.push(&format!(
                     " UNION SELECT r.{clerk}::text FROM {table} r \
-                      WHERE r.{address} = ANY(",
+                      WHERE r.{address} IN (SELECT a FROM cs_a) AND r.{clerk} IS NOT NULL \
+                      UNION SELECT s.user_id FROM clerk_sync.users s \
+                      WHERE s.email IN (SELECT a FROM cs_a)",
                     clerk = self.clerk_id,
                     table = self.name,
                 ));
-                s.bind(Param::Texts(addresses.to_vec()));
-                s.push(&format!(
-                    "::text[]) AND r.{} IS NOT NULL \
-                     UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY(",
-                    self.clerk_id
-                ));
-                s.bind(Param::Texts(addresses.to_vec()));
-                s.push("::text[])");
                 format!("r.{address}::text")
             }
             None => "NULL::text".to_owned(),
@@ -880,6 +932,8 @@ enum Param {
     Text(Option<String>),
     /// `text[]`.
     Texts(Vec<String>),
+    /// `int8`.
+    BigInt(i64),
     /// `text[]` with NULLs.
     NullableTexts(Vec<Option<String>>),
     /// `int8[]`.
@@ -938,6 +992,7 @@ impl QueryFragment<PgBackend> for Statement {
                 Some(Param::NullableTexts(v)) => {
                     out.push_bind_param::<Array<Nullable<Text>>, _>(v)?
                 }
+                Some(Param::BigInt(v)) => out.push_bind_param::<BigInt, _>(v)?,
                 Some(Param::BigInts(v)) => out.push_bind_param::<Array<BigInt>, _>(v)?,
                 Some(Param::Bools(v)) => out.push_bind_param::<Array<Bool>, _>(v)?,
                 None => {}
