@@ -70,7 +70,12 @@ impl Pg {
             // turn, each its own snapshot after the locks before it. A statement not yet
             // prepared on this connection holds diesel-async's statement cache while it is
             // prepared, so the ones after it wait and still run after it.
-            let begin = begin_on.batch_execute(self.begin_sql());
+            // One generic plan per statement: see `Table::read`.
+            let begin_sql = format!(
+                "{}; SET LOCAL plan_cache_mode = force_generic_plan",
+                self.begin_sql()
+            );
+            let begin = begin_on.batch_execute(&begin_sql);
             let users = lock_users(&request).load::<Name>(&mut users_on);
             let addresses = async {
                 match table.address {
@@ -543,6 +548,12 @@ impl<'s> Table<'s> {
     /// the holders of the involved addresses and the users claiming one; those addresses are
     /// found again here, as [`Self::lock_addresses`] found them (the read is pipelined after
     /// the locks, without their answer).
+    ///
+    /// Every table is reached by one key at a time (a `LATERAL` subquery the planner cannot
+    /// flatten, `LIMIT`/`OFFSET` in it): the unit of work runs each statement on its generic
+    /// plan (`plan_cache_mode`; a custom plan would be planned anew on every call), made
+    /// without the arrays' lengths, and a join would let that plan scan a small table whole
+    /// instead of using its index.
     fn read(&self, request: &Request) -> Statement {
         let mut s = Statement::new("WITH ");
         let address = match &self.address {
@@ -561,10 +572,12 @@ impl<'s> Table<'s> {
             Some(address) => {
                 // The rows holding a locked address, and the users claiming one.
                 s.push(&format!(
-                    " UNION SELECT r.{clerk}::text FROM {table} r \
-                      WHERE r.{address} IN (SELECT a FROM cs_a) AND r.{clerk} IS NOT NULL \
-                      UNION SELECT s.user_id FROM clerk_sync.users s \
-                      WHERE s.email IN (SELECT a FROM cs_a)",
+                    " UNION SELECT h.id FROM cs_a CROSS JOIN LATERAL \
+                        (SELECT r.{clerk}::text AS id FROM {table} r \
+                          WHERE r.{address} = cs_a.a AND r.{clerk} IS NOT NULL OFFSET 0) h \
+                      UNION SELECT c.id FROM cs_a CROSS JOIN LATERAL \
+                        (SELECT s.user_id AS id FROM clerk_sync.users s \
+                          WHERE s.email = cs_a.a OFFSET 0) c",
                     clerk = self.clerk_id,
                     table = self.name,
                 ));
@@ -581,18 +594,23 @@ impl<'s> Table<'s> {
                       r.{clerk} IS NOT NULL AS held, {address} AS address, \
                       {updated} AS updated_ms \
                  FROM ids k \
-                 LEFT JOIN clerk_sync.users s ON s.user_id = k.id \
-                 LEFT JOIN {table} r ON r.{clerk} = k.id \
+                 LEFT JOIN LATERAL (SELECT * FROM clerk_sync.users s \
+                                     WHERE s.user_id = k.id LIMIT 1) s ON true \
+                 LEFT JOIN LATERAL (SELECT * FROM {table} r \
+                                     WHERE r.{clerk} = k.id LIMIT 1) r ON true \
                UNION ALL \
                SELECT true, d.svix_id, false, NULL::int8, NULL::text, NULL::text, false, \
                       false, false, false, NULL::text, NULL::int8 \
-                 FROM clerk_sync.deliveries d WHERE d.svix_id = ANY(",
+                 FROM unnest(",
             clerk = self.clerk_id,
             table = self.name,
             updated = self.updated_ms,
         ));
         s.bind(Param::Texts(request.ids.clone()));
-        s.push("::text[])");
+        s.push(
+            "::text[]) AS x(id) CROSS JOIN LATERAL \
+               (SELECT d.svix_id FROM clerk_sync.deliveries d WHERE d.svix_id = x.id LIMIT 1) d",
+        );
         s
     }
 
