@@ -537,6 +537,112 @@ async fn two_instances_make_one_row(shape: &str, backend: Backend) {
     }
 }
 
+/// An application row without a Clerk id (the application made it, no Clerk user owns it)
+/// holding the address a new user claims: the delivery is refused and kept as a dead letter,
+/// naming the user and the fix, never the address; nothing is written. Once the application
+/// gives that row the user's Clerk id, Svix's retry adopts it.
+async fn an_address_held_by_a_row_without_a_clerk_id_is_never_taken(backend: Backend) {
+    // Arrange: the cuid shape with an optional Clerk id, and such a row
+    let db = TestDb::empty(backend).await;
+    if let Some(path) = db.sqlite_path() {
+        std::fs::File::create(path).expect("create the sqlite file");
+    }
+    let ddl = match backend {
+        Backend::Sqlite => "cuid-clerkid.sqlite.sql",
+        Backend::Postgres | Backend::Pooled => "cuid-clerkid.postgresql.sql",
+    };
+    let ddl = prisma_fixture_text(ddl);
+    assert!(ddl.contains("\"clerkId\" TEXT NOT NULL,"));
+    db.exec(&ddl.replace("\"clerkId\" TEXT NOT NULL,", "\"clerkId\" TEXT,"))
+        .await;
+    let schema = prisma_fixture_text("cuid-clerkid.prisma");
+    assert!(schema.contains("clerkId   String   @unique"));
+    let mapping = Mapping::from_text(
+        &schema.replace("clerkId   String   @unique", "clerkId   String?  @unique"),
+        None,
+    )
+    .expect("the mapping");
+    let app = spawn_app_with(
+        db,
+        AppOptions {
+            mapping: Some(mapping),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let pg = backend != Backend::Sqlite;
+    app.db
+        .exec(&format!(
+            "INSERT INTO \"User\" (id, email, \"firstName\", \"updatedAt\") \
+             VALUES ('app_made_key', 'ada@example.com', 'Invited', {})",
+            if pg {
+                "now()"
+            } else {
+                "'2024-01-01T00:00:00.000+00:00'"
+            }
+        ))
+        .await;
+    let ada = ClerkUser::new("user_ada", 1_000, "ada@example.com");
+    let bob = ClerkUser::new("user_bob", 1_000, "bob@example.com");
+
+    // Act
+    let (status, _) = app.deliver_outcome("msg_ada", &ada.created()).await;
+    app.expect_outcome("msg_bob", &bob.created(), "applied")
+        .await;
+
+    // Assert: refused, nothing of Ada written, the row untouched; Bob unaffected
+    assert_eq!(status, 500);
+    assert_eq!(rows(&app, CUID, "user_ada").await, 0);
+    assert_eq!(rows(&app, CUID, "user_bob").await, 1);
+    assert_eq!(
+        app.db
+            .text("SELECT email || '/' || \"firstName\" AS v FROM \"User\" WHERE id = 'app_made_key' AND \"clerkId\" IS NULL")
+            .await,
+        some("ada@example.com/Invited")
+    );
+    let detail = app
+        .db
+        .text(&format!(
+            "SELECT detail AS v FROM {} WHERE svix_id = 'msg_ada'",
+            app.db.own_table("dead_letters")
+        ))
+        .await
+        .expect("kept as a dead letter");
+    assert!(
+        detail.contains("user_ada") && detail.contains("without a Clerk id"),
+        "{detail}"
+    );
+    assert!(!detail.contains("ada@example.com"), "{detail}");
+
+    // Act: the application adopts the row; Svix retries
+    app.db
+        .exec("UPDATE \"User\" SET \"clerkId\" = 'user_ada' WHERE id = 'app_made_key'")
+        .await;
+    app.expect_outcome("msg_ada", &ada.created(), "applied")
+        .await;
+
+    // Assert: one row, its key kept, Clerk's values in it
+    assert_eq!(rows(&app, CUID, "user_ada").await, 1);
+    assert_eq!(
+        column(&app, CUID, "user_ada", "id").await,
+        some("app_made_key")
+    );
+    assert_eq!(
+        column(&app, CUID, "user_ada", "updatedAt").await,
+        ms(T0 + 1_000)
+    );
+}
+
+#[tokio::test]
+async fn an_address_held_by_a_row_without_a_clerk_id_is_never_taken_sqlite() {
+    an_address_held_by_a_row_without_a_clerk_id_is_never_taken(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn an_address_held_by_a_row_without_a_clerk_id_is_never_taken_postgres() {
+    an_address_held_by_a_row_without_a_clerk_id_is_never_taken(Backend::Postgres).await
+}
+
 macro_rules! per_shape {
     ($module:ident = $shape:literal => [$($case:ident),* $(,)?]) => {
         mod $module {

@@ -130,6 +130,10 @@ fn snapshot(made: Vec<Name>, addresses: Vec<String>, read: Vec<ReadRow>) -> Snap
         ..Snapshot::default()
     };
     for row in read {
+        if row.foreign {
+            snapshot.foreign.extend(row.address);
+            continue;
+        }
         if row.recorded {
             snapshot.recorded.insert(row.id);
             continue;
@@ -592,7 +596,7 @@ impl<'s> Table<'s> {
                       COALESCE(s.delete_pending, false) AS delete_pending, \
                       COALESCE(s.role_from_webhook, false) AS role_from_webhook, \
                       r.{clerk} IS NOT NULL AS held, {address} AS address, \
-                      {updated} AS updated_ms \
+                      {updated} AS updated_ms, false AS foreign \
                  FROM ids k \
                  LEFT JOIN LATERAL (SELECT * FROM clerk_sync.users s \
                                      WHERE s.user_id = k.id LIMIT 1) s ON true \
@@ -600,7 +604,7 @@ impl<'s> Table<'s> {
                                      WHERE r.{clerk} = k.id LIMIT 1) r ON true \
                UNION ALL \
                SELECT true, d.svix_id, false, NULL::int8, NULL::text, NULL::text, false, \
-                      false, false, false, NULL::text, NULL::int8 \
+                      false, false, false, NULL::text, NULL::int8, false \
                  FROM unnest(",
             clerk = self.clerk_id,
             table = self.name,
@@ -611,6 +615,19 @@ impl<'s> Table<'s> {
             "::text[]) AS x(id) CROSS JOIN LATERAL \
                (SELECT d.svix_id FROM clerk_sync.deliveries d WHERE d.svix_id = x.id LIMIT 1) d",
         );
+        if let Some((address, _)) = &self.address {
+            // The locked addresses a row holds without a Clerk id.
+            s.push(&format!(
+                " UNION ALL \
+                 SELECT false, '', false, NULL::int8, NULL::text, NULL::text, false, false, \
+                        false, false, cs_a.a, NULL::int8, true \
+                   FROM cs_a CROSS JOIN LATERAL \
+                        (SELECT 1 FROM {table} r \
+                          WHERE r.{address} = cs_a.a AND r.{clerk} IS NULL LIMIT 1) f",
+                table = self.name,
+                clerk = self.clerk_id,
+            ));
+        }
         s
     }
 
@@ -1050,7 +1067,8 @@ struct Count {
     n: i64,
 }
 
-/// A row of the read: a delivery already recorded, or an involved user's bookkeeping row
+/// A row of the read: a delivery already recorded, a locked address a row holds without a
+/// Clerk id (`foreign`), or an involved user's bookkeeping row
 /// (`kept`) and application row (`held`), either of which may be absent.
 #[derive(QueryableByName)]
 struct ReadRow {
@@ -1078,6 +1096,9 @@ struct ReadRow {
     address: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     updated_ms: Option<i64>,
+    /// A locked address (`address`) a row holds without a Clerk id.
+    #[diesel(sql_type = Bool)]
+    foreign: bool,
 }
 
 #[cfg(test)]

@@ -99,6 +99,9 @@ pub struct Snapshot {
     /// Application rows: the request's users' (where they have one), and those holding or
     /// claiming a locked address.
     pub rows: HashMap<String, AppRow>,
+    /// The locked addresses a row of a mapped table holds without a Clerk id: a row the
+    /// application made that no Clerk user owns.
+    pub foreign: HashSet<String>,
 }
 
 /// A bookkeeping row as a backend reads it: user, version, digest, email, tombstoned,

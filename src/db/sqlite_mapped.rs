@@ -176,8 +176,9 @@ impl<C> RunQueryDsl<C> for Statement<'_> {}
 /// An application row as read: its Clerk id, its address, its last update (as stored).
 #[derive(QueryableByName)]
 struct Found {
-    #[diesel(sql_type = Text)]
-    clerk_id: String,
+    /// NULL only for a row holding an address without a Clerk id.
+    #[diesel(sql_type = Nullable<Text>)]
+    clerk_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     address: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -196,7 +197,10 @@ fn updated_ms(stored: Option<&str>) -> i64 {
 
 fn note(snapshot: &mut Snapshot, row: Found) {
     let updated_ms = updated_ms(row.updated.as_deref());
-    snapshot.add_row(row.clerk_id, row.address, updated_ms);
+    match row.clerk_id {
+        Some(clerk_id) => snapshot.add_row(clerk_id, row.address, updated_ms),
+        None => snapshot.foreign.extend(row.address),
+    }
 }
 
 /// A write naming a column the shape does not have, or a plan the shape cannot carry out: a
@@ -212,7 +216,8 @@ struct Table<'s> {
     clerk_id: String,
     /// The rows of a set of Clerk ids (bound as one JSON array).
     rows_by_id: Sql,
-    /// The rows holding a set of addresses (a unique address column only).
+    /// The rows holding a set of addresses (a unique address column only), those without a
+    /// Clerk id too.
     rows_by_address: Option<Sql>,
     /// The address column := ?, by Clerk id.
     set_address: Option<Sql>,
@@ -248,9 +253,7 @@ impl<'s> Table<'s> {
             ))
         };
         let rows_by_id = in_set(&clerk_id).then("))");
-        let rows_by_address = address
-            .as_ref()
-            .map(|a| in_set(a).then(format!(")) AND {clerk_id} IS NOT NULL")));
+        let rows_by_address = address.as_ref().map(|a| in_set(a).then("))"));
         let set_address = address.as_ref().map(|a| {
             Sql::new(format!("UPDATE {name} SET {a} = "))
                 .then(format!(" WHERE {clerk_id} = "))
@@ -437,8 +440,10 @@ fn read_addresses(
 ) -> Result<(), DbError> {
     let mut holders = Vec::new();
     for row in table.rows(conn, addresses, true)? {
-        if !snapshot.users.contains_key(&row.clerk_id) {
-            holders.push(row.clerk_id.clone());
+        if let Some(clerk_id) = &row.clerk_id {
+            if !snapshot.users.contains_key(clerk_id) {
+                holders.push(clerk_id.clone());
+            }
         }
         note(snapshot, row);
     }

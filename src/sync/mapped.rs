@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::plan;
 use super::{Addresses, SyncOptions};
-use crate::db::port::{MappedRow, MappedWrites, Writes};
+use crate::db::port::{MappedRow, MappedWrites, Snapshot, Writes};
 use crate::db::DbError;
 use crate::domain::{Event, MessageId, Role, UserChange, Value};
 use crate::mapping::{AddressColumn, Delete, Mapping, Write};
@@ -113,13 +113,36 @@ impl Mapped {
     }
 
     /// Fills in what each planned write puts into the table's columns, `now` being the time
-    /// of the write.
+    /// of the write, the plan made over `snapshot`.
+    ///
+    /// **An address no Clerk user owns**: a row the application made without a Clerk id holds
+    /// it, and clerk-sync never takes it from that row, nor writes a second row beside it. A
+    /// plan giving such an address to a user is refused, naming the user (never the address):
+    /// once that row carries the user's Clerk id (it is then adopted) or another address,
+    /// replaying the dead letter applies it.
     pub(super) fn fill(
         &self,
         writes: &mut Writes,
         batch: &[(MessageId, Event)],
+        snapshot: &Snapshot,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
+        let given = writes
+            .rows
+            .iter()
+            .map(|row| (&row.id, &row.address))
+            .chain(writes.moves.iter().map(|(user, address)| (user, address)));
+        for (user, address) in given {
+            if snapshot.foreign.contains(address) {
+                return Err(DbError::Refused(format!(
+                    "the email address of {user} is held by a row of {} without a Clerk id \
+                     (clerk-sync never takes it from a row no Clerk user owns): set that \
+                     row's \"{}\" to {user} to have it adopted, or give it another address, \
+                     then replay the dead letter",
+                    self.mapping.table, self.mapping.clerk_id,
+                )));
+            }
+        }
         let mut changes: HashMap<(&str, i64, &str), &UserChange> =
             HashMap::with_capacity(batch.len());
         for (_, event) in batch {

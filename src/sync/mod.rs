@@ -39,7 +39,8 @@
 //! says what each planned row puts into the table's columns, and what the rules become where
 //! the table differs: the newest claim applies only to a unique address column (a non-unique
 //! one follows its user, [`Addresses::Follow`]), an optional one holds NULL instead of a
-//! placeholder, the role rule names what the role column takes, and a delete may be soft.
+//! placeholder, the role rule names what the role column takes, a delete may be soft, and an
+//! address a row holds without a Clerk id is never taken from it (the delivery is refused).
 
 pub mod dead_letter;
 mod group;
@@ -221,7 +222,7 @@ async fn apply_together(
             let mut plan = plan::plan(&batch, snapshot, options)
                 .map_err(|e| DbError::Internal(e.to_string()))?;
             if let Some(mapped) = &mapped {
-                mapped.fill(&mut plan.writes, &batch, chrono::Utc::now())?;
+                mapped.fill(&mut plan.writes, &batch, snapshot, chrono::Utc::now())?;
             }
             Ok((plan.writes, plan.outcomes))
         })
@@ -296,7 +297,7 @@ pub async fn retry_pending_deletes(db: &Database) -> Result<PendingDeletes, DbEr
                 {
                     Some(mut plan) => {
                         if let Some(mapped) = &mapped {
-                            mapped.fill(&mut plan.writes, &[], chrono::Utc::now())?;
+                            mapped.fill(&mut plan.writes, &[], snapshot, chrono::Utc::now())?;
                         }
                         Ok((plan.writes, plan.outcomes))
                     }
