@@ -1,15 +1,22 @@
--- The larger-group reads of clerk_sync.lock_and_read planned on every call, as
--- 2026-12-06-000016_executors_by_size meant them to be: as static statements, PL/pgSQL kept
--- one generic plan for them once five calls had found it no dearer (planned for arrays of ten),
--- made while the tables were small: sequential scans, which it kept as the tables grew, until
--- the next ANALYZE. Measured on a new database at 64 concurrent deliveries: 17 ms per call
--- (BENCHMARKS.md, session 12). Run through EXECUTE, each is planned for its arrays and tables
--- as they are. The few-rows shape (statements by key with scalar parameters) is unchanged.
+-- The larger-group reads of clerk_sync.lock_and_read (a group commit of more than 4 users, a
+-- bulk batch) by key, on one generic plan. As set-based statements over whole arrays,
+-- PL/pgSQL kept a generic plan for them once five calls had found it no dearer (planned for
+-- arrays of ten) — made while the tables were small, that plan scanned them whole, and kept
+-- doing so as they grew, until the next ANALYZE: 17 ms per call on a new database at 64
+-- concurrent deliveries (BENCHMARKS.md, session 12). Planning them on every call instead
+-- (EXECUTE) fixed that but cost 7-13 % at 16 and 64 clients once the plans were good. Now, for
+-- a group commit (at most 64 users), each table is reached one key at a time (LATERAL
+-- subqueries the planner cannot flatten: LIMIT, OFFSET), which an index serves whatever the
+-- table's size when the plan was made, on generic plans (plan_cache_mode), planned once per
+-- connection; a bulk batch (more than 64 users) runs them through EXECUTE, planned for its
+-- arrays on every call (by key, 2,000 lookups a statement cost bulk replay 8-11 %). The
+-- few-rows shape (statements by key with scalar parameters) is unchanged.
 CREATE OR REPLACE FUNCTION clerk_sync.lock_and_read(
     p_users TEXT[], i_version BIGINT[], i_digest TEXT[], i_email TEXT[], i_role BOOLEAN[],
     p_claims TEXT[], p_ids TEXT[])
 RETURNS TEXT
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_addresses TEXT[];
     v_made TEXT[] := '{}';
@@ -128,37 +135,75 @@ BEGIN
         )
         SELECT COALESCE(array_agg(user_id), '{}') INTO v_made FROM made;
     END IF;
-    EXECUTE $q$
-    SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') FROM (
-        SELECT unnest($1) AS a
-        UNION SELECT email FROM clerk_sync.users WHERE user_id = ANY($2)
-        UNION SELECT mail_address FROM "User" WHERE id = ANY($2)
-    ) AS involved WHERE a IS NOT NULL
-    $q$ INTO v_addresses USING p_claims, p_users;
+    IF cardinality(p_users) > 64 THEN
+        -- A bulk batch (a group commit never holds more than 64): each statement planned for
+        -- its arrays on every call, the planning shared by the rows.
+        EXECUTE $q$
+            SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') FROM (
+                SELECT unnest($1) AS a
+                UNION SELECT email FROM clerk_sync.users WHERE user_id = ANY($2)
+                UNION SELECT mail_address FROM "User" WHERE id = ANY($2)
+            ) AS involved WHERE a IS NOT NULL
+        $q$ INTO v_addresses USING p_claims, p_users;
+    ELSE
+        SELECT COALESCE(array_agg(a ORDER BY a COLLATE "C"), '{}') INTO v_addresses FROM (
+            SELECT unnest(p_claims) AS a
+            UNION SELECT s.email FROM unnest(p_users) AS k(id) CROSS JOIN LATERAL
+                  (SELECT s.email FROM clerk_sync.users s WHERE s.user_id = k.id LIMIT 1) s
+            UNION SELECT u.mail_address FROM unnest(p_users) AS k(id) CROSS JOIN LATERAL
+                  (SELECT u.mail_address FROM "User" u WHERE u.id = k.id LIMIT 1) u
+        ) AS involved WHERE a IS NOT NULL;
+    END IF;
     SELECT count(pg_advisory_xact_lock(hashtextextended(a, 7))) INTO v_locked
       FROM unnest(v_addresses) AS a;
     -- Read after every lock is held.
-    EXECUTE $q$
-    SELECT COALESCE(array_agg(id), '{}') FROM (
-        SELECT unnest($1) AS id
-        UNION SELECT u.id FROM "User" u WHERE u.mail_address = ANY($2)
-        UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY($2)
-    ) AS involved
-    $q$ INTO v_ids USING p_users, v_addresses;
-    EXECUTE $q$
-    SELECT json_build_object(
-        'a', to_json($1),
-        'm', to_json($2),
-        'r', (SELECT COALESCE(json_agg(d.svix_id), '[]') FROM clerk_sync.deliveries d
-               WHERE d.svix_id = ANY($3)),
+    IF cardinality(p_users) > 64 THEN
+        EXECUTE $q$
+            SELECT COALESCE(array_agg(id), '{}') FROM (
+                SELECT unnest($1) AS id
+                UNION SELECT u.id FROM "User" u WHERE u.mail_address = ANY($2)
+                UNION SELECT s.user_id FROM clerk_sync.users s WHERE s.email = ANY($2)
+            ) AS involved
+        $q$ INTO v_ids USING p_users, v_addresses;
+        EXECUTE $q$
+            SELECT json_build_object(
+                'a', to_json($1),
+                'm', to_json($2),
+                'r', (SELECT COALESCE(json_agg(d.svix_id), '[]') FROM clerk_sync.deliveries d
+                       WHERE d.svix_id = ANY($3)),
+                'b', (SELECT COALESCE(json_agg(json_build_array(s.user_id, s.version, s.digest,
+                                                                s.email, s.deleted_at IS NOT NULL,
+                                                                s.delete_pending,
+                                                                s.role_from_webhook)), '[]')
+                        FROM clerk_sync.users s WHERE s.user_id = ANY($4)),
+                'w', (SELECT COALESCE(json_agg(json_build_array(u.id, u.mail_address,
+                                                                floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT)), '[]')
+                        FROM "User" u WHERE u.id = ANY($4))
+            )::TEXT
+        $q$ INTO v_answer USING v_addresses, v_made, p_ids, v_ids;
+        RETURN v_answer;
+    END IF;
+    SELECT COALESCE(array_agg(id), '{}') INTO v_ids FROM (
+        SELECT unnest(p_users) AS id
+        UNION SELECT h.id FROM unnest(v_addresses) AS a(a) CROSS JOIN LATERAL
+              (SELECT u.id FROM "User" u WHERE u.mail_address = a.a OFFSET 0) h
+        UNION SELECT c.id FROM unnest(v_addresses) AS a(a) CROSS JOIN LATERAL
+              (SELECT s.user_id AS id FROM clerk_sync.users s WHERE s.email = a.a OFFSET 0) c
+    ) AS involved;
+    RETURN json_build_object(
+        'a', to_json(v_addresses),
+        'm', to_json(v_made),
+        'r', (SELECT COALESCE(json_agg(d.svix_id), '[]') FROM unnest(p_ids) AS k(id)
+              CROSS JOIN LATERAL
+              (SELECT d.svix_id FROM clerk_sync.deliveries d WHERE d.svix_id = k.id LIMIT 1) d),
         'b', (SELECT COALESCE(json_agg(json_build_array(s.user_id, s.version, s.digest, s.email,
                                                         s.deleted_at IS NOT NULL, s.delete_pending,
                                                         s.role_from_webhook)), '[]')
-                FROM clerk_sync.users s WHERE s.user_id = ANY($4)),
+                FROM unnest(v_ids) AS k(id) CROSS JOIN LATERAL
+                     (SELECT * FROM clerk_sync.users s WHERE s.user_id = k.id LIMIT 1) s),
         'w', (SELECT COALESCE(json_agg(json_build_array(u.id, u.mail_address,
                                                         floor(extract(epoch FROM u."updatedAt") * 1000)::BIGINT)), '[]')
-                FROM "User" u WHERE u.id = ANY($4))
-    )::TEXT
-    $q$ INTO v_answer USING v_addresses, v_made, p_ids, v_ids;
-    RETURN v_answer;
+                FROM unnest(v_ids) AS k(id) CROSS JOIN LATERAL
+                     (SELECT * FROM "User" u WHERE u.id = k.id LIMIT 1) u)
+    )::TEXT;
 END $$;
