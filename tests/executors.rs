@@ -9,6 +9,9 @@
 //! locks held, and the tables as the call leaves them. A second test makes the user's
 //! bookkeeping row change under the read — made by another writer meanwhile, or updated by one
 //! holding its lock — where the lone read reads that row with its lock instead of again later.
+//! A third reads the same random states through the larger shapes of migration 19 (a group
+//! commit's, by key on generic plans; a bulk batch's, planned per call), the request padded
+//! with new users without addresses, and compares them, pads aside, with the few-rows shape.
 
 mod common;
 
@@ -707,6 +710,78 @@ async fn the_lone_executors_read_and_write_what_the_few_rows_shape_does() {
             n >= 5,
             "the random states reached {scenario} only {n} times"
         );
+    }
+}
+
+/// `clerk_sync.lock_and_read` for the request's user and `pads` users more, each new, with
+/// no address (migration 19's shapes by size: up to 4 users by statement, up to 64 by key on
+/// generic plans, more planned per call).
+async fn read_padded(
+    conn: &mut AsyncPgConnection,
+    q: &Request,
+    pads: usize,
+) -> Result<String, DieselError> {
+    let mut users = vec![q.user.clone()];
+    users.extend((0..pads).map(|i| format!("pad_{i:03}")));
+    let n = users.len();
+    let mut versions = vec![q.version];
+    versions.resize(n, -1);
+    let mut digests = vec![q.digest.clone()];
+    digests.resize(n, String::new());
+    let mut emails = vec![q.email.clone()];
+    emails.resize(n, None);
+    let mut roles = vec![q.role];
+    roles.resize(n, false);
+    diesel::sql_query("SELECT clerk_sync.lock_and_read($1, $2, $3, $4, $5, $6, $7) AS j")
+        .bind::<Array<Text>, _>(users)
+        .bind::<Array<BigInt>, _>(versions)
+        .bind::<Array<Text>, _>(digests)
+        .bind::<Array<Nullable<Text>>, _>(emails)
+        .bind::<Array<Bool>, _>(roles)
+        .bind::<Array<Text>, _>(q.claim.iter().cloned().collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(q.id.iter().cloned().collect::<Vec<_>>())
+        .get_result::<Answer>(conn)
+        .await
+        .map(|a| a.j)
+}
+
+/// What a padded read answered and left, without the pads.
+fn without_pads(outcome: Outcome<String>) -> Outcome<Read> {
+    outcome.map(|(raw, locks, tables)| {
+        let mut read = Read::parse(&raw);
+        let real = |e: &String| !e.contains("pad_");
+        read.made.retain(real);
+        read.bookkeeping.retain(real);
+        read.rows.retain(real);
+        (read, locks, tables.into_iter().filter(real).collect())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_larger_group_and_bulk_reads_read_what_the_few_rows_shape_does() {
+    let (_db, mut conn) = fresh().await;
+    let seed = seed_from_env();
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    for case in 0..CASES / 3 {
+        // Arrange
+        let state = random_state(&mut rng);
+        let request = random_request(&mut rng);
+        let context = format!("seed {seed}, case {case}:\n{state:#?}\n{request:#?}");
+        put_state(&mut conn, &state).await;
+        let group = rng.gen_range(4..=63);
+
+        // Act: the same user alone, in a group commit's size, in a bulk batch's
+        let few = rolled_back(&mut conn, async |c| read_padded(c, &request, 0).await).await;
+        let by_key = rolled_back(&mut conn, async |c| read_padded(c, &request, group).await).await;
+        let bulk = rolled_back(&mut conn, async |c| read_padded(c, &request, 80).await).await;
+
+        // Assert: the same snapshot, locks and tables, but for the pads
+        let few = without_pads(few).unwrap_or_else(|e| panic!("{e}\n{context}"));
+        let by_key = without_pads(by_key).unwrap_or_else(|e| panic!("{e}\n{context}"));
+        let bulk = without_pads(bulk).unwrap_or_else(|e| panic!("{e}\n{context}"));
+        assert_eq!(few, by_key, "by key ({group} pads)\n{context}");
+        assert_eq!(few, bulk, "planned per call\n{context}");
     }
 }
 
