@@ -91,12 +91,18 @@ async fn run_own_migrations(db: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deliveries are written into the mapped table from now on.
-fn use_mapping(db: &Database, mapping: &Mapping) -> anyhow::Result<()> {
+/// Deliveries are written into the mapped table from now on; `migrate`: its executor is made
+/// where absent (see [`Database::prepare_mapped`]).
+async fn use_mapping(db: &Database, mapping: &Mapping, migrate: bool) -> anyhow::Result<()> {
     crate::sync::use_mapping(db, mapping.clone()).context("using the mapping")?;
+    let executor = db
+        .prepare_mapped(migrate)
+        .await
+        .context("making the mapped table's executor")?;
     tracing::info!(
         model = %mapping.model,
         table = %mapping.table,
+        executor,
         "writing the application's own user model"
     );
     Ok(())
@@ -118,6 +124,10 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         StartMapping::Mapped(schema, mapping) => {
             check_live(&db, schema, mapping).await?;
             run_own_migrations(&db).await?;
+            crate::sync::use_mapping(&db, mapping.clone()).context("using the mapping")?;
+            db.prepare_mapped(true)
+                .await
+                .context("making the mapped table's executor")?;
         }
     }
     log_connection(&db);
@@ -176,7 +186,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             if !args.no_migrate {
                 run_own_migrations(&db).await?;
             }
-            use_mapping(&db, mapping)?;
+            use_mapping(&db, mapping, !args.no_migrate).await?;
         }
     }
     if db.check_ready().await.is_ok() {
@@ -574,7 +584,7 @@ async fn migrate_and_check(args: &MappingArgs, db: &Database, migrate: bool) -> 
         if migrate {
             run_own_migrations(db).await?;
         }
-        return use_mapping(db, mapping);
+        return use_mapping(db, mapping, migrate).await;
     }
     if migrate {
         run_migrations(db).await?;

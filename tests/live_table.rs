@@ -396,7 +396,14 @@ async fn migrate_checks_a_mapped_table_and_creates_no_seed_table(backend: Backen
         "name         String",
     );
 
+    let executors = "SELECT count(*) AS n FROM pg_proc p \
+                       JOIN pg_namespace n ON n.oid = p.pronamespace \
+                      WHERE n.nspname = 'clerk_sync' AND p.proname LIKE 'mapped_lock_and_read_%'";
     let refused = migrate(&wrong);
+    let executors_after_refused = match backend {
+        Backend::Sqlite => 0,
+        _ => db.number(executors).await,
+    };
     let migrated = migrate(&fixture("autoincrement-mapped.prisma"));
 
     assert_eq!(refused.status, Some(1), "{}", refused.stderr);
@@ -413,6 +420,11 @@ async fn migrate_checks_a_mapped_table_and_creates_no_seed_table(backend: Backen
         _ => "SELECT count(*) AS n FROM pg_class WHERE relname = 'User'",
     };
     assert_eq!(db.number(seed_tables).await, 0, "no seed table was created");
+    if backend != Backend::Sqlite {
+        // The mapped table's executor is made by the migration that checked the table.
+        assert_eq!(executors_after_refused, 0);
+        assert_eq!(db.number(executors).await, 1, "the executor was made");
+    }
 }
 
 async fn the_seed_schema_on_an_empty_database_migrates_then_serves(backend: Backend) {

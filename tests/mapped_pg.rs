@@ -23,18 +23,57 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 
-/// Runs an async scenario on PostgreSQL directly and through the transaction pooler.
+/// Where a scenario runs: PostgreSQL directly or through the transaction pooler; the lock
+/// and the read through the shape's executor (as `serve` runs where it migrates) or as
+/// pipelined statements (`--no-migrate` before any instance made the executor).
+#[derive(Debug, Clone, Copy)]
+struct On {
+    backend: Backend,
+    executor: bool,
+}
+
+/// Runs an async scenario on PostgreSQL directly and through the transaction pooler, each
+/// through the executor and through the statements.
 macro_rules! on_postgres_and_pooled {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
+                use crate::common::Backend::{Pooled, Postgres};
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(crate::common::Backend::Postgres).await
+                async fn postgres_executor() {
+                    super::$name(super::On { backend: Postgres, executor: true }).await
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn pooled() {
-                    super::$name(crate::common::Backend::Pooled).await
+                async fn postgres_statements() {
+                    super::$name(super::On { backend: Postgres, executor: false }).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn pooled_executor() {
+                    super::$name(super::On { backend: Pooled, executor: true }).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn pooled_statements() {
+                    super::$name(super::On { backend: Pooled, executor: false }).await
+                }
+            }
+        )*
+    };
+}
+
+/// Runs an async scenario on PostgreSQL directly, through the executor and through the
+/// statements.
+macro_rules! on_postgres {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use crate::common::Backend::Postgres;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn executor() {
+                    super::$name(super::On { backend: Postgres, executor: true }).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn statements() {
+                    super::$name(super::On { backend: Postgres, executor: false }).await
                 }
             }
         )*
@@ -48,6 +87,15 @@ on_postgres_and_pooled!(
     vacate_and_move_swap_two_rows_addresses,
     a_hard_delete_goes_through_unless_a_foreign_key_refuses_it,
     a_soft_delete_sets_its_columns_and_keeps_the_row,
+);
+
+on_postgres!(
+    a_row_the_application_inserted_with_the_clerk_id_is_read_as_existing,
+    the_snapshot_holds_every_row_and_claimant_of_a_locked_address,
+    the_addresses_involved_are_locked_and_without_an_address_column_none_are,
+    the_users_bookkeeping_rows_are_locked_for_update,
+    every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error,
+    a_plan_without_its_column_values_is_an_internal_error_and_writes_nothing,
 );
 
 #[derive(Debug, Clone, Copy)]
@@ -142,17 +190,17 @@ impl Fixture {
 
 /// A fresh database holding the fixture's tables and clerk-sync's own, and a pool writing
 /// the fixture's table.
-async fn setup(backend: Backend, fixture: Fixture) -> (TestDb, Database) {
-    let db = TestDb::empty(backend).await;
+async fn setup(on: On, fixture: Fixture) -> (TestDb, Database) {
+    let db = TestDb::empty(on.backend).await;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture.ddl());
     db.exec(&std::fs::read_to_string(path).expect("fixture DDL"))
         .await;
-    let database = open(&db, fixture.shape()).await;
+    let database = open(&db, fixture.shape(), on.executor).await;
     (db, database)
 }
 
-/// A pool on `db`, migrated, writing `shape`'s table.
-async fn open(db: &TestDb, shape: WriteShape) -> Database {
+/// A pool on `db`, migrated, writing `shape`'s table, through its executor or not.
+async fn open(db: &TestDb, shape: WriteShape, executor: bool) -> Database {
     let mut url = DatabaseUrl::parse(&db.url).expect("url");
     if let Some(direct) = &db.direct {
         url = url
@@ -162,6 +210,8 @@ async fn open(db: &TestDb, shape: WriteShape) -> Database {
     let database = Database::open(&url, PoolOptions::default()).expect("open");
     database.migrate_own().await.expect("migrate");
     database.use_shape(shape).expect("shape");
+    let used = database.prepare_mapped(executor).await.expect("executor");
+    assert_eq!(used, executor, "the executor in use");
     database
 }
 
@@ -301,9 +351,9 @@ fn stored(version: i64, digest: &str, email: Option<&str>) -> Bookkeeping {
     }
 }
 
-async fn an_insert_writes_its_columns_and_leaves_the_others_to_their_defaults(backend: Backend) {
+async fn an_insert_writes_its_columns_and_leaves_the_others_to_their_defaults(on: On) {
     // Arrange
-    let (db, database) = setup(backend, Fixture::Cuid).await;
+    let (db, database) = setup(on, Fixture::Cuid).await;
     let writes = Writes {
         bookkeeping: vec![keep("user_a", 5, Some("a@x.test"))],
         rows: vec![row_write("user_a", false)],
@@ -388,9 +438,9 @@ async fn an_insert_writes_its_columns_and_leaves_the_others_to_their_defaults(ba
     assert_eq!(snapshot.addresses.iter().collect::<Vec<_>>(), ["a@x.test"]);
 }
 
-async fn an_update_writes_its_columns_only(backend: Backend) {
+async fn an_update_writes_its_columns_only(on: On) {
     // Arrange: a row made with the database's serial key and defaults
-    let (db, database) = setup(backend, Fixture::Autoincrement).await;
+    let (db, database) = setup(on, Fixture::Autoincrement).await;
     let made = Writes {
         rows: vec![row_write("user_a", false)],
         mapped: mapped(vec![insert(vec![
@@ -474,10 +524,9 @@ async fn an_update_writes_its_columns_only(backend: Backend) {
     assert!(deliveries(&db).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_the_application_inserted_with_the_clerk_id_is_read_as_existing() {
+async fn a_row_the_application_inserted_with_the_clerk_id_is_read_as_existing(on: On) {
     // Arrange: the application's own row, no bookkeeping
-    let (db, database) = setup(Backend::Postgres, Fixture::Cuid).await;
+    let (db, database) = setup(on, Fixture::Cuid).await;
     db.exec(
         r#"INSERT INTO "User" (id, "clerkId", email, "updatedAt")
            VALUES ('app_1', 'user_b', 'b@x.test', '2024-05-01 12:00:10.5')"#,
@@ -514,11 +563,10 @@ async fn a_row_the_application_inserted_with_the_clerk_id_is_read_as_existing() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_snapshot_holds_every_row_and_claimant_of_a_locked_address() {
+async fn the_snapshot_holds_every_row_and_claimant_of_a_locked_address(on: On) {
     // Arrange: user_c's row holds c@ (the application's, no bookkeeping); user_d claims it;
     // a row without a Clerk id holds d@; user_a's bookkeeping claims e@, its row holds a@
-    let (db, database) = setup(Backend::Postgres, Fixture::Autoincrement).await;
+    let (db, database) = setup(on, Fixture::Autoincrement).await;
     db.exec(
         "ALTER TABLE users ALTER COLUMN clerk_user_id DROP NOT NULL;
          INSERT INTO users (clerk_user_id, email_address, updated_at) VALUES
@@ -571,11 +619,10 @@ async fn the_snapshot_holds_every_row_and_claimant_of_a_locked_address() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_addresses_involved_are_locked_and_without_an_address_column_none_are() {
+async fn the_addresses_involved_are_locked_and_without_an_address_column_none_are(on: On) {
     for fixture in [Fixture::Cuid, Fixture::UuidSoftDelete] {
         // Arrange: another transaction holds the advisory lock of a@
-        let (db, database) = setup(Backend::Postgres, fixture).await;
+        let (db, database) = setup(on, fixture).await;
         let holder = db
             .hold("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('a@x.test', 7))")
             .await;
@@ -611,11 +658,10 @@ async fn the_addresses_involved_are_locked_and_without_an_address_column_none_ar
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_users_bookkeeping_rows_are_locked_for_update() {
+async fn the_users_bookkeeping_rows_are_locked_for_update(on: On) {
     // Arrange: another transaction holds user_a's bookkeeping row FOR KEY SHARE, which only
     // FOR UPDATE waits for
-    let (db, database) = setup(Backend::Postgres, Fixture::Cuid).await;
+    let (db, database) = setup(on, Fixture::Cuid).await;
     db.exec("INSERT INTO clerk_sync.users (user_id, version, digest) VALUES ('user_a', 1, 'd1')")
         .await;
     let holder = db
@@ -648,9 +694,9 @@ async fn the_users_bookkeeping_rows_are_locked_for_update() {
     assert_eq!(snapshot.users.get("user_a"), Some(&stored(1, "d1", None)));
 }
 
-async fn a_failing_write_rolls_the_whole_unit_of_work_back(backend: Backend) {
+async fn a_failing_write_rolls_the_whole_unit_of_work_back(on: On) {
     // Arrange
-    let (db, database) = setup(backend, Fixture::UuidSoftDelete).await;
+    let (db, database) = setup(on, Fixture::UuidSoftDelete).await;
     let id = uuid::Uuid::new_v4();
     let row = |first_name: Value| {
         insert(vec![
@@ -711,10 +757,9 @@ async fn a_failing_write_rolls_the_whole_unit_of_work_back(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error() {
+async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error(on: On) {
     // Arrange: a table with a column of every bind, its names needing quotes
-    let db = TestDb::empty(Backend::Postgres).await;
+    let db = TestDb::empty(on.backend).await;
     db.exec(
         r#"CREATE SCHEMA "odd ""schema";
            CREATE TYPE "odd ""schema"."Plan ""x""" AS ENUM ('free', 'pro');
@@ -750,7 +795,7 @@ async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error() {
         updated_at: Some(13),
         created_at: None,
     };
-    let database = open(&db, shape).await;
+    let database = open(&db, shape, on.executor).await;
     let id = uuid::Uuid::new_v4();
     let values = vec![
         (0, text("user_a")),
@@ -828,9 +873,9 @@ async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error() {
     assert!(!error.contains("secret"), "{error}");
 }
 
-async fn vacate_and_move_swap_two_rows_addresses(backend: Backend) {
+async fn vacate_and_move_swap_two_rows_addresses(on: On) {
     // Arrange: user_a holds a@, user_b holds b@
-    let (db, database) = setup(backend, Fixture::Cuid).await;
+    let (db, database) = setup(on, Fixture::Cuid).await;
     let new_row = |n: &str| {
         insert(vec![
             (0, text(&format!("ck_{n}"))),
@@ -888,7 +933,7 @@ async fn vacate_and_move_swap_two_rows_addresses(backend: Backend) {
     );
 
     // Act: a NULL move on a table whose address column allows it
-    let (db, database) = setup(backend, Fixture::Autoincrement).await;
+    let (db, database) = setup(on, Fixture::Autoincrement).await;
     let writes = Writes {
         rows: vec![row_write("user_a", false)],
         mapped: mapped(vec![insert(vec![
@@ -928,9 +973,9 @@ async fn vacate_and_move_swap_two_rows_addresses(backend: Backend) {
     assert!(snapshot.addresses.is_empty());
 }
 
-async fn a_hard_delete_goes_through_unless_a_foreign_key_refuses_it(backend: Backend) {
+async fn a_hard_delete_goes_through_unless_a_foreign_key_refuses_it(on: On) {
     // Arrange: user_a's row has a post; user_b's has none; user_c has no row at all
-    let (db, database) = setup(backend, Fixture::Cuid).await;
+    let (db, database) = setup(on, Fixture::Cuid).await;
     db.exec(
         r#"INSERT INTO "User" (id, "clerkId", email, "updatedAt") VALUES
                ('ck_a', 'user_a', 'a@x.test', now()), ('ck_b', 'user_b', 'b@x.test', now());
@@ -1016,9 +1061,9 @@ async fn a_hard_delete_goes_through_unless_a_foreign_key_refuses_it(backend: Bac
     );
 }
 
-async fn a_soft_delete_sets_its_columns_and_keeps_the_row(backend: Backend) {
+async fn a_soft_delete_sets_its_columns_and_keeps_the_row(on: On) {
     // Arrange
-    let (db, database) = setup(backend, Fixture::UuidSoftDelete).await;
+    let (db, database) = setup(on, Fixture::UuidSoftDelete).await;
     db.exec(
         r#"INSERT INTO "User" (id, clerk_id, email, "firstName", "lastName", role, "updatedAt")
            VALUES (gen_random_uuid(), 'user_a', 'a@x.test', 'Ada', 'Lovelace', 'ADMIN', now())"#,
@@ -1073,10 +1118,9 @@ async fn a_soft_delete_sets_its_columns_and_keeps_the_row(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_without_its_column_values_is_an_internal_error_and_writes_nothing() {
+async fn a_plan_without_its_column_values_is_an_internal_error_and_writes_nothing(on: On) {
     // Arrange
-    let (db, database) = setup(Backend::Postgres, Fixture::Cuid).await;
+    let (db, database) = setup(on, Fixture::Cuid).await;
     let without = Writes {
         bookkeeping: vec![keep("user_a", 1, None)],
         rows: vec![row_write("user_a", false)],

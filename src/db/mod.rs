@@ -363,6 +363,17 @@ impl Database {
             .map_err(|_| DbError::Internal("the mapped table was set twice".into()))
     }
 
+    /// Readies the mapped table of [`Self::use_shape`] for writing: on PostgreSQL, its
+    /// executor (made where absent when `create`, i.e. where migrations run; see
+    /// `pg_mapped::Executor`). Answers whether the executor is used; without it, or on
+    /// SQLite, the statements are.
+    pub async fn prepare_mapped(&self, create: bool) -> Result<bool, DbError> {
+        match self {
+            Database::Postgres(db) => db.prepare_mapped(create).await,
+            Database::Sqlite(_) => Ok(false),
+        }
+    }
+
     /// How many units of work the layer above should run at once, together: PostgreSQL's
     /// `--committers` (0: none, each delivery on its own), SQLite's one writer.
     pub fn committers(&self) -> usize {

@@ -13,7 +13,8 @@
 //! the column's [`Bind`]; identifiers only ever through [`quoted`].
 //!
 //! Round trips of one unit of work: `BEGIN` pipelined with the users' lock, the address locks
-//! (only with a unique address column) and the read; then a plan that writes bookkeeping, one
+//! (only with a unique address column) and the read — one call of the shape's [`Executor`]
+//! where it is there (made where migrations run), else the three statements; then a plan that writes bookkeeping, one
 //! set of inserted columns, one set of updated ones and records (every lone delivery's) is one
 //! statement, pipelined with `COMMIT`: two round trips, as the seed's port. Any other plan
 //! writes a statement per kind of write (one per list of columns, one per delete), then
@@ -36,6 +37,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Untyped};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use foldhash::HashSet;
+use sha2::{Digest as _, Sha256};
 
 use super::pg_port::InTransaction;
 use super::port::{moving, Bookkeeping, Deleted, MappedWrites, Record, Request, Snapshot, Writes};
@@ -76,6 +78,13 @@ impl Pg {
                 self.begin_sql()
             );
             let begin = begin_on.batch_execute(&begin_sql);
+            if let Some(executor) = self.executor.get() {
+                let read = executor.call(&request).load::<ReadRow>(&mut read_on);
+                let (begun, read) = futures_util::future::join(begin, read).await;
+                begun.map_err(db_error)?;
+                let snapshot = snapshot(Vec::new(), Vec::new(), read.map_err(db_error)?);
+                return self.write_and_commit(conn, &table, snapshot, plan).await;
+            }
             let users = lock_users(&request).load::<Name>(&mut users_on);
             let addresses = async {
                 match table.address {
@@ -95,20 +104,7 @@ impl Pg {
             let addresses = addresses.map_err(db_error)?;
             let read = read.map_err(db_error)?;
             let snapshot = snapshot(made, addresses, read);
-            let (writes, value) = plan(&snapshot)?;
-            let mut on = conn;
-            if writes.is_empty() {
-                on.batch_execute("COMMIT").await.map_err(db_error)?;
-                return Ok((value, Deleted::default()));
-            }
-            // Through a pooler every statement is prepared in its transaction: a COMMIT
-            // statement there would cost a round trip more than `batch_execute`'s.
-            let commit = !self.pooler().safe();
-            let (done, committed) = write(conn, &table, &writes, commit).await?;
-            if !committed {
-                on.batch_execute("COMMIT").await.map_err(db_error)?;
-            }
-            Ok::<_, DbError>((value, Deleted(done)))
+            self.write_and_commit(conn, &table, snapshot, plan).await
         }
         .await;
         // No transaction may outlive this unit of work on a connection the pool hands out
@@ -120,6 +116,57 @@ impl Pg {
         }
         result
     }
+
+    /// The rest of a unit of work once read: plan, write, commit.
+    async fn write_and_commit<T, F>(
+        &self,
+        conn: &AsyncPgConnection,
+        table: &Table<'_>,
+        snapshot: Snapshot,
+        plan: F,
+    ) -> Result<(T, Deleted), DbError>
+    where
+        F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError>,
+    {
+        let (writes, value) = plan(&snapshot)?;
+        let mut on = conn;
+        if writes.is_empty() {
+            on.batch_execute("COMMIT").await.map_err(db_error)?;
+            return Ok((value, Deleted::default()));
+        }
+        // Through a pooler every statement is prepared in its transaction: a COMMIT
+        // statement there would cost a round trip more than `batch_execute`'s.
+        let commit = !self.pooler().safe();
+        let (done, committed) = write(conn, table, &writes, commit).await?;
+        if !committed {
+            on.batch_execute("COMMIT").await.map_err(db_error)?;
+        }
+        Ok((value, Deleted(done)))
+    }
+}
+
+impl Pg {
+    /// Uses the mapped table's [`Executor`] from now on if it is there, making it first
+    /// where it is absent and `create` allows (where migrations run); answers whether it is
+    /// used. Without it (`--no-migrate` before any instance made it), the statements are
+    /// pipelined instead, as the module's doc says.
+    pub(super) async fn prepare_mapped(&self, create: bool) -> Result<bool, DbError> {
+        let Some(shape) = self.shape.get().cloned() else {
+            return Ok(false);
+        };
+        if self.executor.get().is_some() {
+            return Ok(true);
+        }
+        let executor = Table::new(&shape)?.executor()?;
+        let present = self
+            .ensure_function(&executor.signature, &executor.ddl, create)
+            .await?;
+        if present {
+            // Another caller may have set the same one meanwhile.
+            let _ = self.executor.set(executor);
+        }
+        Ok(present)
+    }
 }
 
 /// The snapshot from what the lock and the read answered.
@@ -130,6 +177,14 @@ fn snapshot(made: Vec<Name>, addresses: Vec<String>, read: Vec<ReadRow>) -> Snap
         ..Snapshot::default()
     };
     for row in read {
+        if row.made {
+            snapshot.made.insert(row.id);
+            continue;
+        }
+        if row.locked {
+            snapshot.addresses.extend(row.address);
+            continue;
+        }
         if row.foreign {
             snapshot.foreign.extend(row.address);
             continue;
@@ -454,6 +509,35 @@ fn groups<'w>(rows: &[(&'w str, &'w [(usize, Value)])]) -> Vec<Group<'w>> {
     groups
 }
 
+/// A function of the shape's own in `clerk_sync` that takes the users' lock, then the
+/// address locks, then reads (each statement its own snapshot, as when pipelined), answering
+/// the read's rows with the users it made (`made`) and the addresses it locked (`locked`):
+/// one statement for the first round trip instead of three. Made from the shape at start by
+/// [`Pg::prepare_mapped`], named by a hash of its body, so that a changed shape (or a changed
+/// statement) makes another and instances of either kind keep theirs.
+pub(super) struct Executor {
+    /// `CREATE OR REPLACE FUNCTION …`.
+    ddl: String,
+    /// `clerk_sync.mapped_lock_and_read_<hash>(argument types)`.
+    signature: String,
+    /// `SELECT * FROM clerk_sync.mapped_lock_and_read_<hash>(`.
+    call: String,
+}
+
+impl Executor {
+    /// The call for `request`: its arguments in [`Arg`]'s order.
+    fn call(&self, request: &Request) -> Statement {
+        let mut s = Statement::new(&self.call);
+        bind_users(&mut s, request);
+        s.push("::bool[], ");
+        s.bind_arg(Arg::Claims, Param::Texts(request.claims.clone()));
+        s.push("::text[], ");
+        s.bind_arg(Arg::Ids, Param::Texts(request.ids.clone()));
+        s.push(&format!("::text[]) AS x({READ_ROW})"));
+        s
+    }
+}
+
 /// The shape's table as its statements name it.
 struct Table<'s> {
     shape: &'s WriteShape,
@@ -515,16 +599,16 @@ impl<'s> Table<'s> {
     /// their rows hold, as a `SELECT` of one column `a` (never NULL).
     fn involved_addresses(&self, s: &mut Statement, request: &Request, address: &str) {
         s.push("SELECT a FROM (SELECT unnest(");
-        s.bind(Param::Texts(request.claims.clone()));
+        s.bind_arg(Arg::Claims, Param::Texts(request.claims.clone()));
         s.push(
             "::text[]) AS a UNION SELECT s.email FROM clerk_sync.users s WHERE s.user_id = ANY(",
         );
-        s.bind(Param::Texts(request.users.clone()));
+        s.bind_arg(Arg::Users, Param::Texts(request.users.clone()));
         s.push(&format!(
             "::text[]) UNION SELECT r.{address}::text FROM {} r WHERE r.{} = ANY(",
             self.name, self.clerk_id
         ));
-        s.bind(Param::Texts(request.users.clone()));
+        s.bind_arg(Arg::Users, Param::Texts(request.users.clone()));
         s.push("::text[])) AS d WHERE a IS NOT NULL");
     }
 
@@ -570,7 +654,7 @@ impl<'s> Table<'s> {
             None => None,
         };
         s.push("ids AS (SELECT unnest(");
-        s.bind(Param::Texts(request.users.clone()));
+        s.bind_arg(Arg::Users, Param::Texts(request.users.clone()));
         s.push("::text[]) AS id");
         let address = match address {
             Some(address) => {
@@ -596,7 +680,8 @@ impl<'s> Table<'s> {
                       COALESCE(s.delete_pending, false) AS delete_pending, \
                       COALESCE(s.role_from_webhook, false) AS role_from_webhook, \
                       r.{clerk} IS NOT NULL AS held, {address} AS address, \
-                      {updated} AS updated_ms, false AS foreign \
+                      {updated} AS updated_ms, false AS foreign, false AS made, \
+                      false AS locked \
                  FROM ids k \
                  LEFT JOIN LATERAL (SELECT * FROM clerk_sync.users s \
                                      WHERE s.user_id = k.id LIMIT 1) s ON true \
@@ -604,13 +689,13 @@ impl<'s> Table<'s> {
                                      WHERE r.{clerk} = k.id LIMIT 1) r ON true \
                UNION ALL \
                SELECT true, d.svix_id, false, NULL::int8, NULL::text, NULL::text, false, \
-                      false, false, false, NULL::text, NULL::int8, false \
+                      false, false, false, NULL::text, NULL::int8, false, false, false \
                  FROM unnest(",
             clerk = self.clerk_id,
             table = self.name,
             updated = self.updated_ms,
         ));
-        s.bind(Param::Texts(request.ids.clone()));
+        s.bind_arg(Arg::Ids, Param::Texts(request.ids.clone()));
         s.push(
             "::text[]) AS x(id) CROSS JOIN LATERAL \
                (SELECT d.svix_id FROM clerk_sync.deliveries d WHERE d.svix_id = x.id LIMIT 1) d",
@@ -620,7 +705,7 @@ impl<'s> Table<'s> {
             s.push(&format!(
                 " UNION ALL \
                  SELECT false, '', false, NULL::int8, NULL::text, NULL::text, false, false, \
-                        false, false, cs_a.a, NULL::int8, true \
+                        false, false, cs_a.a, NULL::int8, true, false, false \
                    FROM cs_a CROSS JOIN LATERAL \
                         (SELECT 1 FROM {table} r \
                           WHERE r.{address} = cs_a.a AND r.{clerk} IS NULL LIMIT 1) f",
@@ -629,6 +714,54 @@ impl<'s> Table<'s> {
             ));
         }
         s
+    }
+
+    /// The shape's executor: the users' lock, the address locks and the read of the
+    /// pipelined statements, in one function (see [`Executor`]).
+    fn executor(&self) -> Result<Executor, DbError> {
+        // Only the statements' text is used: their values are the call's arguments.
+        let request = Request::default();
+        let nothing = "NULL::int8, NULL::text, NULL::text, false, false, false, false";
+        let mut body = format!(
+            "BEGIN \
+             RETURN QUERY WITH cs_m AS ({users}) \
+               SELECT false, cs_m.user_id, false, {nothing}, NULL::text, NULL::int8, false, \
+                      true, false FROM cs_m; ",
+            users = lock_users(&request).in_executor()?,
+        );
+        if self.address.is_some() {
+            // The locks are taken once the subquery's row is read; each address it locked
+            // is answered.
+            body.push_str(&format!(
+                "RETURN QUERY SELECT false, '', false, {nothing}, cs_x.a, NULL::int8, false, \
+                                     false, true \
+                   FROM ({locks}) cs_l CROSS JOIN LATERAL unnest(cs_l.addresses) AS cs_x(a) \
+                  WHERE cs_l.locked >= 0; ",
+                locks = self.lock_addresses(&request).in_executor()?,
+            ));
+        }
+        body.push_str(&format!(
+            "RETURN QUERY {read}; END",
+            read = self.read(&request).in_executor()?
+        ));
+        let digest = Sha256::digest(body.as_bytes());
+        let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let name = format!("clerk_sync.mapped_lock_and_read_{hash}");
+        let arguments = "text[], int8[], text[], text[], bool[], text[], text[]";
+        // The body between dollar quotes whose tag it does not contain (its identifiers are
+        // the application's).
+        let mut tag = "$cs$".to_owned();
+        while body.contains(&tag) {
+            tag.insert(tag.len() - 1, '_');
+        }
+        Ok(Executor {
+            ddl: format!(
+                "CREATE OR REPLACE FUNCTION {name}({arguments}) RETURNS SETOF record \
+                 LANGUAGE plpgsql VOLATILE AS {tag}{body}{tag}"
+            ),
+            signature: format!("{name}({arguments})"),
+            call: format!("SELECT * FROM {name}("),
+        })
     }
 
     /// Inserts a group of rows writing the same columns.
@@ -783,34 +916,17 @@ fn no_address_column() -> DbError {
 
 /// Locks the users' bookkeeping rows in byte order, making those absent (with their initial
 /// values, a new user's past the end of [`Request::initial`]); answers those made.
+///
+/// Rows that conflict are locked (DO UPDATE ... WHERE false: locked, left as they are) in the
+/// order the SELECT gives them; the RETURNING rows are those inserted. Naming the key in the
+/// SET makes the lock FOR UPDATE, as the seed's lone lock (a SET of other columns only would
+/// take FOR NO KEY UPDATE).
 fn lock_users(request: &Request) -> Statement {
-    let new_user = Bookkeeping::new_user();
-    let initial: Vec<&Bookkeeping> = (0..request.users.len())
-        .map(|i| request.initial.get(i).unwrap_or(&new_user))
-        .collect();
-    // Rows that conflict are locked (DO UPDATE ... WHERE false: locked, left as they are)
-    // in the order the SELECT gives them; the RETURNING rows are those inserted. Naming the
-    // key in the SET makes the lock FOR UPDATE, as the seed's lone lock (a SET of other
-    // columns only would take FOR NO KEY UPDATE).
     let mut s = Statement::new(
         "INSERT INTO clerk_sync.users AS s (user_id, version, digest, email, role_from_webhook) \
          SELECT * FROM unnest(",
     );
-    s.bind(Param::Texts(request.users.clone()));
-    s.push("::text[], ");
-    s.bind(Param::BigInts(initial.iter().map(|b| b.version).collect()));
-    s.push("::int8[], ");
-    s.bind(Param::Texts(
-        initial.iter().map(|b| b.digest.clone()).collect(),
-    ));
-    s.push("::text[], ");
-    s.bind(Param::NullableTexts(
-        initial.iter().map(|b| b.email.clone()).collect(),
-    ));
-    s.push("::text[], ");
-    s.bind(Param::Bools(
-        initial.iter().map(|b| b.role_from_webhook).collect(),
-    ));
+    bind_users(&mut s, request);
     s.push(
         "::bool[]) AS n(user_id, version, digest, email, role_from_webhook) \
          ORDER BY n.user_id COLLATE \"C\" \
@@ -818,6 +934,36 @@ fn lock_users(request: &Request) -> Statement {
          RETURNING s.user_id",
     );
     s
+}
+
+/// Binds the users and what each one's bookkeeping row holds if it has to be made (a new
+/// user's past the end of [`Request::initial`]), as `$u::text[], …, $r` (`::bool[]` to come).
+fn bind_users(s: &mut Statement, request: &Request) {
+    let new_user = Bookkeeping::new_user();
+    let initial: Vec<&Bookkeeping> = (0..request.users.len())
+        .map(|i| request.initial.get(i).unwrap_or(&new_user))
+        .collect();
+    s.bind_arg(Arg::Users, Param::Texts(request.users.clone()));
+    s.push("::text[], ");
+    s.bind_arg(
+        Arg::Versions,
+        Param::BigInts(initial.iter().map(|b| b.version).collect()),
+    );
+    s.push("::int8[], ");
+    s.bind_arg(
+        Arg::Digests,
+        Param::Texts(initial.iter().map(|b| b.digest.clone()).collect()),
+    );
+    s.push("::text[], ");
+    s.bind_arg(
+        Arg::Emails,
+        Param::NullableTexts(initial.iter().map(|b| b.email.clone()).collect()),
+    );
+    s.push("::text[], ");
+    s.bind_arg(
+        Arg::Roles,
+        Param::Bools(initial.iter().map(|b| b.role_from_webhook).collect()),
+    );
 }
 
 /// The bookkeeping rows written, as the seed port writes them.
@@ -977,6 +1123,18 @@ enum Param {
     Bools(Vec<bool>),
 }
 
+/// The arguments of the shape's executor (see [`Executor`]), by position.
+#[derive(Clone, Copy)]
+enum Arg {
+    Users = 1,
+    Versions = 2,
+    Digests = 3,
+    Emails = 4,
+    Roles = 5,
+    Claims = 6,
+    Ids = 7,
+}
+
 /// SQL text with parameters between its pieces. Unlike `diesel::sql_query`, it leaves diesel
 /// free to cache its prepared statement (by its text and its parameters' types): built from
 /// identifiers and column lists only, its text is the same every time for the same writes.
@@ -985,6 +1143,9 @@ struct Statement {
     sql: Vec<String>,
     /// The parameters, `$1`, `$2`, … in order.
     params: Vec<Param>,
+    /// Which of the executor's arguments each parameter is, where it is one (see
+    /// [`Statement::in_executor`]).
+    args: Vec<Option<Arg>>,
 }
 
 impl Statement {
@@ -992,6 +1153,7 @@ impl Statement {
         Self {
             sql: vec![sql.to_owned()],
             params: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -1003,7 +1165,16 @@ impl Statement {
 
     fn bind(&mut self, param: Param) {
         self.params.push(param);
+        self.args.push(None);
         self.sql.push(String::new());
+    }
+
+    /// Binds `param`, which is the executor's argument `arg` when the statement runs in it.
+    fn bind_arg(&mut self, arg: Arg, param: Param) {
+        self.bind(param);
+        if let Some(last) = self.args.last_mut() {
+            *last = Some(arg);
+        }
     }
 
     /// `other`'s text and parameters after this one's.
@@ -1014,6 +1185,25 @@ impl Statement {
         }
         self.sql.extend(pieces);
         self.params.extend(other.params);
+        self.args.extend(other.args);
+    }
+
+    /// The text as a statement of the executor's body: each parameter its argument by
+    /// position (`$n` there names the function's argument, and no column can shadow it).
+    fn in_executor(&self) -> Result<String, DbError> {
+        let mut text = String::new();
+        for (i, sql) in self.sql.iter().enumerate() {
+            text.push_str(sql);
+            if i < self.params.len() {
+                let arg = self.args.get(i).copied().flatten().ok_or_else(|| {
+                    DbError::Internal(
+                        "an executor's statement binds a value it has no argument for".into(),
+                    )
+                })?;
+                text.push_str(&format!("${}", arg as u8));
+            }
+        }
+        Ok(text)
     }
 }
 
@@ -1099,7 +1289,19 @@ struct ReadRow {
     /// A locked address (`address`) a row holds without a Clerk id.
     #[diesel(sql_type = Bool)]
     foreign: bool,
+    /// (The executor only) a user whose bookkeeping row the lock made (`id`).
+    #[diesel(sql_type = Bool)]
+    made: bool,
+    /// (The executor only) an address locked (`address`).
+    #[diesel(sql_type = Bool)]
+    locked: bool,
 }
+
+/// The columns of a [`ReadRow`], as the call of the executor names them.
+const READ_ROW: &str = "recorded bool, id text, kept bool, version int8, digest text, \
+                        email text, deleted bool, delete_pending bool, \
+                        role_from_webhook bool, held bool, address text, updated_ms int8, \
+                        \"foreign\" bool, made bool, locked bool";
 
 #[cfg(test)]
 mod tests {

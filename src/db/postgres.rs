@@ -55,6 +55,8 @@ pub struct Pg {
     /// The mapped table deliveries are written to, when it is not the seed's `User` (see
     /// [`super::Database::use_shape`]).
     pub(super) shape: super::Shape,
+    /// The mapped table's executor, once [`Pg::prepare_mapped`] found or made it.
+    pub(super) executor: std::sync::Arc<std::sync::OnceLock<super::pg_mapped::Executor>>,
     /// [`Pg::preferred_batch`], once read from the server.
     preferred: std::sync::Arc<tokio::sync::OnceCell<usize>>,
     /// The port's write statements prepared on pool connections (see `super::pg_port`).
@@ -380,6 +382,7 @@ impl Pg {
             committers: options.committers.min(options.max_connections),
             extension: Default::default(),
             shape: Default::default(),
+            executor: Default::default(),
             preferred: Default::default(),
             prepared: Default::default(),
         })
@@ -468,6 +471,46 @@ impl Pg {
         tokio::task::spawn_blocking(move || blocking::migrate(conn, &begin, seed))
             .await
             .map_err(|e| DbError::Internal(format!("migration task failed: {e}")))?
+    }
+
+    /// Whether the function `signature` is there, made by `ddl` first where it is absent and
+    /// `create` allows: in one transaction holding the migrations' lock, on their server.
+    pub(super) async fn ensure_function(
+        &self,
+        signature: &str,
+        ddl: &str,
+        create: bool,
+    ) -> Result<bool, DbError> {
+        let mut conn = self.direct.connect().await?;
+        let begin = format!(
+            "{} SELECT pg_advisory_xact_lock({MIGRATION_LOCK});",
+            self.migration_begin
+        );
+        conn.batch_execute(&begin).await?;
+        let result = async {
+            let present: Exists =
+                diesel::sql_query("SELECT to_regprocedure($1) IS NOT NULL AS present")
+                    .bind::<Text, _>(signature)
+                    .get_result(&mut conn)
+                    .await?;
+            if present.present || !create {
+                return Ok(present.present);
+            }
+            conn.batch_execute(ddl).await?;
+            Ok::<_, DbError>(true)
+        }
+        .await;
+        match result {
+            Ok(present) => {
+                conn.batch_execute("COMMIT").await?;
+                Ok(present)
+            }
+            Err(error) => {
+                // The connection is dropped after this either way.
+                let _ = conn.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
     }
 
     pub(super) async fn check_ready(&self) -> Result<(), DbError> {

@@ -473,6 +473,13 @@ pub async fn spawn_app_with(db: TestDb, options: AppOptions) -> TestApp {
         Some(mapping) => {
             database.migrate_own().await.expect("migrate");
             clerk_sync::sync::use_mapping(&database, mapping).expect("the mapping");
+            // As `serve` does where it migrates: the mapped table's executor on PostgreSQL.
+            let executor = database.prepare_mapped(true).await.expect("the executor");
+            assert_eq!(
+                executor,
+                db.backend != Backend::Sqlite,
+                "the executor in use"
+            );
         }
         None => {
             database.migrate().await.expect("migrate");
