@@ -167,7 +167,7 @@ impl Lite {
             conn.immediate_transaction(|c| {
                 let snapshot = port::read(c, &request)?;
                 let (writes, value) = plan(&snapshot)?;
-                let deleted = port::write(c, &writes)?;
+                let deleted = port::write(c, &request, &snapshot, &writes)?;
                 Ok((value, deleted))
             })
         })

@@ -14,8 +14,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Nullable, Text};
 use diesel::upsert::excluded;
 
-use foldhash::HashSet;
-use std::borrow::Cow;
+use foldhash::{HashMap, HashSet};
+use std::borrow::{Borrow, Cow};
 use std::sync::LazyLock;
 
 use super::sqlite_mapped::{Bound, Sql, Statement};
@@ -166,13 +166,9 @@ fn made_row(user: &str, initial: &Bookkeeping) -> StoredRow {
 }
 
 /// Makes the bookkeeping rows of `users` (absent, under the transaction's lock) with their
-/// initial values (`initial[i]` is `users[i]`'s, by position), in one statement; answers them
-/// as a read would find them. [`Request::initial`] may be shorter than the users: the rest get
-/// a new user's values.
-fn make_users(
-    conn: &mut SqliteConnection,
-    users: &[(&String, &Bookkeeping)],
-) -> QueryResult<Vec<StoredRow>> {
+/// initial values (`initial[i]` is `users[i]`'s, by position), in one statement.
+/// [`Request::initial`] may be shorter than the users: the rest get a new user's values.
+fn make_users(conn: &mut SqliteConnection, users: &[(&String, &Bookkeeping)]) -> QueryResult<()> {
     let values: Vec<_> = users
         .iter()
         .map(|(user, initial)| {
@@ -193,10 +189,35 @@ fn make_users(
             .values(&values)
             .execute(conn)?;
     }
-    Ok(users
+    Ok(())
+}
+
+/// Notes the bookkeeping rows of `users`, those `read` and, for the rest (absent), the rows
+/// made with their initial values as a read would find them once made, and the addresses
+/// they claim; answers the rest, whose rows are still to be made.
+fn note_found<'a>(
+    users: &[(&'a String, &'a Bookkeeping)],
+    read: Vec<StoredRow>,
+    snapshot: &mut Snapshot,
+    addresses: &mut Vec<String>,
+) -> Vec<(&'a String, &'a Bookkeeping)> {
+    let found: HashSet<&str> = read.iter().map(|row| row.0.as_str()).collect();
+    let missing: Vec<(&String, &Bookkeeping)> = users
         .iter()
-        .map(|(user, initial)| made_row(user, initial))
-        .collect())
+        .filter(|(user, _)| !found.contains(user.as_str()))
+        .copied()
+        .collect();
+    let made = missing
+        .iter()
+        .map(|(user, initial)| made_row(user, initial));
+    for row in read.into_iter().chain(made) {
+        addresses.extend(row.3.clone());
+        snapshot.add_bookkeeping(row);
+    }
+    snapshot
+        .made
+        .extend(missing.iter().map(|(user, _)| (*user).clone()));
+    missing
 }
 
 /// Notes the bookkeeping rows of `users`, those `read` and those made now for the rest, and
@@ -208,20 +229,154 @@ pub(super) fn note_users(
     snapshot: &mut Snapshot,
     addresses: &mut Vec<String>,
 ) -> QueryResult<()> {
-    let found: HashSet<&str> = read.iter().map(|row| row.0.as_str()).collect();
-    let missing: Vec<(&String, &Bookkeeping)> = users
-        .iter()
-        .filter(|(user, _)| !found.contains(user.as_str()))
-        .copied()
-        .collect();
-    let made = make_users(conn, &missing)?;
-    for row in read.into_iter().chain(made) {
-        addresses.extend(row.3.clone());
-        snapshot.add_bookkeeping(row);
+    let missing = note_found(users, read, snapshot, addresses);
+    make_users(conn, &missing)
+}
+
+/// Rows inserted per statement by [`MAKE_MANY_USERS`] and [`INSERT_MANY_ROWS`].
+const MADE_PER_STATEMENT: usize = 100;
+
+/// `insert` (`INSERT INTO t (c1, …, cN)`) of [`MADE_PER_STATEMENT`] rows of `columns`
+/// values, as a statement diesel prepares once per connection: a multi-row `INSERT` diesel
+/// builds is prepared anew every time (its `walk_ast` opts out of the cache), and parsing its
+/// text cost about as much as running it.
+fn insert_many(insert: &str, columns: usize) -> Sql {
+    let mut sql = Sql::new(format!("{insert} VALUES ("));
+    for row in 0..MADE_PER_STATEMENT {
+        for _ in 1..columns {
+            sql = sql.then(", ");
+        }
+        sql = sql.then(if row + 1 < MADE_PER_STATEMENT {
+            "), ("
+        } else {
+            ")"
+        });
     }
-    snapshot
-        .made
-        .extend(missing.into_iter().map(|(user, _)| user.clone()));
+    sql
+}
+
+/// [`MADE_PER_STATEMENT`] bookkeeping rows made (see [`insert_many`]).
+static MAKE_MANY_USERS: LazyLock<Sql> = LazyLock::new(|| {
+    insert_many(
+        "INSERT INTO clerk_sync_users (user_id, version, digest, email, role_from_webhook, \
+         deleted_at, delete_attempted_at)",
+        7,
+    )
+});
+
+/// [`MADE_PER_STATEMENT`] new application rows inserted (see [`insert_many`]).
+static INSERT_MANY_ROWS: LazyLock<Sql> = LazyLock::new(|| {
+    insert_many(
+        "INSERT INTO \"User\" (id, name, mail_address, role, \"createdAt\", \"updatedAt\")",
+        6,
+    )
+});
+
+/// A bookkeeping row to make: user, version, digest, email, role set by a webhook,
+/// tombstone's time, delete attempt's time.
+type MadeRow<'a> = (
+    &'a str,
+    i64,
+    &'a str,
+    Option<&'a str>,
+    bool,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+/// Makes the bookkeeping rows [`read`] found absent ([`Snapshot::made`]; it notes them as
+/// made without writing them, so that the reads of the locked addresses do not find them
+/// again), in the request's order, each with what `planned` writes to it where it writes
+/// something (as making it with its initial values, then writing that, would leave it), else
+/// with its initial values; [`MADE_PER_STATEMENT`] rows per statement, the rest in one. The
+/// tombstone's and the attempt's times are `now` where asked.
+fn make_noted_users(
+    conn: &mut SqliteConnection,
+    request: &Request,
+    snapshot: &Snapshot,
+    planned: &[&BookkeepingWrite],
+    now: &str,
+) -> QueryResult<()> {
+    if snapshot.made.is_empty() {
+        return Ok(());
+    }
+    let planned: HashMap<&str, &BookkeepingWrite> =
+        planned.iter().map(|b| (b.user_id.as_str(), *b)).collect();
+    let new_user = Bookkeeping::new_user();
+    let rows: Vec<MadeRow<'_>> = with_initial(request, &new_user)
+        .into_iter()
+        .filter(|(user, _)| snapshot.made.contains(user.as_str()))
+        .map(|(user, initial)| match planned.get(user.as_str()) {
+            Some(b) => (
+                user.as_str(),
+                b.version,
+                b.digest.as_str(),
+                b.email.as_deref(),
+                b.role_from_webhook,
+                b.tombstone.then_some(now),
+                b.attempted.then_some(now),
+            ),
+            None => (
+                user.as_str(),
+                initial.version,
+                initial.digest.as_str(),
+                initial.email.as_deref(),
+                initial.role_from_webhook,
+                None,
+                None,
+            ),
+        })
+        .collect();
+    if rows.len() != snapshot.made.len() {
+        return Err(DieselError::QueryBuilderError(
+            "a bookkeeping row to make is not among the request's users".into(),
+        ));
+    }
+    let many = rows.chunks_exact(MADE_PER_STATEMENT);
+    let rest = many.remainder();
+    for chunk in many {
+        let mut binds = Vec::with_capacity(7 * MADE_PER_STATEMENT);
+        for &(user, version, digest, email, role_from_webhook, tombstone, attempted) in chunk {
+            binds.extend([
+                Bound::Text(Some(Cow::Borrowed(user))),
+                Bound::BigInt(Some(version)),
+                Bound::Text(Some(Cow::Borrowed(digest))),
+                Bound::Text(email.map(Cow::Borrowed)),
+                Bound::Integer(Some(i32::from(role_from_webhook))),
+                Bound::Text(tombstone.map(Cow::Borrowed)),
+                Bound::Text(attempted.map(Cow::Borrowed)),
+            ]);
+        }
+        Statement {
+            sql: &MAKE_MANY_USERS,
+            binds,
+        }
+        .execute(conn)?;
+    }
+    let values: Vec<_> = rest
+        .iter()
+        .map(
+            |&(user, version, digest, email, role_from_webhook, tombstone, attempted)| {
+                (
+                    s::user_id.eq(user),
+                    s::version.eq(version),
+                    s::digest.eq(digest),
+                    s::email.eq(email),
+                    s::role_from_webhook.eq(role_from_webhook),
+                    s::deleted_at.eq(tombstone),
+                    s::delete_attempted_at.eq(attempted),
+                )
+            },
+        )
+        .collect();
+    if let [one] = values.as_slice() {
+        // One row: a statement prepared once per connection, not one prepared each time.
+        diesel::insert_into(s::table).values(one).execute(conn)?;
+    } else if !values.is_empty() {
+        diesel::insert_into(s::table)
+            .values(&values)
+            .execute(conn)?;
+    }
     Ok(())
 }
 
@@ -291,7 +446,7 @@ fn read_many(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snap
             .filter(in_json(s::user_id, &users)?)
             .select(bookkeeping())
             .load(conn)?;
-        note_users(conn, chunk, rows, &mut snapshot, &mut addresses)?;
+        note_found(chunk, rows, &mut snapshot, &mut addresses);
         let rows: Vec<(String, String, String)> = u::table
             .filter(in_json(u::id, &users)?)
             .select((u::id, u::mail_address, u::updated_at))
@@ -389,8 +544,9 @@ pub(super) fn note_recorded(
     Ok(())
 }
 
-/// Makes the request's bookkeeping rows where absent and reads the snapshot (the caller
-/// holds the transaction).
+/// Reads the snapshot (the caller holds the transaction). The request's bookkeeping rows
+/// found absent are noted as made ([`Snapshot::made`]) but made by [`write`], in the same
+/// transaction: SQLite's one writer holds the tables from here to the commit.
 pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snapshot> {
     if request.users.len() > FEW {
         return read_many(conn, request);
@@ -405,13 +561,12 @@ pub fn read(conn: &mut SqliteConnection, request: &Request) -> QueryResult<Snaps
             .select(bookkeeping())
             .first(conn)
             .optional()?;
-        note_users(
-            conn,
+        note_found(
             one,
             row.into_iter().collect(),
             &mut snapshot,
             &mut addresses,
-        )?;
+        );
         let row: Option<(String, String, String)> = u::table
             .find(user)
             .select((u::id, u::mail_address, u::updated_at))
@@ -485,16 +640,17 @@ diesel::define_sql_function! {
 /// varies).
 const ONE_BY_ONE: usize = FEW;
 
-/// Writes bookkeeping rows (they exist: the lock made them): the planned columns, the
+/// Writes bookkeeping rows (they exist: read, or made before this): the planned columns, the
 /// tombstone's time (`now`) where asked and none is there, the delete attempt's time (`now`)
 /// where asked.
-pub(super) fn write_bookkeeping(
+pub(super) fn write_bookkeeping<B: Borrow<BookkeepingWrite>>(
     conn: &mut SqliteConnection,
-    rows: &[BookkeepingWrite],
+    rows: &[B],
     now: &str,
 ) -> QueryResult<()> {
     if rows.len() <= ONE_BY_ONE {
         for b in rows {
+            let b = b.borrow();
             let binds = vec![
                 Bound::BigInt(Some(b.version)),
                 Bound::Text(Some(Cow::Borrowed(&b.digest))),
@@ -521,6 +677,7 @@ pub(super) fn write_bookkeeping(
         let values: Vec<_> = chunk
             .iter()
             .map(|b| {
+                let b = b.borrow();
                 (
                     s::user_id.eq(&b.user_id),
                     s::version.eq(b.version),
@@ -578,7 +735,7 @@ fn write_rows(conn: &mut SqliteConnection, rows: &[RowWrite]) -> QueryResult<()>
                     "a new row was planned without a role".into(),
                 ))
             }
-            (false, Some(_)) => new_rows.push(row_values!(row)),
+            (false, Some(role)) => new_rows.push((row, role)),
             (true, Some(_)) => set_role.push(row),
             (true, None) => keep_role.push(row),
         }
@@ -635,25 +792,54 @@ fn write_rows(conn: &mut SqliteConnection, rows: &[RowWrite]) -> QueryResult<()>
             }
         }
     }
-    if new_rows.len() == 1 {
-        // One row: a statement prepared once per connection (diesel prepares a multi-row
-        // insert anew every time).
-        for one in new_rows {
-            diesel::insert_into(u::table).values(one).execute(conn)?;
+    let many = new_rows.chunks_exact(MADE_PER_STATEMENT);
+    let rest = many.remainder();
+    for chunk in many {
+        let mut binds = Vec::with_capacity(6 * MADE_PER_STATEMENT);
+        for (row, role) in chunk {
+            binds.extend([
+                Bound::Text(Some(Cow::Borrowed(&row.id))),
+                Bound::Text(row.name.as_deref().map(Cow::Borrowed)),
+                Bound::Text(Some(Cow::Borrowed(&row.address))),
+                Bound::Text(Some(Cow::Borrowed(role.as_db()))),
+                Bound::Text(Some(Cow::Owned(prisma_date(row.created_at)))),
+                Bound::Text(Some(Cow::Owned(prisma_date(row.updated_at)))),
+            ]);
         }
-        return Ok(());
+        Statement {
+            sql: &INSERT_MANY_ROWS,
+            binds,
+        }
+        .execute(conn)?;
     }
-    for chunk in new_rows.chunks(CHUNK) {
-        diesel::insert_into(u::table).values(chunk).execute(conn)?;
+    if let [(one, _)] = rest {
+        // One row: a statement prepared once per connection.
+        diesel::insert_into(u::table)
+            .values(row_values!(one))
+            .execute(conn)?;
+    } else if !rest.is_empty() {
+        let rest: Vec<_> = rest.iter().map(|(row, _)| row_values!(row)).collect();
+        diesel::insert_into(u::table).values(&rest).execute(conn)?;
     }
     Ok(())
 }
 
-/// Writes `writes` in the port's order (the caller holds the transaction); answers which
-/// deletes went through.
-pub fn write(conn: &mut SqliteConnection, writes: &Writes) -> QueryResult<Deleted> {
+/// Writes `writes`, planned over `snapshot` as [`read`] read it for `request`, in the port's
+/// order, the bookkeeping rows the read found absent made first (the caller holds the
+/// transaction); answers which deletes went through.
+pub fn write(
+    conn: &mut SqliteConnection,
+    request: &Request,
+    snapshot: &Snapshot,
+    writes: &Writes,
+) -> QueryResult<Deleted> {
     let now = prisma_date(Utc::now());
-    write_bookkeeping(conn, &writes.bookkeeping, &now)?;
+    let (made, kept): (Vec<&BookkeepingWrite>, Vec<&BookkeepingWrite>) = writes
+        .bookkeeping
+        .iter()
+        .partition(|b| snapshot.made.contains(&b.user_id));
+    make_noted_users(conn, request, snapshot, &made, &now)?;
+    write_bookkeeping(conn, &kept, &now)?;
     for id in &writes.vacate {
         diesel::update(u::table.find(id))
             .set(u::mail_address.eq(moving(id)))
