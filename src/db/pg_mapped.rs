@@ -96,7 +96,7 @@ impl Pg {
                     None => Ok(Vec::new()),
                 }
             };
-            let read = table.read(&request).load::<ReadRow>(&mut read_on);
+            let read = table.read(&request, None).load::<ReadRow>(&mut read_on);
             let (begun, made, addresses, read) =
                 futures_util::future::join4(begin, users, addresses, read).await;
             begun.map_err(db_error)?;
@@ -598,18 +598,24 @@ impl<'s> Table<'s> {
     /// The addresses involved: the claims, the users' bookkeeping emails and the addresses
     /// their rows hold, as a `SELECT` of one column `a` (never NULL).
     fn involved_addresses(&self, s: &mut Statement, request: &Request, address: &str) {
+        // Each table by key, as `Self::read` reaches them (a generic plan made while a table
+        // was small would otherwise scan it whole as it grows).
         s.push("SELECT a FROM (SELECT unnest(");
         s.bind_arg(Arg::Claims, Param::Texts(request.claims.clone()));
+        s.push("::text[]) AS a UNION SELECT s.email FROM unnest(");
+        s.bind_arg(Arg::Users, Param::Texts(request.users.clone()));
         s.push(
-            "::text[]) AS a UNION SELECT s.email FROM clerk_sync.users s WHERE s.user_id = ANY(",
+            "::text[]) AS k(id) CROSS JOIN LATERAL \
+               (SELECT s.email FROM clerk_sync.users s WHERE s.user_id = k.id LIMIT 1) s \
+             UNION SELECT r.a FROM unnest(",
         );
         s.bind_arg(Arg::Users, Param::Texts(request.users.clone()));
         s.push(&format!(
-            "::text[]) UNION SELECT r.{address}::text FROM {} r WHERE r.{} = ANY(",
+            "::text[]) AS k(id) CROSS JOIN LATERAL \
+               (SELECT r.{address}::text AS a FROM {} r WHERE r.{} = k.id LIMIT 1) r) AS d \
+             WHERE a IS NOT NULL",
             self.name, self.clerk_id
         ));
-        s.bind_arg(Arg::Users, Param::Texts(request.users.clone()));
-        s.push("::text[])) AS d WHERE a IS NOT NULL");
     }
 
     /// Locks the addresses involved ([`Self::involved_addresses`]), in byte order; answers
@@ -642,12 +648,18 @@ impl<'s> Table<'s> {
     /// plan (`plan_cache_mode`; a custom plan would be planned anew on every call), made
     /// without the arrays' lengths, and a join would let that plan scan a small table whole
     /// instead of using its index.
-    fn read(&self, request: &Request) -> Statement {
+    ///
+    /// `locked`: an array expression holding the locked addresses (the executor's), read
+    /// instead of finding them again.
+    fn read(&self, request: &Request, locked: Option<&str>) -> Statement {
         let mut s = Statement::new("WITH ");
         let address = match &self.address {
             Some((address, _)) => {
                 s.push("cs_a AS (");
-                self.involved_addresses(&mut s, request, address);
+                match locked {
+                    Some(locked) => s.push(&format!("SELECT unnest({locked}) AS a")),
+                    None => self.involved_addresses(&mut s, request, address),
+                }
                 s.push("), ");
                 Some(address)
             }
@@ -729,20 +741,29 @@ impl<'s> Table<'s> {
                       true, false FROM cs_m; ",
             users = lock_users(&request).in_executor()?,
         );
-        if self.address.is_some() {
-            // The locks are taken once the subquery's row is read; each address it locked
-            // is answered.
-            body.push_str(&format!(
-                "RETURN QUERY SELECT false, '', false, {nothing}, cs_x.a, NULL::int8, false, \
+        let mut locked = None;
+        if let Some((address, _)) = &self.address {
+            // The involved addresses found once, kept in a variable of the function's block
+            // (named through its label: no column can shadow it), locked in byte order, and
+            // answered; the read reads them from there.
+            let mut involved = Statement::new("");
+            self.involved_addresses(&mut involved, &request, address);
+            body = format!(
+                "<<cs_executor>> DECLARE addresses text[]; {body}\
+                 SELECT COALESCE(array_agg(i.a ORDER BY i.a COLLATE \"C\"), '{{}}') \
+                   INTO cs_executor.addresses FROM ({involved}) AS i; \
+                 PERFORM pg_advisory_xact_lock(hashtextextended(l.a, 7)) \
+                    FROM unnest(cs_executor.addresses) AS l(a); \
+                 RETURN QUERY SELECT false, '', false, {nothing}, l.a, NULL::int8, false, \
                                      false, true \
-                   FROM ({locks}) cs_l CROSS JOIN LATERAL unnest(cs_l.addresses) AS cs_x(a) \
-                  WHERE cs_l.locked >= 0; ",
-                locks = self.lock_addresses(&request).in_executor()?,
-            ));
+                   FROM unnest(cs_executor.addresses) AS l(a); ",
+                involved = involved.in_executor()?,
+            );
+            locked = Some("cs_executor.addresses");
         }
         body.push_str(&format!(
             "RETURN QUERY {read}; END",
-            read = self.read(&request).in_executor()?
+            read = self.read(&request, locked).in_executor()?
         ));
         let digest = Sha256::digest(body.as_bytes());
         let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
