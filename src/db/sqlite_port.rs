@@ -165,6 +165,20 @@ fn made_row(user: &str, initial: &Bookkeeping) -> StoredRow {
     )
 }
 
+/// Inserts `values` (a `Vec` of diesel value tuples) into `table`: one row as a statement
+/// diesel prepares once per connection, several in one statement (prepared each time, as its
+/// length varies), none not at all.
+macro_rules! insert_one_or_many {
+    ($conn:expr, $table:expr, $values:expr) => {{
+        let values = $values;
+        if let [one] = values.as_slice() {
+            diesel::insert_into($table).values(one).execute($conn)?;
+        } else if !values.is_empty() {
+            diesel::insert_into($table).values(&values).execute($conn)?;
+        }
+    }};
+}
+
 /// Makes the bookkeeping rows of `users` (absent, under the transaction's lock) with their
 /// initial values (`initial[i]` is `users[i]`'s, by position), in one statement.
 /// [`Request::initial`] may be shorter than the users: the rest get a new user's values.
@@ -181,14 +195,7 @@ fn make_users(conn: &mut SqliteConnection, users: &[(&String, &Bookkeeping)]) ->
             )
         })
         .collect();
-    if let [one] = values.as_slice() {
-        // One row: a statement prepared once per connection, not one prepared each time.
-        diesel::insert_into(s::table).values(one).execute(conn)?;
-    } else if !values.is_empty() {
-        diesel::insert_into(s::table)
-            .values(&values)
-            .execute(conn)?;
-    }
+    insert_one_or_many!(conn, s::table, values);
     Ok(())
 }
 
@@ -369,14 +376,7 @@ fn make_noted_users(
             },
         )
         .collect();
-    if let [one] = values.as_slice() {
-        // One row: a statement prepared once per connection, not one prepared each time.
-        diesel::insert_into(s::table).values(one).execute(conn)?;
-    } else if !values.is_empty() {
-        diesel::insert_into(s::table)
-            .values(&values)
-            .execute(conn)?;
-    }
+    insert_one_or_many!(conn, s::table, values);
     Ok(())
 }
 
@@ -812,15 +812,8 @@ fn write_rows(conn: &mut SqliteConnection, rows: &[RowWrite]) -> QueryResult<()>
         }
         .execute(conn)?;
     }
-    if let [(one, _)] = rest {
-        // One row: a statement prepared once per connection.
-        diesel::insert_into(u::table)
-            .values(row_values!(one))
-            .execute(conn)?;
-    } else if !rest.is_empty() {
-        let rest: Vec<_> = rest.iter().map(|(row, _)| row_values!(row)).collect();
-        diesel::insert_into(u::table).values(&rest).execute(conn)?;
-    }
+    let rest: Vec<_> = rest.iter().map(|(row, _)| row_values!(row)).collect();
+    insert_one_or_many!(conn, u::table, rest);
     Ok(())
 }
 
