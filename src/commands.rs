@@ -95,10 +95,17 @@ async fn run_own_migrations(db: &Database) -> anyhow::Result<()> {
 /// where absent (see [`Database::prepare_mapped`]).
 async fn use_mapping(db: &Database, mapping: &Mapping, migrate: bool) -> anyhow::Result<()> {
     crate::sync::use_mapping(db, mapping.clone()).context("using the mapping")?;
-    let executor = db
-        .prepare_mapped(migrate)
-        .await
-        .context("making the mapped table's executor")?;
+    let executor = match db.prepare_mapped(migrate).await {
+        Ok(executor) => executor,
+        Err(error) if migrate => {
+            return Err(error).context("making the mapped table's executor");
+        }
+        // Without migrating, the statements do the same work: no reason not to start.
+        Err(error) => {
+            tracing::warn!(%error, "the mapped table's executor could not be looked up; using statements");
+            false
+        }
+    };
     tracing::info!(
         model = %mapping.model,
         table = %mapping.table,

@@ -103,6 +103,23 @@ impl Pg {
             let made = made.map_err(db_error)?;
             let addresses = addresses.map_err(db_error)?;
             let read = read.map_err(db_error)?;
+            // The read found the involved addresses again, after the locks: the snapshot holds
+            // every holder and claimant of the locked ones only if they are the same.
+            let found: HashSet<&str> = read
+                .iter()
+                .filter(|row| row.locked)
+                .filter_map(|row| row.address.as_deref())
+                .collect();
+            if found
+                != addresses
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<HashSet<&str>>()
+            {
+                return Err(DbError::Unavailable(
+                    "the addresses involved changed between the lock and the read; retry".into(),
+                ));
+            }
             let snapshot = snapshot(made, addresses, read);
             self.write_and_commit(conn, &table, snapshot, plan).await
         }
@@ -146,9 +163,9 @@ impl Pg {
 }
 
 impl Pg {
-    /// Uses the mapped table's [`Executor`] from now on if it is there, making it first
-    /// where it is absent and `create` allows (where migrations run); answers whether it is
-    /// used. Without it (`--no-migrate` before any instance made it), the statements are
+    /// Uses the mapped table's [`Executor`] from now on if it is there and the pool's role may
+    /// call it, making it first where it is absent and `create` allows (where migrations
+    /// run, on their server, under their lock); answers whether it is used. Without it (`--no-migrate` before any instance made it), the statements are
     /// pipelined instead, as the module's doc says.
     pub(super) async fn prepare_mapped(&self, create: bool) -> Result<bool, DbError> {
         let Some(shape) = self.shape.get().cloned() else {
@@ -158,14 +175,17 @@ impl Pg {
             return Ok(true);
         }
         let executor = Table::new(&shape)?.executor()?;
-        let present = self
-            .ensure_function(&executor.signature, &executor.ddl, create)
-            .await?;
-        if present {
+        if create {
+            self.ensure_function(&executor.signature, &executor.ddl)
+                .await?;
+        }
+        // Checked as the role that calls it (`DIRECT_URL`'s may have made it).
+        let usable = self.function_usable(&executor.signature).await?;
+        if usable {
             // Another caller may have set the same one meanwhile.
             let _ = self.executor.set(executor);
         }
-        Ok(present)
+        Ok(usable)
     }
 }
 
@@ -650,7 +670,8 @@ impl<'s> Table<'s> {
     /// instead of using its index.
     ///
     /// `locked`: an array expression holding the locked addresses (the executor's), read
-    /// instead of finding them again.
+    /// instead of finding them again; without it the addresses found again are answered too
+    /// (`locked` rows), for the caller to compare with those it locked.
     fn read(&self, request: &Request, locked: Option<&str>) -> Statement {
         let mut s = Statement::new("WITH ");
         let address = match &self.address {
@@ -712,6 +733,16 @@ impl<'s> Table<'s> {
             "::text[]) AS x(id) CROSS JOIN LATERAL \
                (SELECT d.svix_id FROM clerk_sync.deliveries d WHERE d.svix_id = x.id LIMIT 1) d",
         );
+        if locked.is_none() && self.address.is_some() {
+            // The addresses found here, to be compared with those locked (the application may
+            // have moved a row's address between the two statements).
+            s.push(
+                " UNION ALL \
+                 SELECT false, '', false, NULL::int8, NULL::text, NULL::text, false, false, \
+                        false, false, cs_a.a, NULL::int8, false, false, true \
+                   FROM cs_a",
+            );
+        }
         if let Some((address, _)) = &self.address {
             // The locked addresses a row holds without a Clerk id.
             s.push(&format!(

@@ -473,14 +473,9 @@ impl Pg {
             .map_err(|e| DbError::Internal(format!("migration task failed: {e}")))?
     }
 
-    /// Whether the function `signature` is there, made by `ddl` first where it is absent and
-    /// `create` allows: in one transaction holding the migrations' lock, on their server.
-    pub(super) async fn ensure_function(
-        &self,
-        signature: &str,
-        ddl: &str,
-        create: bool,
-    ) -> Result<bool, DbError> {
+    /// Makes the function `signature` by `ddl` where it is absent: in one transaction holding
+    /// the migrations' lock, on their server (where migrations run).
+    pub(super) async fn ensure_function(&self, signature: &str, ddl: &str) -> Result<(), DbError> {
         let mut conn = self.direct.connect().await?;
         let begin = format!(
             "{} SELECT pg_advisory_xact_lock({MIGRATION_LOCK});",
@@ -493,24 +488,36 @@ impl Pg {
                     .bind::<Text, _>(signature)
                     .get_result(&mut conn)
                     .await?;
-            if present.present || !create {
-                return Ok(present.present);
+            if !present.present {
+                conn.batch_execute(ddl).await?;
             }
-            conn.batch_execute(ddl).await?;
-            Ok::<_, DbError>(true)
+            Ok::<_, DbError>(())
         }
         .await;
         match result {
-            Ok(present) => {
-                conn.batch_execute("COMMIT").await?;
-                Ok(present)
-            }
+            Ok(()) => Ok(conn.batch_execute("COMMIT").await?),
             Err(error) => {
                 // The connection is dropped after this either way.
                 let _ = conn.batch_execute("ROLLBACK").await;
                 Err(error)
             }
         }
+    }
+
+    /// Whether the function `signature` is there and the pool's role may call it.
+    pub(super) async fn function_usable(&self, signature: &str) -> Result<bool, DbError> {
+        let signature = signature.to_owned();
+        self.with_conn(async move |conn| {
+            let usable: Exists = diesel::sql_query(
+                "SELECT COALESCE(has_function_privilege(to_regprocedure($1), 'EXECUTE'), false) \
+                 AS present",
+            )
+            .bind::<Text, _>(signature)
+            .get_result(conn)
+            .await?;
+            Ok(usable.present)
+        })
+        .await
     }
 
     pub(super) async fn check_ready(&self) -> Result<(), DbError> {
