@@ -758,13 +758,15 @@ async fn a_failing_write_rolls_the_whole_unit_of_work_back(on: On) {
 }
 
 async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error(on: On) {
-    // Arrange: a table with a column of every bind, its names needing quotes
+    // Arrange: a table with a column of every bind, its names needing quotes; the address
+    // column's name holds the executor's dollar-quote tag, a quote and a comment (the
+    // executor's body, between dollar quotes, names it many times)
     let db = TestDb::empty(on.backend).await;
     db.exec(
         r#"CREATE SCHEMA "odd ""schema";
            CREATE TYPE "odd ""schema"."Plan ""x""" AS ENUM ('free', 'pro');
            CREATE TABLE "odd ""schema"."Users ""mapped""" (
-               "clerk ""id""" TEXT UNIQUE, "mail" VARCHAR(40) UNIQUE, "u" UUID, "i" INT4,
+               "clerk ""id""" TEXT UNIQUE, "mail$cs$' --" VARCHAR(40) UNIQUE, "u" UUID, "i" INT4,
                "b" INT8, "f" FLOAT8, "n" NUMERIC(10, 2), "ok" BOOLEAN, "ts" TIMESTAMP(3),
                "tz" TIMESTAMPTZ, "d" DATE, "plan" "odd ""schema"."Plan ""x""", "j" JSONB,
                "updated" TIMESTAMPTZ)"#,
@@ -772,7 +774,7 @@ async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error(on:
     .await;
     let names = [
         ("clerk \"id\"", Bind::Text),
-        ("mail", Bind::Text),
+        ("mail$cs$' --", Bind::Text),
         ("u", Bind::Uuid),
         ("i", Bind::Int),
         ("b", Bind::BigInt),
@@ -841,7 +843,7 @@ async fn every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error(on:
     assert_eq!(
         rows(
             &db,
-            r#"SELECT "clerk ""id""" AS clerk, mail, u, i, b::text AS b, f, n::text AS n, ok,
+            r#"SELECT "clerk ""id""" AS clerk, "mail$cs$' --" AS mail, u, i, b::text AS b, f, n::text AS n, ok,
                       ts, tz AT TIME ZONE 'UTC' AS tz, d, plan, j
                  FROM "odd ""schema"."Users ""mapped""""#
         )
