@@ -36,14 +36,14 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Untyped};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 use sha2::{Digest as _, Sha256};
 
 use super::pg_port::InTransaction;
 use super::port::{moving, Bookkeeping, Deleted, MappedWrites, Record, Request, Snapshot, Writes};
 use super::postgres::Pg;
 use super::DbError;
-use crate::domain::table::{quoted, Bind, WriteShape};
+use crate::domain::table::{quoted, Bind, WriteColumn, WriteShape};
 use crate::domain::{Outcome, Value};
 
 impl Pg {
@@ -62,7 +62,7 @@ impl Pg {
         F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError>,
     {
         // Checked before a connection is taken: a shape naming a column it lacks is a bug.
-        let table = Table::new(&shape)?;
+        let table = self.mapped_table(&shape)?;
         let open = InTransaction(Some(self.pool.get().await?));
         let conn: &AsyncPgConnection = open.connection()?;
         let result = async {
@@ -138,7 +138,7 @@ impl Pg {
     async fn write_and_commit<T, F>(
         &self,
         conn: &AsyncPgConnection,
-        table: &Table<'_>,
+        table: &Table,
         snapshot: Snapshot,
         plan: F,
     ) -> Result<(T, Deleted), DbError>
@@ -174,7 +174,7 @@ impl Pg {
         if self.executor.get().is_some() {
             return Ok(true);
         }
-        let executor = Table::new(&shape)?.executor()?;
+        let executor = self.mapped_table(&shape)?.executor()?;
         if create {
             self.ensure_function(&executor.signature, &executor.ddl)
                 .await?;
@@ -186,6 +186,19 @@ impl Pg {
             let _ = self.executor.set(executor);
         }
         Ok(usable)
+    }
+}
+
+impl Pg {
+    /// `shape`'s [`Table`], made once (with the texts of its writes).
+    fn mapped_table(&self, shape: &Arc<WriteShape>) -> Result<Arc<Table>, DbError> {
+        if let Some(table) = self.table.get().filter(|t| Arc::ptr_eq(&t.shape, shape)) {
+            return Ok(table.clone());
+        }
+        let table = Arc::new(Table::new(shape.clone())?);
+        // Another caller may have set it meanwhile: the same shape, the same table.
+        let _ = self.table.set(table.clone());
+        Ok(table)
     }
 }
 
@@ -235,7 +248,7 @@ fn snapshot(made: Vec<Name>, addresses: Vec<String>, read: Vec<ReadRow>) -> Snap
 /// whether it committed too (`commit`: it may pipeline `COMMIT` after a lone statement).
 async fn write(
     mut on: &AsyncPgConnection,
-    table: &Table<'_>,
+    table: &Table,
     writes: &Writes,
     commit: bool,
 ) -> Result<(HashSet<String>, bool), DbError> {
@@ -302,10 +315,13 @@ async fn write(
         return Ok((done, true));
     }
     if !writes.bookkeeping.is_empty() {
-        bookkeeping(writes)
-            .execute(&mut on)
-            .await
-            .map_err(db_error)?;
+        Statement::build(|s| {
+            bookkeeping(s, writes);
+            Ok(())
+        })?
+        .execute(&mut on)
+        .await
+        .map_err(db_error)?;
     }
     if !writes.vacate.is_empty() {
         let placeholders = writes.vacate.iter().map(|id| Some(moving(id))).collect();
@@ -326,8 +342,7 @@ async fn write(
             }
             continue;
         }
-        table
-            .insert(&columns, &group)?
+        Statement::build(|s| table.insert(s, &columns, &group))?
             .execute(&mut on)
             .await
             .map_err(db_error)?;
@@ -343,8 +358,7 @@ async fn write(
                 .map_err(db_error)?;
             usize::try_from(count.n).unwrap_or(0)
         } else {
-            table
-                .update(&columns, &group)?
+            Statement::build(|s| table.update(s, &columns, &group))?
                 .execute(&mut on)
                 .await
                 .map_err(db_error)?
@@ -378,10 +392,13 @@ async fn write(
     }
     if !writes.record.is_empty() {
         let count = writes.record.len();
-        let written = record(writes, &done)
-            .execute(&mut on)
-            .await
-            .map_err(db_error)?;
+        let written = Statement::build(|s| {
+            record(s, writes, &done);
+            Ok(())
+        })?
+        .execute(&mut on)
+        .await
+        .map_err(db_error)?;
         if written != count {
             return Err(DbError::Unavailable(
                 "a delivery of the plan was recorded concurrently; retry".into(),
@@ -397,21 +414,35 @@ async fn write(
 /// in the statement (`clerk_sync.written_or_retry`), so that it fails whole: a `COMMIT`
 /// pipelined after it never commits half a plan. Two round trips fewer than a statement each.
 fn together(
-    table: &Table<'_>,
+    table: &Table,
     writes: &Writes,
     inserts: &[Group<'_>],
     updates: &[Group<'_>],
 ) -> Result<Statement, DbError> {
-    let mut s = Statement::new("WITH cs_b AS (");
-    if writes.bookkeeping.is_empty() {
-        s.push("SELECT 1");
+    // Its text is made once for what it writes, then only its values are bound.
+    let what = Together {
+        bookkeeping: !writes.bookkeeping.is_empty(),
+        inserted: inserts.first().map(|(columns, _)| columns.clone()),
+        updated: updates.first().map(|(columns, _)| columns.clone()),
+        record: !writes.record.is_empty(),
+    };
+    let made = table
+        .texts
+        .lock()
+        .ok()
+        .and_then(|texts| texts.get(&what).cloned());
+    let new = made.is_none();
+    let mut s = made.map_or_else(Statement::default, Statement::with_text);
+    s.push("WITH cs_b AS (");
+    if what.bookkeeping {
+        bookkeeping(&mut s, writes);
     } else {
-        s.append(bookkeeping(writes));
+        s.push("SELECT 1");
     }
     s.push("), cs_i AS (");
     match inserts.first() {
         Some((columns, group)) => {
-            s.append(table.insert(columns, group)?);
+            table.insert(&mut s, columns, group)?;
             s.push(" RETURNING 1");
         }
         None => s.push("SELECT 1 WHERE false"),
@@ -419,17 +450,17 @@ fn together(
     s.push("), cs_u AS (");
     match updates.first() {
         Some((columns, group)) => {
-            s.append(table.update(columns, group)?);
+            table.update(&mut s, columns, group)?;
             s.push(" RETURNING 1");
         }
         None => s.push("SELECT 1 WHERE false"),
     }
     s.push("), cs_d AS (");
-    if writes.record.is_empty() {
-        s.push("SELECT 1 WHERE false");
-    } else {
-        s.append(record(writes, &HashSet::default()));
+    if what.record {
+        record(&mut s, writes, &HashSet::default());
         s.push(" RETURNING 1");
+    } else {
+        s.push("SELECT 1 WHERE false");
     }
     let updated = updates.first().map_or(0, |(_, group)| group.len());
     s.push(") SELECT clerk_sync.written_or_retry((SELECT count(*) FROM cs_u), ");
@@ -439,6 +470,14 @@ fn together(
         i64::try_from(writes.record.len()).unwrap_or(i64::MAX),
     ));
     s.push("::int8) AS written");
+    let text = s.text()?;
+    if new {
+        if let Ok(mut texts) = table.texts.lock() {
+            if texts.len() < TEXTS_KEPT {
+                texts.insert(what, text);
+            }
+        }
+    }
     Ok(s)
 }
 
@@ -466,7 +505,7 @@ struct Written {
 /// through.
 async fn delete(
     mut on: &AsyncPgConnection,
-    table: &Table<'_>,
+    table: &Table,
     mapped: &MappedWrites,
     users: &[String],
 ) -> Result<HashSet<String>, DbError> {
@@ -540,44 +579,73 @@ pub(super) struct Executor {
     ddl: String,
     /// `clerk_sync.mapped_lock_and_read_<hash>(argument types)`.
     signature: String,
-    /// `SELECT * FROM clerk_sync.mapped_lock_and_read_<hash>(`.
-    call: String,
+    /// `clerk_sync.mapped_lock_and_read_<hash>`.
+    name: String,
+    /// The text of its call (see [`call`]).
+    call: Arc<[String]>,
 }
 
 impl Executor {
-    /// The call for `request`: its arguments in [`Arg`]'s order.
+    /// The call for `request`.
     fn call(&self, request: &Request) -> Statement {
-        let mut s = Statement::new(&self.call);
-        bind_users(&mut s, request);
-        s.push("::bool[], ");
-        s.bind_arg(Arg::Claims, Param::Texts(request.claims.clone()));
-        s.push("::text[], ");
-        s.bind_arg(Arg::Ids, Param::Texts(request.ids.clone()));
-        s.push(&format!("::text[]) AS x({READ_ROW})"));
+        let mut s = Statement::with_text(self.call.clone());
+        call(&mut s, &self.name, request);
         s
     }
 }
 
-/// The shape's table as its statements name it.
-struct Table<'s> {
-    shape: &'s WriteShape,
+/// The call of the executor named `name` for `request`: its arguments in [`Arg`]'s order.
+fn call(s: &mut Statement, name: &str, request: &Request) {
+    s.push("SELECT * FROM ");
+    s.push(name);
+    s.push("(");
+    bind_users(s, request);
+    s.push("::bool[], ");
+    s.bind_arg(Arg::Claims, Param::Texts(request.claims.clone()));
+    s.push("::text[], ");
+    s.bind_arg(Arg::Ids, Param::Texts(request.ids.clone()));
+    s.push("::text[]) AS x(");
+    s.push(READ_ROW);
+    s.push(")");
+}
+
+/// The shape's table as its statements name it: made once per database (see
+/// [`Pg::mapped_table`]), with the texts of the writes made so far.
+pub(super) struct Table {
+    shape: Arc<WriteShape>,
     /// `"schema"."name"`.
     name: String,
     /// The Clerk id column, quoted.
     clerk_id: String,
     /// The unique address column, quoted, and how it binds.
-    address: Option<(String, &'s Bind)>,
+    address: Option<(String, Bind)>,
     /// The expression reading the row's update time (alias `r`) in ms, NULL when unreadable.
     updated_ms: String,
+    /// The one-statement writes' texts made so far, by what they write (see [`together`]).
+    texts: std::sync::Mutex<HashMap<Together, Arc<[String]>>>,
 }
 
-impl<'s> Table<'s> {
-    fn new(shape: &'s WriteShape) -> Result<Self, DbError> {
+/// What a [`together`] statement writes, which alone decides its text.
+#[derive(PartialEq, Eq, Hash)]
+struct Together {
+    bookkeeping: bool,
+    inserted: Option<Vec<usize>>,
+    updated: Option<Vec<usize>>,
+    record: bool,
+}
+
+/// Most texts a [`Table`] keeps: one per combination of columns a lone delivery writes,
+/// which the mapping bounds to a handful; past that (a shape of many optional columns),
+/// the rest are made each time.
+const TEXTS_KEPT: usize = 64;
+
+impl Table {
+    fn new(shape: Arc<WriteShape>) -> Result<Self, DbError> {
         let column = |index: usize| {
             shape
                 .columns
                 .get(index)
-                .map(|c| (quoted(&c.name), &c.bind))
+                .map(|c| (quoted(&c.name), c.bind.clone()))
                 .ok_or_else(|| DbError::Internal("the mapped shape lacks a column it names".into()))
         };
         let (clerk_id, _) = column(shape.clerk_id)?;
@@ -590,28 +658,38 @@ impl<'s> Table<'s> {
             _ => "NULL::int8".to_owned(),
         };
         Ok(Self {
-            shape,
             name: shape.qualified_name(),
             clerk_id,
             address,
             updated_ms,
+            texts: Default::default(),
+            shape,
         })
     }
 
     /// A column the writes name, quoted, and how it binds.
-    fn column(&self, index: usize) -> Result<(String, &'s Bind), DbError> {
-        let column =
-            self.shape.columns.get(index).ok_or_else(|| {
-                DbError::Internal("a write names a column the shape lacks".into())
-            })?;
+    fn column(&self, index: usize) -> Result<(String, &Bind), DbError> {
+        let column = self.written(index)?;
         Ok((quoted(&column.name), &column.bind))
     }
 
+    /// How a column the writes name binds.
+    fn bind(&self, index: usize) -> Result<&Bind, DbError> {
+        Ok(&self.written(index)?.bind)
+    }
+
+    fn written(&self, index: usize) -> Result<&WriteColumn, DbError> {
+        self.shape
+            .columns
+            .get(index)
+            .ok_or_else(|| DbError::Internal("a write names a column the shape lacks".into()))
+    }
+
     /// How the address column binds (there must be one).
-    fn address_bind(&self) -> Result<&'s Bind, DbError> {
+    fn address_bind(&self) -> Result<&Bind, DbError> {
         self.address
             .as_ref()
-            .map(|(_, bind)| *bind)
+            .map(|(_, bind)| bind)
             .ok_or_else(no_address_column)
     }
 
@@ -806,35 +884,41 @@ impl<'s> Table<'s> {
         while body.contains(&tag) {
             tag.insert(tag.len() - 1, '_');
         }
+        let mut text = Statement::default();
+        call(&mut text, &name, &request);
         Ok(Executor {
             ddl: format!(
                 "CREATE OR REPLACE FUNCTION {name}({arguments}) RETURNS SETOF record \
                  LANGUAGE plpgsql VOLATILE AS {tag}{body}{tag}"
             ),
             signature: format!("{name}({arguments})"),
-            call: format!("SELECT * FROM {name}("),
+            call: text.text()?,
+            name,
         })
     }
 
     /// Inserts a group of rows writing the same columns.
     fn insert(
         &self,
+        s: &mut Statement,
         columns: &[usize],
         rows: &[(&str, &[(usize, Value)])],
-    ) -> Result<Statement, DbError> {
-        let mut names = Vec::with_capacity(columns.len());
-        let mut values = Vec::with_capacity(columns.len());
-        for (i, &column) in columns.iter().enumerate() {
-            let (name, bind) = self.column(column)?;
-            names.push(name);
-            values.push(format!("cs_new.c{i}{}", cast(bind)?));
-        }
-        let mut s = Statement::new(&format!(
-            "INSERT INTO {} ({}) SELECT {} FROM unnest(",
-            self.name,
-            names.join(", "),
-            values.join(", ")
-        ));
+    ) -> Result<(), DbError> {
+        s.push_with(|| {
+            let mut names = Vec::with_capacity(columns.len());
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, &column) in columns.iter().enumerate() {
+                let (name, bind) = self.column(column)?;
+                names.push(name);
+                values.push(format!("cs_new.c{i}{}", cast(bind)?));
+            }
+            Ok(format!(
+                "INSERT INTO {} ({}) SELECT {} FROM unnest(",
+                self.name,
+                names.join(", "),
+                values.join(", ")
+            ))
+        })?;
         for (i, &column) in columns.iter().enumerate() {
             if i > 0 {
                 s.push(", ");
@@ -842,27 +926,31 @@ impl<'s> Table<'s> {
             s.bind(Param::NullableTexts(self.column_values(i, column, rows)?));
             s.push("::text[]");
         }
-        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
-        s.push(&format!(") AS cs_new({})", aliases.join(", ")));
-        Ok(s)
+        s.push_with(|| {
+            let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+            Ok(format!(") AS cs_new({})", aliases.join(", ")))
+        })
     }
 
     /// Updates a group of rows writing the same columns, by Clerk id.
     fn update(
         &self,
+        s: &mut Statement,
         columns: &[usize],
         rows: &[(&str, &[(usize, Value)])],
-    ) -> Result<Statement, DbError> {
-        let mut sets = Vec::with_capacity(columns.len());
-        for (i, &column) in columns.iter().enumerate() {
-            let (name, bind) = self.column(column)?;
-            sets.push(format!("{name} = cs_new.c{i}{}", cast(bind)?));
-        }
-        let mut s = Statement::new(&format!(
-            "UPDATE {} AS cs_row SET {} FROM unnest(",
-            self.name,
-            sets.join(", ")
-        ));
+    ) -> Result<(), DbError> {
+        s.push_with(|| {
+            let mut sets = Vec::with_capacity(columns.len());
+            for (i, &column) in columns.iter().enumerate() {
+                let (name, bind) = self.column(column)?;
+                sets.push(format!("{name} = cs_new.c{i}{}", cast(bind)?));
+            }
+            Ok(format!(
+                "UPDATE {} AS cs_row SET {} FROM unnest(",
+                self.name,
+                sets.join(", ")
+            ))
+        })?;
         s.bind(Param::Texts(
             rows.iter().map(|(id, _)| (*id).to_owned()).collect(),
         ));
@@ -872,13 +960,14 @@ impl<'s> Table<'s> {
             s.bind(Param::NullableTexts(self.column_values(i, column, rows)?));
             s.push("::text[]");
         }
-        let aliases: Vec<String> = (0..columns.len()).map(|i| format!(", c{i}")).collect();
-        s.push(&format!(
-            ") AS cs_new(id{}) WHERE cs_row.{} = cs_new.id",
-            aliases.concat(),
-            self.clerk_id
-        ));
-        Ok(s)
+        s.push_with(|| {
+            let aliases: Vec<String> = (0..columns.len()).map(|i| format!(", c{i}")).collect();
+            Ok(format!(
+                ") AS cs_new(id{}) WHERE cs_row.{} = cs_new.id",
+                aliases.concat(),
+                self.clerk_id
+            ))
+        })
     }
 
     /// The `i`th value of every row of a group (which writes `column` there), as text.
@@ -888,7 +977,7 @@ impl<'s> Table<'s> {
         column: usize,
         rows: &[(&str, &[(usize, Value)])],
     ) -> Result<Vec<Option<String>>, DbError> {
-        let (_, bind) = self.column(column)?;
+        let bind = self.bind(column)?;
         Ok(rows
             .iter()
             .map(|(_, values)| values.get(i).and_then(|(_, v)| text(v, bind)))
@@ -1019,9 +1108,9 @@ fn bind_users(s: &mut Statement, request: &Request) {
 }
 
 /// The bookkeeping rows written, as the seed port writes them.
-fn bookkeeping(writes: &Writes) -> Statement {
+fn bookkeeping(s: &mut Statement, writes: &Writes) {
     let b = &writes.bookkeeping;
-    let mut s = Statement::new(
+    s.push(
         "UPDATE clerk_sync.users s \
             SET version = n.version, digest = n.digest, email = n.email, \
                 role_from_webhook = n.role, \
@@ -1052,7 +1141,6 @@ fn bookkeeping(writes: &Writes) -> Statement {
         "::bool[]) AS n(user_id, version, digest, email, role, tombstone, attempted) \
          WHERE s.user_id = n.user_id",
     );
-    s
 }
 
 /// Each deleted user's `delete_pending`: whether its delete was refused.
@@ -1067,7 +1155,7 @@ fn pending(users: Vec<String>, done: Vec<String>) -> Statement {
 
 /// The deliveries recorded, each with its outcome, or its outcome-if-refused when its user's
 /// delete did not go through.
-fn record(writes: &Writes, done: &HashSet<String>) -> Statement {
+fn record(s: &mut Statement, writes: &Writes, done: &HashSet<String>) {
     let r = &writes.record;
     let outcome = |d: &Record| -> Outcome {
         match (d.if_refused, &d.user_id) {
@@ -1075,7 +1163,7 @@ fn record(writes: &Writes, done: &HashSet<String>) -> Statement {
             _ => d.outcome,
         }
     };
-    let mut s = Statement::new(
+    s.push(
         "INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome) \
          SELECT * FROM unnest(",
     );
@@ -1093,7 +1181,6 @@ fn record(writes: &Writes, done: &HashSet<String>) -> Statement {
         r.iter().map(|d| outcome(d).as_str().to_owned()).collect(),
     ));
     s.push("::text[]) ON CONFLICT (svix_id) DO NOTHING");
-    s
 }
 
 /// The cast of a value's text to a column's type.
@@ -1190,9 +1277,17 @@ enum Arg {
 /// SQL text with parameters between its pieces. Unlike `diesel::sql_query`, it leaves diesel
 /// free to cache its prepared statement (by its text and its parameters' types): built from
 /// identifiers and column lists only, its text is the same every time for the same writes.
+///
+/// Its text may come made (`Statement::with_text`, a statement built before with the same
+/// text): then only its parameters are bound, and text pushed is ignored — the builders make
+/// text through [`Statement::push_with`] so that such text is not even formatted.
+#[derive(Default)]
 struct Statement {
-    /// The text before each parameter, then after the last one (one more than `params`).
+    /// The text before each parameter, then after the last one (one more than `params`),
+    /// while it is being built.
     sql: Vec<String>,
+    /// The text, when it came made.
+    made: Option<Arc<[String]>>,
     /// The parameters, `$1`, `$2`, … in order.
     params: Vec<Param>,
     /// Which of the executor's arguments each parameter is, where it is one (see
@@ -1204,21 +1299,55 @@ impl Statement {
     fn new(sql: &str) -> Self {
         Self {
             sql: vec![sql.to_owned()],
-            params: Vec::new(),
-            args: Vec::new(),
+            ..Self::default()
+        }
+    }
+
+    /// The statement `build` makes.
+    fn build(
+        build: impl FnOnce(&mut Statement) -> Result<(), DbError>,
+    ) -> Result<Statement, DbError> {
+        let mut s = Statement::default();
+        build(&mut s)?;
+        Ok(s)
+    }
+
+    /// A statement whose text is `text` (made by an earlier statement's [`Self::text`]): its
+    /// builder only binds.
+    fn with_text(text: Arc<[String]>) -> Self {
+        Self {
+            made: Some(text),
+            ..Self::default()
         }
     }
 
     fn push(&mut self, sql: &str) {
-        if let Some(last) = self.sql.last_mut() {
-            last.push_str(sql);
+        if self.made.is_some() {
+            return;
+        }
+        match self.sql.last_mut() {
+            Some(last) => last.push_str(sql),
+            None => self.sql.push(sql.to_owned()),
         }
     }
 
+    /// Pushes the text `sql` makes, made only where the text did not come made.
+    fn push_with(&mut self, sql: impl FnOnce() -> Result<String, DbError>) -> Result<(), DbError> {
+        if self.made.is_none() {
+            self.push(&sql()?);
+        }
+        Ok(())
+    }
+
     fn bind(&mut self, param: Param) {
+        if self.made.is_none() {
+            if self.sql.is_empty() {
+                self.sql.push(String::new());
+            }
+            self.sql.push(String::new());
+        }
         self.params.push(param);
         self.args.push(None);
-        self.sql.push(String::new());
     }
 
     /// Binds `param`, which is the executor's argument `arg` when the statement runs in it.
@@ -1229,22 +1358,36 @@ impl Statement {
         }
     }
 
-    /// `other`'s text and parameters after this one's.
-    fn append(&mut self, other: Statement) {
-        let mut pieces = other.sql.into_iter();
-        if let Some(first) = pieces.next() {
-            self.push(&first);
+    /// The text's pieces: one before each parameter, then the rest.
+    fn pieces(&self) -> &[String] {
+        match &self.made {
+            Some(text) => text,
+            None => &self.sql,
         }
-        self.sql.extend(pieces);
-        self.params.extend(other.params);
-        self.args.extend(other.args);
+    }
+
+    /// The text, for [`Self::with_text`]; an error where the parameters bound do not fit it
+    /// (a builder whose text depends on more than what its cache is keyed by: a bug).
+    fn text(&mut self) -> Result<Arc<[String]>, DbError> {
+        if self.made.is_none() {
+            if self.sql.is_empty() {
+                self.sql.push(String::new());
+            }
+            self.made = Some(std::mem::take(&mut self.sql).into());
+        }
+        match &self.made {
+            Some(text) if text.len() == self.params.len() + 1 => Ok(text.clone()),
+            _ => Err(DbError::Internal(
+                "a statement's parameters do not fit its text".into(),
+            )),
+        }
     }
 
     /// The text as a statement of the executor's body: each parameter its argument by
     /// position (`$n` there names the function's argument, and no column can shadow it).
     fn in_executor(&self) -> Result<String, DbError> {
         let mut text = String::new();
-        for (i, sql) in self.sql.iter().enumerate() {
+        for (i, sql) in self.pieces().iter().enumerate() {
             text.push_str(sql);
             if i < self.params.len() {
                 let arg = self.args.get(i).copied().flatten().ok_or_else(|| {
@@ -1261,7 +1404,7 @@ impl Statement {
 
 impl QueryFragment<PgBackend> for Statement {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, PgBackend>) -> diesel::QueryResult<()> {
-        for (i, sql) in self.sql.iter().enumerate() {
+        for (i, sql) in self.pieces().iter().enumerate() {
             out.push_sql(sql);
             match self.params.get(i) {
                 Some(Param::Text(v)) => out.push_bind_param::<Nullable<Text>, _>(v)?,
@@ -1358,7 +1501,7 @@ const READ_ROW: &str = "recorded bool, id text, kept bool, version int8, digest 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::table::WriteColumn;
+    use crate::db::port::{BookkeepingWrite, RowWrite};
     use chrono::{TimeZone, Utc};
 
     fn shape() -> WriteShape {
@@ -1400,15 +1543,16 @@ mod tests {
     #[test]
     fn a_statement_is_cached_by_its_text_which_is_the_same_whatever_the_rows() {
         let shape = shape();
-        let table = Table::new(&shape).expect("test value");
+        let table = Table::new(Arc::new(shape)).expect("test value");
         let one = vec![(1, Value::Text("a@x.test".into()))];
         let two = vec![(1, Value::Text("b@x.test".into()))];
         let (one, two) = (one.as_slice(), two.as_slice());
 
-        let single = table.insert(&[1], &[("user_a", one)]).expect("test value");
-        let double = table
-            .insert(&[1], &[("user_a", one), ("user_b", two)])
-            .expect("test value");
+        let single =
+            Statement::build(|s| table.insert(s, &[1], &[("user_a", one)])).expect("test value");
+        let double =
+            Statement::build(|s| table.insert(s, &[1], &[("user_a", one), ("user_b", two)]))
+                .expect("test value");
 
         assert!(safe_to_cache(&single));
         assert_eq!(sql(&single), sql(&double));
@@ -1416,6 +1560,97 @@ mod tests {
             sql(&single),
             "INSERT INTO \"User\" (\"email\") SELECT cs_new.c0 FROM unnest($1::text[]) AS cs_new(c0)"
         );
+    }
+
+    fn one_write(user: &str, email: &str, exists: bool) -> (Writes, Vec<(usize, Value)>) {
+        let at = Utc
+            .timestamp_millis_opt(1_714_564_800_123)
+            .single()
+            .expect("test value");
+        let writes = Writes {
+            bookkeeping: vec![BookkeepingWrite {
+                user_id: user.into(),
+                version: 7,
+                digest: "d".into(),
+                email: Some(email.into()),
+                role_from_webhook: false,
+                tombstone: false,
+                attempted: false,
+            }],
+            rows: vec![RowWrite {
+                id: user.into(),
+                name: None,
+                address: email.into(),
+                role: None,
+                exists,
+                created_at: at,
+                updated_at: at,
+                digest: "d".into(),
+            }],
+            record: vec![Record {
+                svix_id: format!("msg_{user}"),
+                event_type: "user.updated".into(),
+                user_id: Some(user.into()),
+                outcome: Outcome::Applied,
+                if_refused: None,
+            }],
+            ..Writes::default()
+        };
+        let values = vec![
+            (0, Value::Text(user.into())),
+            (1, Value::Text(email.into())),
+        ];
+        (writes, values)
+    }
+
+    /// The one-statement write of `writes`, its one row writing `values`.
+    fn together_of(table: &Table, writes: &Writes, values: &[(usize, Value)]) -> Statement {
+        let row = [(writes.rows[0].id.as_str(), values)];
+        let (inserts, updates) = if writes.rows[0].exists {
+            (Vec::new(), groups(&row))
+        } else {
+            (groups(&row), Vec::new())
+        };
+        together(table, writes, &inserts, &updates).expect("test value")
+    }
+
+    #[test]
+    fn a_write_made_from_its_kept_text_binds_what_one_made_anew_binds() {
+        let kept = Table::new(Arc::new(shape())).expect("test value");
+        let mut texts = Vec::new();
+        for (user, email, exists) in [
+            ("user_a", "a@x.test", false),
+            ("user_b", "b@x.test", false),
+            ("user_a", "c@x.test", true),
+            ("user_b", "d@x.test", true),
+        ] {
+            let (writes, values) = one_write(user, email, exists);
+            let anew = Table::new(Arc::new(shape())).expect("test value");
+
+            let from_kept = together_of(&kept, &writes, &values);
+            let made = together_of(&anew, &writes, &values);
+
+            texts.extend(from_kept.made.clone());
+            assert_eq!(
+                diesel::debug_query::<PgBackend, _>(&from_kept).to_string(),
+                diesel::debug_query::<PgBackend, _>(&made).to_string()
+            );
+            assert!(diesel::debug_query::<PgBackend, _>(&made)
+                .to_string()
+                .contains(email));
+        }
+        // One text for inserts, one for updates, each made once.
+        assert_eq!(kept.texts.lock().map(|t| t.len()).ok(), Some(2));
+        assert!(Arc::ptr_eq(&texts[0], &texts[1]) && Arc::ptr_eq(&texts[2], &texts[3]));
+        assert!(!Arc::ptr_eq(&texts[0], &texts[2]));
+    }
+
+    #[test]
+    fn a_kept_text_that_does_not_fit_its_parameters_is_refused() {
+        let mut s = Statement::with_text(Arc::from(vec!["SELECT ".to_owned()]));
+        s.bind(Param::BigInt(1));
+
+        assert!(matches!(s.text(), Err(DbError::Internal(_))));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Pg {
     pub(super) shape: super::Shape,
     /// The mapped table's executor, once [`Pg::prepare_mapped`] found or made it.
     pub(super) executor: std::sync::Arc<std::sync::OnceLock<super::pg_mapped::Executor>>,
+    /// The mapped table as its statements name it, once made.
+    pub(super) table: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<super::pg_mapped::Table>>>,
     /// [`Pg::preferred_batch`], once read from the server.
     preferred: std::sync::Arc<tokio::sync::OnceCell<usize>>,
     /// The port's write statements prepared on pool connections (see `super::pg_port`).
@@ -383,6 +385,7 @@ impl Pg {
             extension: Default::default(),
             shape: Default::default(),
             executor: Default::default(),
+            table: Default::default(),
             preferred: Default::default(),
             prepared: Default::default(),
         })
