@@ -96,6 +96,7 @@ on_postgres!(
     the_users_bookkeeping_rows_are_locked_for_update,
     every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error,
     a_plan_without_its_column_values_is_an_internal_error_and_writes_nothing,
+    statements_planned_on_empty_tables_reach_them_by_key_once_they_have_grown,
 );
 
 #[derive(Debug, Clone, Copy)]
@@ -213,6 +214,36 @@ async fn open(db: &TestDb, shape: WriteShape, executor: bool) -> Database {
     let used = database.prepare_mapped(executor).await.expect("executor");
     assert_eq!(used, executor, "the executor in use");
     database
+}
+
+/// A lone delivery's writes for `user`: its bookkeeping, its row (inserted or updated) and
+/// its record, as one statement.
+fn lone_write(user: &str, version: i64, exists: bool) -> Writes {
+    let email = format!("{user}@x.test");
+    let values = vec![
+        (1, text(user)),
+        (2, text(&email)),
+        (7, Value::Timestamp(at(version))),
+    ];
+    let row = if exists {
+        update(values)
+    } else {
+        let mut values = values;
+        values.push((0, text(&format!("c{user}"))));
+        insert(values)
+    };
+    Writes {
+        bookkeeping: vec![keep(user, version, Some(&email))],
+        rows: vec![row_write(user, exists)],
+        record: vec![record(
+            &format!("msg_{user}_{version}"),
+            user,
+            Outcome::Applied,
+            None,
+        )],
+        mapped: mapped(vec![row]),
+        ..Writes::default()
+    }
 }
 
 /// One unit of work writing `writes` whatever it reads; answers what it read.
@@ -1141,4 +1172,109 @@ async fn a_plan_without_its_column_values_is_an_internal_error_and_writes_nothin
         assert!(matches!(result, Err(DbError::Internal(_))), "{result:?}");
         assert!(bookkeeping(&db).await.is_empty());
     }
+}
+
+async fn statements_planned_on_empty_tables_reach_them_by_key_once_they_have_grown(on: On) {
+    // Arrange: one connection, whose statements (each planned once, on its first run, and
+    // kept) are first run while the tables are empty; then the tables grow, unanalyzed
+    let db = TestDb::empty(on.backend).await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(Fixture::Cuid.ddl());
+    db.exec(&std::fs::read_to_string(path).expect("fixture DDL"))
+        .await;
+    let mut url = DatabaseUrl::parse(&db.url).expect("url");
+    if let Some(direct) = &db.direct {
+        url = url
+            .with_direct(DatabaseUrl::parse(direct).expect("direct url"))
+            .expect("direct url");
+    }
+    let one = PoolOptions {
+        max_connections: 1,
+        ..PoolOptions::default()
+    };
+    let database = Database::open(&url, one).expect("open");
+    database.migrate_own().await.expect("migrate");
+    database.use_shape(Fixture::Cuid.shape()).expect("shape");
+    assert_eq!(
+        database
+            .prepare_mapped(on.executor)
+            .await
+            .expect("executor"),
+        on.executor
+    );
+    db.exec(
+        "ALTER TABLE \"User\" SET (autovacuum_enabled = false); \
+         ALTER TABLE clerk_sync.users SET (autovacuum_enabled = false)",
+    )
+    .await;
+    for (user, version, exists) in [("user_a", 1, false), ("user_a", 2, true)] {
+        run(
+            &database,
+            request(&[user], &[], &[]),
+            lone_write(user, version, exists),
+        )
+        .await
+        .expect("write while empty");
+    }
+    db.exec(
+        "INSERT INTO \"User\" (id, \"clerkId\", email, \"updatedAt\") \
+           SELECT 'c' || g, 'user_' || g, g || '@x.test', now() FROM generate_series(1, 20000) g; \
+         INSERT INTO clerk_sync.users (user_id, version, digest, email) \
+           SELECT 'user_' || g, 1, 'd', g || '@x.test' FROM generate_series(1, 20000) g",
+    )
+    .await;
+
+    // Act: a new user, then an update, on the grown tables
+    for (user, version, exists) in [
+        ("user_b", 1, false),
+        ("user_b", 2, true),
+        ("user_7", 2, true),
+    ] {
+        run(
+            &database,
+            request(&[user], &[], &[]),
+            lone_write(user, version, exists),
+        )
+        .await
+        .expect("write once grown");
+    }
+
+    // Assert: no statement read either table whole (the connection's counts are flushed as
+    // it ends)
+    drop(database);
+    let mut ended = false;
+    for _ in 0..100 {
+        let others = rows(
+            &db,
+            "SELECT pid FROM pg_stat_activity \
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
+        if others.is_empty() {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ended, "the pool's connection did not end");
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT relname, COALESCE(seq_tup_read, 0) < 20000 AS by_key FROM pg_stat_all_tables \
+              WHERE relid IN ('\"User\"'::regclass, 'clerk_sync.users'::regclass) \
+              ORDER BY relname"
+        )
+        .await,
+        [
+            json!({"relname": "User", "by_key": true}),
+            json!({"relname": "users", "by_key": true}),
+        ]
+    );
+    assert_eq!(
+        rows(&db, "SELECT \"clerkId\", email FROM \"User\" WHERE \"clerkId\" IN ('user_a', 'user_b', 'user_7') ORDER BY 1").await,
+        [
+            json!({"clerkId": "user_7", "email": "user_7@x.test"}),
+            json!({"clerkId": "user_a", "email": "user_a@x.test"}),
+            json!({"clerkId": "user_b", "email": "user_b@x.test"}),
+        ]
+    );
 }

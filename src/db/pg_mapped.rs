@@ -72,11 +72,7 @@ impl Pg {
             // turn, each its own snapshot after the locks before it. A statement not yet
             // prepared on this connection holds diesel-async's statement cache while it is
             // prepared, so the ones after it wait and still run after it.
-            // One generic plan per statement: see `Table::read`.
-            let begin_sql = format!(
-                "{}; SET LOCAL plan_cache_mode = force_generic_plan",
-                self.begin_sql()
-            );
+            let begin_sql = format!("{}; {PLANS}", self.begin_sql());
             let begin = begin_on.batch_execute(&begin_sql);
             if let Some(executor) = self.executor.get() {
                 let read = executor.call(&request).load::<ReadRow>(&mut read_on);
@@ -201,6 +197,17 @@ impl Pg {
         Ok(table)
     }
 }
+
+/// How the statements of a unit of work on a mapped table are planned, set for its
+/// transaction: one generic plan per statement and connection (a custom plan would be
+/// planned anew on every call), reaching every table by its keys. That plan is made once, the
+/// first time a connection runs the statement, often while the tables are still small
+/// (a table never analyzed counts as ten pages), and kept until the table is next analyzed:
+/// a plan free to choose would read a small table whole, or hash it, and go on doing so as
+/// it grows. (The statements reach each table by key besides, see [`Table::read`].)
+const PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; \
+                     SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+                     SET LOCAL enable_mergejoin = off";
 
 /// The snapshot from what the lock and the read answered.
 fn snapshot(made: Vec<Name>, addresses: Vec<String>, read: Vec<ReadRow>) -> Snapshot {
