@@ -437,6 +437,37 @@ impl DeletedObject {
     }
 }
 
+/// What a user object must hold to be applied at all: its id, times and primary address.
+type Checked = (
+    ClerkUserId,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<EmailAddress>,
+);
+
+impl UserObject {
+    /// The fields whose absence or invalidity refuses the object; see [`Checked`].
+    fn checked(&self) -> Result<Checked, EventError> {
+        let id = ClerkUserId::parse(
+            self.id
+                .as_deref()
+                .ok_or(EventError::MissingField("data.id"))?,
+        )?;
+        let created_at = timestamp(self.created_at, "data.created_at")?;
+        let updated_at = timestamp(self.updated_at, "data.updated_at")?;
+        let email = match (&self.primary_email_address_id, &self.email_addresses) {
+            (Some(primary), Some(addresses)) => addresses
+                .iter()
+                .find(|a| a.id.as_deref() == Some(primary.as_str()))
+                .and_then(|a| a.email_address.as_deref())
+                .map(EmailAddress::parse)
+                .transpose()?,
+            _ => None,
+        };
+        Ok((id, created_at, updated_at, email))
+    }
+}
+
 fn timestamp(ms: Option<i64>, field: &'static str) -> Result<DateTime<Utc>, EventError> {
     let ms = ms.ok_or(EventError::MissingField(field))?;
     // Year 10000 and later cannot be written in Prisma's date format.
@@ -474,27 +505,20 @@ fn display_name(first: Option<&str>, last: Option<&str>, username: Option<&str>)
 
 impl UserObject {
     pub(super) fn into_change(self) -> Result<UserChange, EventError> {
-        let id = ClerkUserId::parse(
-            self.id
-                .as_deref()
-                .ok_or(EventError::MissingField("data.id"))?,
-        )?;
-        let created_at = timestamp(self.created_at, "data.created_at")?;
-        let updated_at = timestamp(self.updated_at, "data.updated_at")?;
+        self.into_change_or_id().map_err(|(error, _)| error)
+    }
+
+    /// [`Self::into_change`]; on failure, with the `id` the object names, if any.
+    pub(super) fn into_change_or_id(self) -> Result<UserChange, (EventError, Option<String>)> {
+        let (id, created_at, updated_at, email) = match self.checked() {
+            Ok(checked) => checked,
+            Err(error) => return Err((error, self.id)),
+        };
         let name = display_name(
             self.first_name.as_deref(),
             self.last_name.as_deref(),
             self.username.as_deref(),
         );
-        let email = match (&self.primary_email_address_id, &self.email_addresses) {
-            (Some(primary), Some(addresses)) => addresses
-                .iter()
-                .find(|a| a.id.as_deref() == Some(primary.as_str()))
-                .and_then(|a| a.email_address.as_deref())
-                .map(EmailAddress::parse)
-                .transpose()?,
-            _ => None,
-        };
         // The reserved .invalid domain holds clerk-sync's placeholders and no real mailbox:
         // such an address is no email at all (and can never collide with a placeholder).
         let email = email.filter(|e| !e.is_reserved());
