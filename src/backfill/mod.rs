@@ -167,9 +167,15 @@ enum Fetched {
 
 /// The delivery id of one version of one user: re-applying it is a duplicate.
 fn message_id(change_id: &ClerkUserId, version: i64, digest: &str) -> Result<MessageId, String> {
-    let short: String = digest.chars().take(16).collect();
-    MessageId::parse(&format!("backfill:{change_id}:{version}:{short}"))
-        .map_err(|e| format!("{change_id}: {e}"))
+    // One allocation for the id: this runs for every user a backfill reads.
+    let short = digest
+        .char_indices()
+        .nth(16)
+        .and_then(|(end, _)| digest.get(..end))
+        .unwrap_or(digest);
+    let version = version.to_string();
+    let id = ["backfill:", change_id.as_str(), ":", &version, ":", short].concat();
+    MessageId::parse(&id).map_err(|e| format!("{change_id}: {e}"))
 }
 
 fn prepare(users: Vec<ApiUser>) -> Result<Page, String> {

@@ -1,5 +1,6 @@
 //! The user fields clerk-sync writes, derived from Clerk's user object.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -478,29 +479,43 @@ fn timestamp(ms: Option<i64>, field: &'static str) -> Result<DateTime<Utc>, Even
     DateTime::from_timestamp_millis(ms).ok_or(EventError::OutOfRange(field))
 }
 
+/// A part of a name without control characters, trimmed; borrowed unless it holds a control
+/// character (rare), as names are read for every user.
+fn clean_name_part(part: Option<&str>) -> Cow<'_, str> {
+    let part = part.unwrap_or("");
+    if part.chars().any(char::is_control) {
+        Cow::Owned(
+            part.chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .trim()
+                .to_owned(),
+        )
+    } else {
+        Cow::Borrowed(part.trim())
+    }
+}
+
 /// The name rule: `first last` trimmed, else `username`, else none; cut to 255 characters.
 /// Control characters (NUL above all, which PostgreSQL cannot store) are dropped first, so
 /// that both backends store the same name and no delivery fails for ever on one.
 fn display_name(first: Option<&str>, last: Option<&str>, username: Option<&str>) -> Option<String> {
-    let clean = |part: Option<&str>| -> String {
-        part.unwrap_or("")
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect::<String>()
-            .trim()
-            .to_owned()
-    };
-    let full = format!("{} {}", clean(first), clean(last));
-    let full = full.trim();
-    let chosen = if full.is_empty() {
-        clean(username)
-    } else {
-        full.to_owned()
+    // Both parts are trimmed: `first last` needs no trimming of its own.
+    let mut chosen = match (clean_name_part(first), clean_name_part(last)) {
+        (first, last) if first.is_empty() && last.is_empty() => {
+            clean_name_part(username).into_owned()
+        }
+        (first, last) if last.is_empty() => first.into_owned(),
+        (first, last) if first.is_empty() => last.into_owned(),
+        (first, last) => [first.as_ref(), last.as_ref()].join(" "),
     };
     if chosen.is_empty() {
         return None;
     }
-    Some(chosen.chars().take(COLUMN_WIDTH).collect())
+    if let Some((cut, _)) = chosen.char_indices().nth(COLUMN_WIDTH) {
+        chosen.truncate(cut);
+    }
+    Some(chosen)
 }
 
 impl UserObject {
