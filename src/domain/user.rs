@@ -71,8 +71,12 @@ impl EmailAddress {
 
     /// Under the reserved `.invalid` top-level domain (RFC 2606), where no mailbox exists.
     pub fn is_reserved(&self) -> bool {
-        let lower = self.0.trim_end_matches('.').to_ascii_lowercase();
-        lower.ends_with(".invalid")
+        // Compared in place, without lowering a copy: this runs for every address read.
+        let name = self.0.trim_end_matches('.').as_bytes();
+        name.len()
+            .checked_sub(".invalid".len())
+            .and_then(|start| name.get(start..))
+            .is_some_and(|tld| tld.eq_ignore_ascii_case(b".invalid"))
     }
 }
 
@@ -771,6 +775,27 @@ mod tests {
         let shown = format!("{change:?} {:?}", change.profile);
         for private in ["Ada", "Lovelace", "+1555", "s3cr3t"] {
             assert!(!shown.contains(private), "{shown}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reserved_addresses_are_told_in_any_case_and_with_trailing_dots() -> Result<(), EventError> {
+        for (address, reserved) in [
+            ("a@host.invalid", true),
+            ("a@host.INVALID", true),
+            ("a@host.Invalid..", true),
+            ("a@.invalid", true),
+            ("a@invalid", false),
+            ("a@host.invalidx", false),
+            ("a@host.ınvalid", false),
+            ("a@example.com", false),
+        ] {
+            assert_eq!(
+                EmailAddress::parse(address)?.is_reserved(),
+                reserved,
+                "{address}"
+            );
         }
         Ok(())
     }
