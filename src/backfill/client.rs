@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::domain::{ApiUser, Event};
+
 /// Clerk's secret key (`sk_test_…`, `sk_live_…`). Never printed: `Debug` redacts it.
 #[derive(Clone)]
 pub struct SecretKey(String);
@@ -240,12 +242,12 @@ impl Client {
     }
 
     /// One page of users in creation order, after the user `after` (from the start when none).
-    /// Each element is a user object exactly as Clerk sent it.
+    /// Each element is a user object as [`Event::from_api_user_or_id`] reads it.
     pub async fn list_users(
         &self,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Box<RawValue>>, ApiError> {
+    ) -> Result<Vec<ApiUser>, ApiError> {
         // Clerk answers 10 users, not an error, to a limit above 500.
         let limit = limit.clamp(1, 500).to_string();
         let mut query = vec![("limit", limit.as_str()), ("order_by", "created_at")];
@@ -257,10 +259,20 @@ impl Client {
             None => "the first users".to_owned(),
         };
         let body = self.get("/users", &query, &what).await?;
-        serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            what,
-            reason: format!("expected a JSON array of users: {e}"),
-        })
+        // One pass over the page, when every user in it parses; else user by user, so that
+        // one user that does not parse fails alone.
+        if let Some(users) = Event::from_api_users(&body) {
+            return Ok(users);
+        }
+        let users: Vec<Box<RawValue>> =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
+                what,
+                reason: format!("expected a JSON array of users: {e}"),
+            })?;
+        Ok(users
+            .iter()
+            .map(|raw| Event::from_api_user_or_id(raw.get()))
+            .collect())
     }
 
     /// How many users the instance has now (for progress only: it moves during a walk).

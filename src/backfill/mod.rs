@@ -32,10 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Deserialize;
 
 use crate::db::{Database, DbError, Walk, WalkCounts};
-use crate::domain::{ClerkUserId, Event, MessageId};
+use crate::domain::{ApiUser, ClerkUserId, Event, MessageId};
 use crate::sync::{Dedup, Outcome, SyncOptions, WhenUnavailable};
 use client::{ApiError, Client};
 
@@ -166,19 +165,20 @@ enum Fetched {
     Failed(ApiError),
 }
 
-#[derive(Deserialize)]
-struct IdOnly {
-    id: Option<String>,
-}
-
 /// The delivery id of one version of one user: re-applying it is a duplicate.
 fn message_id(change_id: &ClerkUserId, version: i64, digest: &str) -> Result<MessageId, String> {
-    let short: String = digest.chars().take(16).collect();
-    MessageId::parse(&format!("backfill:{change_id}:{version}:{short}"))
-        .map_err(|e| format!("{change_id}: {e}"))
+    // One allocation for the id: this runs for every user a backfill reads.
+    let short = digest
+        .char_indices()
+        .nth(16)
+        .and_then(|(end, _)| digest.get(..end))
+        .unwrap_or(digest);
+    let version = version.to_string();
+    let id = ["backfill:", change_id.as_str(), ":", &version, ":", short].concat();
+    MessageId::parse(&id).map_err(|e| format!("{change_id}: {e}"))
 }
 
-fn prepare(users: Vec<Box<serde_json::value::RawValue>>) -> Result<Page, String> {
+fn prepare(users: Vec<ApiUser>) -> Result<Page, String> {
     let mut page = Page {
         pages: 1,
         items: Vec::with_capacity(users.len()),
@@ -186,10 +186,9 @@ fn prepare(users: Vec<Box<serde_json::value::RawValue>>) -> Result<Page, String>
         last_id: String::new(),
         errors: Vec::new(),
     };
-    for (index, raw) in users.iter().enumerate() {
-        // Parsed once; a user that cannot be applied is parsed again for its id alone,
-        // which `--prune` must still count as seen.
-        let (id, parsed) = match Event::from_api_user(raw.get()) {
+    for (index, user) in users.into_iter().enumerate() {
+        // A user that cannot be applied still has its id counted as seen by `--prune`.
+        let (id, parsed) = match user {
             Ok(event) => match event.user_id() {
                 Some(id) => (id.as_str().to_owned(), Ok(event)),
                 None => {
@@ -198,11 +197,8 @@ fn prepare(users: Vec<Box<serde_json::value::RawValue>>) -> Result<Page, String>
                     continue;
                 }
             },
-            Err(e) => {
-                let id = serde_json::from_str::<IdOnly>(raw.get())
-                    .ok()
-                    .and_then(|o| o.id)
-                    .filter(|id| ClerkUserId::parse(id).is_ok());
+            Err((e, id)) => {
+                let id = id.filter(|id| ClerkUserId::parse(id).is_ok());
                 let Some(id) = id else {
                     page.errors
                         .push(format!("user #{index} of a page has no valid id: skipped"));
@@ -768,8 +764,9 @@ async fn prune(
 mod tests {
     use super::*;
 
-    fn raw(json: &str) -> Box<serde_json::value::RawValue> {
-        serde_json::value::RawValue::from_string(json.to_owned()).expect("json")
+    /// One user object read on its own, as a page that does not parse in one pass is read.
+    fn raw(json: &str) -> ApiUser {
+        Event::from_api_user_or_id(json)
     }
 
     const USER: &str = r#"{"id":"user_1","created_at":1,"updated_at":2,"first_name":"Ada",
@@ -796,6 +793,23 @@ mod tests {
         assert_eq!(page.ids, ["user_1", "user_2"]);
         assert_eq!(page.last_id, "user_2");
         assert_eq!(page.errors.len(), 2);
+    }
+
+    #[test]
+    fn a_page_read_in_one_pass_is_read_as_its_users_one_by_one() {
+        let nameless = r#"{"id":"user_3","created_at":5,"updated_at":6,"unsafe_metadata":{"a":[1]},
+            "primary_phone_number_id":"idn_p","phone_numbers":[{"id":"idn_p","phone_number":"+1"}]}"#;
+        let invalid = r#"{"id":"user_4","created_at":1,"updated_at":-2}"#;
+        let users = [USER, nameless, invalid, r#"{"id":"nobody"}"#];
+        let page = format!("[{}]", users.join(",\n"));
+        let one_pass = Event::from_api_users(page.as_bytes()).expect("one pass");
+        let one_by_one: Vec<ApiUser> = users.iter().map(|u| raw(u)).collect();
+        assert_eq!(one_pass, one_by_one);
+        // A user that does not parse at all leaves the page to be read user by user.
+        let bad = format!("[{USER},{}]", r#"{"id":"user_2","created_at":"yesterday"}"#);
+        assert_eq!(Event::from_api_users(bad.as_bytes()), None);
+        assert_eq!(Event::from_api_users(b"[{\"id\":\"user_\xff\"}]"), None);
+        assert_eq!(Event::from_api_users(b"{}"), None);
     }
 
     #[test]

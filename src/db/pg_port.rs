@@ -24,6 +24,7 @@ use serde::Deserialize;
 use super::port::{Deleted, Request, Snapshot, StoredRow, Writes};
 use super::postgres::Pg;
 use super::DbError;
+use crate::domain::Role;
 
 #[expect(
     clippy::too_many_arguments,
@@ -155,13 +156,13 @@ macro_rules! read_query {
         let request: &Request = $request;
         let i = &request.initial;
         diesel::select(functions::lock_and_read(
-            request.users.clone(),
+            &request.users,
             i.iter().map(|b| b.version).collect::<Vec<_>>(),
-            i.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(),
-            i.iter().map(|b| b.email.clone()).collect::<Vec<_>>(),
+            i.iter().map(|b| b.digest.as_str()).collect::<Vec<_>>(),
+            i.iter().map(|b| b.email.as_deref()).collect::<Vec<_>>(),
             i.iter().map(|b| b.role_from_webhook).collect::<Vec<_>>(),
-            request.claims.clone(),
-            request.ids.clone(),
+            &request.claims,
+            &request.ids,
         ))
     }};
 }
@@ -245,34 +246,40 @@ macro_rules! write_query {
         let writes: &Writes = $writes;
         let (b, r, d) = (&writes.bookkeeping, &writes.rows, &writes.record);
         diesel::select(functions::write_plan(
-            b.iter().map(|b| b.user_id.clone()).collect::<Vec<_>>(),
+            b.iter().map(|b| b.user_id.as_str()).collect::<Vec<_>>(),
             b.iter().map(|b| b.version).collect::<Vec<_>>(),
-            b.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(),
-            b.iter().map(|b| b.email.clone()).collect::<Vec<_>>(),
+            b.iter().map(|b| b.digest.as_str()).collect::<Vec<_>>(),
+            b.iter().map(|b| b.email.as_deref()).collect::<Vec<_>>(),
             b.iter().map(|b| b.role_from_webhook).collect::<Vec<_>>(),
             b.iter().map(|b| b.tombstone).collect::<Vec<_>>(),
             b.iter().map(|b| b.attempted).collect::<Vec<_>>(),
-            writes.vacate.clone(),
-            r.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
-            r.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-            r.iter().map(|r| r.address.clone()).collect::<Vec<_>>(),
+            &writes.vacate,
+            r.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            r.iter().map(|r| r.name.as_deref()).collect::<Vec<_>>(),
+            r.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
             r.iter()
-                .map(|r| r.role.map(|role| role.as_db().to_owned()))
+                .map(|r| r.role.map(Role::as_db))
                 .collect::<Vec<_>>(),
             r.iter().map(|r| naive(r.created_at)).collect::<Vec<_>>(),
             r.iter().map(|r| naive(r.updated_at)).collect::<Vec<_>>(),
             r.iter().map(|r| !r.exists).collect::<Vec<_>>(),
-            writes.moves.iter().map(|m| m.0.clone()).collect::<Vec<_>>(),
-            writes.moves.iter().map(|m| m.1.clone()).collect::<Vec<_>>(),
-            writes.deletes.clone(),
-            d.iter().map(|d| d.svix_id.clone()).collect::<Vec<_>>(),
-            d.iter().map(|d| d.event_type.clone()).collect::<Vec<_>>(),
-            d.iter().map(|d| d.user_id.clone()).collect::<Vec<_>>(),
-            d.iter()
-                .map(|d| d.outcome.as_str().to_owned())
+            writes
+                .moves
+                .iter()
+                .map(|m| m.0.as_str())
                 .collect::<Vec<_>>(),
+            writes
+                .moves
+                .iter()
+                .map(|m| m.1.as_str())
+                .collect::<Vec<_>>(),
+            &writes.deletes,
+            d.iter().map(|d| d.svix_id.as_str()).collect::<Vec<_>>(),
+            d.iter().map(|d| d.event_type.as_str()).collect::<Vec<_>>(),
+            d.iter().map(|d| d.user_id.as_deref()).collect::<Vec<_>>(),
+            d.iter().map(|d| d.outcome.as_str()).collect::<Vec<_>>(),
             d.iter()
-                .map(|d| d.if_refused.map(|o| o.as_str().to_owned()))
+                .map(|d| d.if_refused.map(|o| o.as_str()))
                 .collect::<Vec<_>>(),
         ))
     }};

@@ -59,6 +59,16 @@ struct Envelope<'a> {
     data: Option<&'a serde_json::value::RawValue>,
 }
 
+/// One user object of Clerk's users list, as the `user.updated` that would carry it; or why
+/// it cannot be applied, with the `id` it names (a string), if any.
+pub type ApiUser = Result<Event, (EventError, Option<String>)>;
+
+/// The `id` alone of an object that cannot be read as a user.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<String>,
+}
+
 /// Longest event type recorded; Clerk's are short (`organizationMembership.created`).
 const MAX_TYPE_LEN: usize = 100;
 
@@ -113,6 +123,40 @@ impl Event {
             change: user.into_change()?,
             event_type: "user.updated".to_owned(),
         })
+    }
+
+    /// [`Self::from_api_user`]; on failure, with the `id` the object names (a string), if
+    /// any.
+    pub fn from_api_user_or_id(object: &str) -> ApiUser {
+        Self::from_api_user(object).map_err(|error| {
+            let id = serde_json::from_str::<IdOnly>(object)
+                .ok()
+                .and_then(|o| o.id);
+            (error, id)
+        })
+    }
+
+    /// A page of the Backend API's users list (a JSON array of user objects), each user as
+    /// [`Self::from_api_user_or_id`] reads it, in one pass over the page. None when the page
+    /// is not UTF-8 or not an array of objects of the user object's shape: one user that does
+    /// not parse stops the pass, and the caller then reads each user on its own, to tell which
+    /// ones fail and why.
+    pub fn from_api_users(page: &[u8]) -> Option<Vec<ApiUser>> {
+        // Reading the page as text first keeps what it accepts to what the one-by-one reading
+        // accepts: that one checks every byte of each user object, including fields skipped.
+        let text = std::str::from_utf8(page).ok()?;
+        let users: Vec<UserObject> = serde_json::from_str(text).ok()?;
+        Some(
+            users
+                .into_iter()
+                .map(|user| {
+                    Ok(Event::Upsert {
+                        change: user.into_change_or_id()?,
+                        event_type: "user.updated".to_owned(),
+                    })
+                })
+                .collect(),
+        )
     }
 
     /// The event type as sent.

@@ -12,7 +12,7 @@ pub mod table;
 mod user;
 mod value;
 
-pub use event::{Event, EventError};
+pub use event::{ApiUser, Event, EventError};
 pub use outcome::Outcome;
 pub use user::{ClerkUserId, EmailAddress, Role, UserChange, UserProfile};
 pub use value::Value;

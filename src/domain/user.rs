@@ -1,5 +1,6 @@
 //! The user fields clerk-sync writes, derived from Clerk's user object.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -70,8 +71,12 @@ impl EmailAddress {
 
     /// Under the reserved `.invalid` top-level domain (RFC 2606), where no mailbox exists.
     pub fn is_reserved(&self) -> bool {
-        let lower = self.0.trim_end_matches('.').to_ascii_lowercase();
-        lower.ends_with(".invalid")
+        // Compared in place, without lowering a copy: this runs for every address read.
+        let name = self.0.trim_end_matches('.').as_bytes();
+        name.len()
+            .checked_sub(".invalid".len())
+            .and_then(|start| name.get(start..))
+            .is_some_and(|tld| tld.eq_ignore_ascii_case(b".invalid"))
     }
 }
 
@@ -437,6 +442,37 @@ impl DeletedObject {
     }
 }
 
+/// What a user object must hold to be applied at all: its id, times and primary address.
+type Checked = (
+    ClerkUserId,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<EmailAddress>,
+);
+
+impl UserObject {
+    /// The fields whose absence or invalidity refuses the object; see [`Checked`].
+    fn checked(&self) -> Result<Checked, EventError> {
+        let id = ClerkUserId::parse(
+            self.id
+                .as_deref()
+                .ok_or(EventError::MissingField("data.id"))?,
+        )?;
+        let created_at = timestamp(self.created_at, "data.created_at")?;
+        let updated_at = timestamp(self.updated_at, "data.updated_at")?;
+        let email = match (&self.primary_email_address_id, &self.email_addresses) {
+            (Some(primary), Some(addresses)) => addresses
+                .iter()
+                .find(|a| a.id.as_deref() == Some(primary.as_str()))
+                .and_then(|a| a.email_address.as_deref())
+                .map(EmailAddress::parse)
+                .transpose()?,
+            _ => None,
+        };
+        Ok((id, created_at, updated_at, email))
+    }
+}
+
 fn timestamp(ms: Option<i64>, field: &'static str) -> Result<DateTime<Utc>, EventError> {
     let ms = ms.ok_or(EventError::MissingField(field))?;
     // Year 10000 and later cannot be written in Prisma's date format.
@@ -447,54 +483,61 @@ fn timestamp(ms: Option<i64>, field: &'static str) -> Result<DateTime<Utc>, Even
     DateTime::from_timestamp_millis(ms).ok_or(EventError::OutOfRange(field))
 }
 
+/// A part of a name without control characters, trimmed; borrowed unless it holds a control
+/// character (rare), as names are read for every user.
+fn clean_name_part(part: Option<&str>) -> Cow<'_, str> {
+    let part = part.unwrap_or("");
+    if part.chars().any(char::is_control) {
+        Cow::Owned(
+            part.chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .trim()
+                .to_owned(),
+        )
+    } else {
+        Cow::Borrowed(part.trim())
+    }
+}
+
 /// The name rule: `first last` trimmed, else `username`, else none; cut to 255 characters.
 /// Control characters (NUL above all, which PostgreSQL cannot store) are dropped first, so
 /// that both backends store the same name and no delivery fails for ever on one.
 fn display_name(first: Option<&str>, last: Option<&str>, username: Option<&str>) -> Option<String> {
-    let clean = |part: Option<&str>| -> String {
-        part.unwrap_or("")
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect::<String>()
-            .trim()
-            .to_owned()
-    };
-    let full = format!("{} {}", clean(first), clean(last));
-    let full = full.trim();
-    let chosen = if full.is_empty() {
-        clean(username)
-    } else {
-        full.to_owned()
+    // Both parts are trimmed: `first last` needs no trimming of its own.
+    let mut chosen = match (clean_name_part(first), clean_name_part(last)) {
+        (first, last) if first.is_empty() && last.is_empty() => {
+            clean_name_part(username).into_owned()
+        }
+        (first, last) if last.is_empty() => first.into_owned(),
+        (first, last) if first.is_empty() => last.into_owned(),
+        (first, last) => [first.as_ref(), last.as_ref()].join(" "),
     };
     if chosen.is_empty() {
         return None;
     }
-    Some(chosen.chars().take(COLUMN_WIDTH).collect())
+    if let Some((cut, _)) = chosen.char_indices().nth(COLUMN_WIDTH) {
+        chosen.truncate(cut);
+    }
+    Some(chosen)
 }
 
 impl UserObject {
     pub(super) fn into_change(self) -> Result<UserChange, EventError> {
-        let id = ClerkUserId::parse(
-            self.id
-                .as_deref()
-                .ok_or(EventError::MissingField("data.id"))?,
-        )?;
-        let created_at = timestamp(self.created_at, "data.created_at")?;
-        let updated_at = timestamp(self.updated_at, "data.updated_at")?;
+        self.into_change_or_id().map_err(|(error, _)| error)
+    }
+
+    /// [`Self::into_change`]; on failure, with the `id` the object names, if any.
+    pub(super) fn into_change_or_id(self) -> Result<UserChange, (EventError, Option<String>)> {
+        let (id, created_at, updated_at, email) = match self.checked() {
+            Ok(checked) => checked,
+            Err(error) => return Err((error, self.id)),
+        };
         let name = display_name(
             self.first_name.as_deref(),
             self.last_name.as_deref(),
             self.username.as_deref(),
         );
-        let email = match (&self.primary_email_address_id, &self.email_addresses) {
-            (Some(primary), Some(addresses)) => addresses
-                .iter()
-                .find(|a| a.id.as_deref() == Some(primary.as_str()))
-                .and_then(|a| a.email_address.as_deref())
-                .map(EmailAddress::parse)
-                .transpose()?,
-            _ => None,
-        };
         // The reserved .invalid domain holds clerk-sync's placeholders and no real mailbox:
         // such an address is no email at all (and can never collide with a placeholder).
         let email = email.filter(|e| !e.is_reserved());
@@ -732,6 +775,27 @@ mod tests {
         let shown = format!("{change:?} {:?}", change.profile);
         for private in ["Ada", "Lovelace", "+1555", "s3cr3t"] {
             assert!(!shown.contains(private), "{shown}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reserved_addresses_are_told_in_any_case_and_with_trailing_dots() -> Result<(), EventError> {
+        for (address, reserved) in [
+            ("a@host.invalid", true),
+            ("a@host.INVALID", true),
+            ("a@host.Invalid..", true),
+            ("a@.invalid", true),
+            ("a@invalid", false),
+            ("a@host.invalidx", false),
+            ("a@host.ınvalid", false),
+            ("a@example.com", false),
+        ] {
+            assert_eq!(
+                EmailAddress::parse(address)?.is_reserved(),
+                reserved,
+                "{address}"
+            );
         }
         Ok(())
     }

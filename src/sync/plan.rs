@@ -15,14 +15,14 @@
 //! [`holder_loses`]) with its displaced placeholder ([`displaced`]), and giving an address
 //! back to its newest remaining claimant ([`Walk::settle`]).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::db::port::{
     AppRow, Bookkeeping, BookkeepingWrite, Record, Request, RowWrite, Snapshot, Writes,
 };
-use crate::domain::{Event, MessageId, Outcome, Role, UserChange};
+use crate::domain::{ClerkUserId, EmailAddress, Event, MessageId, Outcome, Role, UserChange};
 use crate::sync::{Addresses, Dedup, SyncOptions};
 
 /// A delivery's outcome as planned: known now, or hanging on whether the application's
@@ -79,22 +79,28 @@ pub struct Plan {
 
 /// What to lock and read before planning `batch`.
 pub fn request(batch: &[(MessageId, Event)], options: SyncOptions) -> Request {
-    let mut users: Vec<String> = batch
-        .iter()
-        .filter_map(|(_, e)| e.user_id().map(|u| u.as_str().to_owned()))
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    let mut claims: Vec<String> = match options.addresses {
-        Addresses::Unique => batch
+    // Sorted and deduplicated borrowed, copied once.
+    let sorted = |mut list: Vec<&str>| -> Vec<String> {
+        list.sort_unstable();
+        list.dedup();
+        list.into_iter().map(str::to_owned).collect()
+    };
+    let users = sorted(
+        batch
             .iter()
-            .filter_map(|(_, e)| change_of(e).and_then(|c| c.email.as_ref()))
-            .map(|e| e.as_str().to_owned())
+            .filter_map(|(_, e)| e.user_id().map(ClerkUserId::as_str))
             .collect(),
+    );
+    let claims = match options.addresses {
+        Addresses::Unique => sorted(
+            batch
+                .iter()
+                .filter_map(|(_, e)| change_of(e).and_then(|c| c.email.as_ref()))
+                .map(EmailAddress::as_str)
+                .collect(),
+        ),
         Addresses::Follow => Vec::new(),
     };
-    claims.sort_unstable();
-    claims.dedup();
     let ids = match options.dedup {
         Dedup::ById => batch.iter().map(|(id, _)| id.as_str().to_owned()).collect(),
         Dedup::ByVersion => Vec::new(),
@@ -223,36 +229,39 @@ pub fn is_placeholder(address: &str) -> bool {
 /// The address a row holds to the rules: a row holding none (NULL in an optional address
 /// column, or a table without one) holds its user's no-email placeholder, which nothing else
 /// can claim.
-fn held(user: &str, row: &AppRow) -> String {
-    row.address.clone().unwrap_or_else(|| no_email(user))
-}
-
-/// How new a holder is: the newest version clerk-sync applied for it, or, for a row the
-/// application wrote itself, its `updatedAt` to the second (the precision both backends
-/// keep alike).
-fn holder_version(bookkeeping: Option<&Bookkeeping>, row: &AppRow) -> i64 {
-    match bookkeeping {
-        Some(b) if b.version >= 0 => b.version,
-        _ => row.updated_ms.div_euclid(1000) * 1000,
+fn held<'a>(user: &str, row: &'a AppRow) -> Cow<'a, str> {
+    match row.address.as_deref() {
+        Some(address) => Cow::Borrowed(address),
+        None => Cow::Owned(no_email(user)),
     }
 }
 
-/// **The newest claim on an address**: whether the row holding `address` gives it up to
-/// `claimant` at `version`. A tombstoned holder always does; so does a holder whose own
-/// newest version claims another address; otherwise the older one loses (the user id
-/// settling equal versions).
+/// How new a holder is: the newest version clerk-sync applied for it, or, for a row the
+/// application wrote itself (updated at `updated_ms`), its `updatedAt` to the second (the
+/// precision both backends keep alike).
+fn holder_version(state: Option<&State<'_>>, updated_ms: i64) -> i64 {
+    match state {
+        Some(s) if s.version >= 0 => s.version,
+        _ => updated_ms.div_euclid(1000) * 1000,
+    }
+}
+
+/// **The newest claim on an address**: whether the row holding `address` (updated at
+/// `updated_ms`) gives it up to `claimant` at `version`. A tombstoned holder always does; so
+/// does a holder whose own newest version claims another address; otherwise the older one
+/// loses (the user id settling equal versions).
 fn holder_loses(
     holder: &str,
-    bookkeeping: Option<&Bookkeeping>,
-    row: &AppRow,
+    state: Option<&State<'_>>,
+    updated_ms: i64,
     address: &str,
     claimant: &str,
     version: i64,
 ) -> bool {
-    let dead = bookkeeping.is_some_and(|b| b.deleted);
-    let known = bookkeeping.is_some_and(|b| b.version >= 0);
-    let claims_another = known && bookkeeping.and_then(|b| b.email.as_deref()) != Some(address);
-    dead || claims_another || (holder_version(bookkeeping, row), holder) < (version, claimant)
+    let dead = state.is_some_and(|s| s.deleted);
+    let known = state.is_some_and(|s| s.version >= 0);
+    let claims_another = known && state.and_then(|s| s.email) != Some(address);
+    dead || claims_another || (holder_version(state, updated_ms), holder) < (version, claimant)
 }
 
 fn change_of(event: &Event) -> Option<&UserChange> {
@@ -271,23 +280,39 @@ enum Pending {
     IfRefused,
 }
 
-/// A user's bookkeeping as the walk goes.
-#[derive(Debug, Clone)]
-struct State {
+/// A user's bookkeeping as the walk goes, borrowed from the snapshot or the deliveries
+/// (which outlive the walk).
+#[derive(Debug, Clone, Copy)]
+struct State<'s> {
     version: i64,
-    digest: String,
-    email: Option<String>,
+    digest: &'s str,
+    email: Option<&'s str>,
     deleted: bool,
     pending: Pending,
     role_from_webhook: bool,
 }
 
-impl From<&Bookkeeping> for State {
-    fn from(b: &Bookkeeping) -> Self {
+impl<'s> State<'s> {
+    /// The bookkeeping of a user clerk-sync has applied nothing for
+    /// ([`Bookkeeping::new_user`]).
+    fn new_user() -> Self {
+        State {
+            version: -1,
+            digest: "",
+            email: None,
+            deleted: false,
+            pending: Pending::No,
+            role_from_webhook: false,
+        }
+    }
+}
+
+impl<'s> From<&'s Bookkeeping> for State<'s> {
+    fn from(b: &'s Bookkeeping) -> Self {
         State {
             version: b.version,
-            digest: b.digest.clone(),
-            email: b.email.clone(),
+            digest: &b.digest,
+            email: b.email.as_deref(),
             deleted: b.deleted,
             pending: if b.delete_pending {
                 Pending::Yes
@@ -295,19 +320,6 @@ impl From<&Bookkeeping> for State {
                 Pending::No
             },
             role_from_webhook: b.role_from_webhook,
-        }
-    }
-}
-
-impl State {
-    fn as_bookkeeping(&self) -> Bookkeeping {
-        Bookkeeping {
-            version: self.version,
-            digest: self.digest.clone(),
-            email: self.email.clone(),
-            deleted: self.deleted,
-            delete_pending: self.pending != Pending::No,
-            role_from_webhook: self.role_from_webhook,
         }
     }
 }
@@ -321,29 +333,32 @@ struct Marks {
 
 /// A row as the walk goes.
 #[derive(Debug, Clone)]
-struct Row {
-    address: String,
+struct Row<'s> {
+    /// Borrowed from the snapshot or the deliveries, except the placeholders the rules make.
+    address: Cow<'s, str>,
     updated_ms: i64,
-    /// The fields written by the newest applied version of this plan, if any.
+    /// The fields written by the newest applied version of this plan, if any; its address
+    /// is the row's, filled in by [`Walk::finish`].
     full: Option<RowWrite>,
 }
 
 /// The walk over one snapshot.
-/// (User ids and delivery ids are borrowed from the snapshot and the deliveries, which outlive
-/// it.)
+/// (User ids, delivery ids and addresses are borrowed from the snapshot and the deliveries,
+/// which outlive it; only the placeholders the rules make are owned.)
 struct Walk<'s> {
     snapshot: &'s Snapshot,
     options: SyncOptions,
-    users: HashMap<&'s str, State>,
-    rows: HashMap<&'s str, Row>,
+    users: HashMap<&'s str, State<'s>>,
+    rows: HashMap<&'s str, Row<'s>>,
     /// Who holds each address of the walk.
-    holders: HashMap<String, &'s str>,
-    /// Who claims each locked address.
-    claimants: HashMap<String, HashSet<&'s str>>,
+    holders: HashMap<Cow<'s, str>, &'s str>,
+    /// Who claims each locked address (each claimant once; the order does not matter, as
+    /// [`Walk::settle`] takes the newest).
+    claimants: HashMap<&'s str, Vec<&'s str>>,
     /// Ids delivered so far in this plan.
     seen: HashSet<&'s str>,
-    /// Users whose bookkeeping changed, and how.
-    touched_users: BTreeMap<&'s str, Marks>,
+    /// Users whose bookkeeping changed, and how (sorted once, by [`Walk::finish`]).
+    touched_users: HashMap<&'s str, Marks>,
     /// Rows whose address or fields changed.
     touched_rows: HashSet<&'s str>,
     deletes: Vec<String>,
@@ -368,24 +383,23 @@ impl<'s> Walk<'s> {
         }
         // A row made for this unit of work is, to the rules, a user clerk-sync has applied
         // nothing for, whatever it was made with.
-        let new_user = Bookkeeping::new_user();
-        let users: HashMap<&'s str, State> = snapshot
+        let users: HashMap<&'s str, State<'s>> = snapshot
             .users
             .iter()
             .map(|(u, b)| {
-                let b = if snapshot.made.contains(u) {
-                    &new_user
+                let state = if snapshot.made.contains(u) {
+                    State::new_user()
                 } else {
-                    b
+                    State::from(b)
                 };
-                (u.as_str(), State::from(b))
+                (u.as_str(), state)
             })
             .collect();
-        let mut claimants: HashMap<String, HashSet<&'s str>> = HashMap::new();
-        for (user, state) in &users {
-            if let Some(email) = &state.email {
+        let mut claimants: HashMap<&'s str, Vec<&'s str>> = HashMap::new();
+        for (&user, state) in &users {
+            if let Some(email) = state.email {
                 if snapshot.addresses.contains(email) {
-                    claimants.entry(email.clone()).or_default().insert(user);
+                    claimants.entry(email).or_default().push(user);
                 }
             }
         }
@@ -397,20 +411,20 @@ impl<'s> Walk<'s> {
             holders,
             claimants,
             seen: HashSet::new(),
-            touched_users: BTreeMap::new(),
+            touched_users: HashMap::new(),
             touched_rows: HashSet::new(),
             deletes: Vec::new(),
             record: Vec::new(),
         }
     }
 
-    fn user(&self, user: &str) -> Result<&State, Incomplete> {
+    fn user(&self, user: &str) -> Result<&State<'s>, Incomplete> {
         self.users
             .get(user)
             .ok_or_else(|| Incomplete(format!("no bookkeeping row for {user}")))
     }
 
-    fn user_mut(&mut self, user: &str) -> Result<&mut State, Incomplete> {
+    fn user_mut(&mut self, user: &str) -> Result<&mut State<'s>, Incomplete> {
         self.users
             .get_mut(user)
             .ok_or_else(|| Incomplete(format!("no bookkeeping row for {user}")))
@@ -465,10 +479,9 @@ impl<'s> Walk<'s> {
         if current.deleted {
             return Ok(Outcome::Stale);
         }
-        if !newer(change, (current.version, current.digest.as_str())) {
+        if !newer(change, (current.version, current.digest)) {
             let repeat = self.options.dedup == Dedup::ByVersion
-                && (change.version, change.digest.as_str())
-                    == (current.version, current.digest.as_str());
+                && (change.version, change.digest.as_str()) == (current.version, current.digest);
             return Ok(if repeat {
                 Outcome::Duplicate
             } else {
@@ -485,54 +498,58 @@ impl<'s> Walk<'s> {
 
         // The bookkeeping: this version is the newest applied, with its claim.
         let state = self.user_mut(user)?;
-        let previous = std::mem::replace(&mut state.email, email.map(str::to_owned));
+        let previous = std::mem::replace(&mut state.email, email);
         state.version = change.version;
-        state.digest.clone_from(&change.digest);
+        state.digest = &change.digest;
         state.role_from_webhook = change.role.is_some();
-        self.set_claim(user, previous.as_deref(), email);
+        self.set_claim(user, previous, email);
         self.touch_user(user);
 
         let address = match (email, self.options.addresses) {
-            (None, _) => no_email(user),
-            (Some(email), Addresses::Follow) => email.to_owned(),
+            (None, _) => Cow::Owned(no_email(user)),
+            (Some(email), Addresses::Follow) => Cow::Borrowed(email),
             (Some(email), Addresses::Unique) => self.claim(change, email)?,
         };
-        self.write_row(change, &address, role);
+        self.write_row(change, address.clone(), role);
 
         // Addresses this user let go of return to their newest remaining claimant.
-        let mut released: Vec<String> = [previous, row_address]
+        let mut released: Vec<Cow<'s, str>> = [previous.map(Cow::Borrowed), row_address]
             .into_iter()
             .flatten()
             .filter(|a| *a != address)
             .collect();
         released.dedup();
         for old in released {
-            self.settle(&old)?;
+            self.settle(old)?;
         }
         Ok(Outcome::Applied)
     }
 
     /// Moves `user`'s claim from `from` to `to` in the claimants of the locked addresses.
-    fn set_claim(&mut self, user: &'s str, from: Option<&str>, to: Option<&str>) {
+    fn set_claim(&mut self, user: &'s str, from: Option<&'s str>, to: Option<&'s str>) {
         if from == to {
             return;
         }
         if let Some(from) = from {
             if let Some(users) = self.claimants.get_mut(from) {
-                users.remove(user);
+                users.retain(|u| *u != user);
             }
         }
         if let Some(to) = to {
-            self.claimants
-                .entry(to.to_owned())
-                .or_default()
-                .insert(user);
+            let users = self.claimants.entry(to).or_default();
+            if !users.contains(&user) {
+                users.push(user);
+            }
         }
     }
 
     /// Settles who gets `email` between the incoming user and its current holder, if any;
     /// returns the address the incoming user's row takes.
-    fn claim(&mut self, change: &'s UserChange, email: &str) -> Result<String, Incomplete> {
+    fn claim(
+        &mut self,
+        change: &'s UserChange,
+        email: &'s str,
+    ) -> Result<Cow<'s, str>, Incomplete> {
         let user = change.id.as_str();
         if !self.covers(email) {
             return Err(Incomplete(format!(
@@ -540,34 +557,24 @@ impl<'s> Walk<'s> {
             )));
         }
         let Some(holder) = self.holders.get(email).copied().filter(|h| *h != user) else {
-            return Ok(email.to_owned());
+            return Ok(Cow::Borrowed(email));
         };
-        let row = self
+        let updated_ms = self
             .rows
             .get(holder)
-            .map(|r| AppRow {
-                address: Some(r.address.clone()),
-                updated_ms: r.updated_ms,
-            })
+            .map(|r| r.updated_ms)
             .ok_or_else(|| Incomplete(format!("no row for the holder {holder}")))?;
-        let bookkeeping = self.users.get(holder).map(State::as_bookkeeping);
-        if holder_loses(
-            holder,
-            bookkeeping.as_ref(),
-            &row,
-            email,
-            user,
-            change.version,
-        ) {
-            self.move_row(holder, displaced(holder));
-            Ok(email.to_owned())
+        let state = self.users.get(holder);
+        if holder_loses(holder, state, updated_ms, email, user, change.version) {
+            self.move_row(holder, Cow::Owned(displaced(holder)));
+            Ok(Cow::Borrowed(email))
         } else {
-            Ok(displaced(user))
+            Ok(Cow::Owned(displaced(user)))
         }
     }
 
     /// Writes the row of the version just applied.
-    fn write_row(&mut self, change: &'s UserChange, address: &str, role: Option<Role>) {
+    fn write_row(&mut self, change: &'s UserChange, address: Cow<'s, str>, role: Option<Role>) {
         let user = change.id.as_str();
         let exists = self.snapshot.rows.contains_key(user);
         let previous_role = self
@@ -580,7 +587,8 @@ impl<'s> Walk<'s> {
         let full = RowWrite {
             id: user.to_owned(),
             name: change.name.clone(),
-            address: address.to_owned(),
+            // The row's, once the walk is done.
+            address: String::new(),
             // A version that names no role leaves an existing row's own alone; a new row has
             // none of its own and gets USER.
             role: role.or(previous_role).or((!exists).then_some(Role::User)),
@@ -599,32 +607,33 @@ impl<'s> Walk<'s> {
                     user,
                     Row {
                         // Takes the address below.
-                        address: String::new(),
+                        address: Cow::Borrowed(""),
                         updated_ms: change.updated_at.timestamp_millis(),
                         full: Some(full),
                     },
                 );
             }
         }
-        self.move_row(user, address.to_owned());
+        self.move_row(user, address);
         self.touched_rows.insert(user);
     }
 
     /// Moves `id`'s row to `address`.
-    fn move_row(&mut self, id: &'s str, address: String) {
+    fn move_row(&mut self, id: &'s str, address: Cow<'s, str>) {
         let Some(row) = self.rows.get_mut(id) else {
             return;
         };
         if row.address == address {
             return;
         }
-        if self.holders.get(&row.address).is_some_and(|h| *h == id) {
-            self.holders.remove(&row.address);
+        if self
+            .holders
+            .get(row.address.as_ref())
+            .is_some_and(|h| *h == id)
+        {
+            self.holders.remove(row.address.as_ref());
         }
         row.address.clone_from(&address);
-        if let Some(full) = &mut row.full {
-            full.address.clone_from(&address);
-        }
         self.holders.insert(address, id);
         self.touched_rows.insert(id);
     }
@@ -632,16 +641,16 @@ impl<'s> Walk<'s> {
     /// **Giving an address back**: once nobody live holds `address`, its newest live
     /// claimant whose row does not hold it gets it (a tombstoned holder, kept only for the
     /// application's foreign keys, always gives it up).
-    fn settle(&mut self, address: &str) -> Result<(), Incomplete> {
+    fn settle(&mut self, address: Cow<'s, str>) -> Result<(), Incomplete> {
         if self.options.addresses == Addresses::Follow {
             return Ok(());
         }
-        if !self.covers(address) {
+        if !self.covers(&address) {
             return Err(Incomplete(format!(
                 "a released address is not locked: {address:?}"
             )));
         }
-        let Some(claimants) = self.claimants.get(address) else {
+        let Some(claimants) = self.claimants.get(address.as_ref()) else {
             return Ok(());
         };
         let best = claimants
@@ -655,20 +664,20 @@ impl<'s> Walk<'s> {
             .max()
             .map(|(_, c)| c);
         let Some(best) = best else { return Ok(()) };
-        if let Some(holder) = self.holders.get(address).copied() {
+        if let Some(holder) = self.holders.get(address.as_ref()).copied() {
             let dead = self.users.get(holder).is_some_and(|s| s.deleted);
             if !dead {
                 return Ok(());
             }
-            self.move_row(holder, displaced(holder));
+            self.move_row(holder, Cow::Owned(displaced(holder)));
         }
-        self.move_row(best, address.to_owned());
+        self.move_row(best, address);
         Ok(())
     }
 
     /// `user.deleted`: the tombstone, then the row's delete.
     fn delete(&mut self, user: &'s str) -> Result<Planned, Incomplete> {
-        let state = self.user(user)?.clone();
+        let state = *self.user(user)?;
         if state.deleted {
             match state.pending {
                 Pending::No => return Ok(Planned::Known(Outcome::Stale)),
@@ -699,7 +708,7 @@ impl<'s> Walk<'s> {
             self.deletes.push(user.to_owned());
         }
         if let Some(address) = self.rows.get(user).map(|r| r.address.clone()) {
-            self.settle(&address)?;
+            self.settle(address)?;
         }
         Ok(Planned::OnDelete {
             user: user.to_owned(),
@@ -715,6 +724,10 @@ impl<'s> Walk<'s> {
         for user in &self.snapshot.made {
             touched_users.entry(user.as_str()).or_default();
         }
+        // Written in user order, as the locks were taken.
+        let mut touched_users: Vec<(&str, Marks)> = touched_users.into_iter().collect();
+        touched_users.sort_unstable_by_key(|&(user, _)| user);
+        writes.bookkeeping.reserve(touched_users.len());
         for (user, marks) in touched_users {
             let Some(state) = self.users.get(user) else {
                 continue;
@@ -730,8 +743,8 @@ impl<'s> Walk<'s> {
                     b.role_from_webhook,
                 ) == (
                     state.version,
-                    state.digest.as_str(),
-                    state.email.as_deref(),
+                    state.digest,
+                    state.email,
                     state.role_from_webhook,
                 )
             });
@@ -741,8 +754,8 @@ impl<'s> Walk<'s> {
             writes.bookkeeping.push(BookkeepingWrite {
                 user_id: user.to_owned(),
                 version: state.version,
-                digest: state.digest.clone(),
-                email: state.email.clone(),
+                digest: state.digest.to_owned(),
+                email: state.email.map(str::to_owned),
                 role_from_webhook: state.role_from_webhook,
                 tombstone: marks.tombstone,
                 attempted: marks.attempted,
@@ -754,9 +767,9 @@ impl<'s> Walk<'s> {
         let taken: HashSet<&str> = touched
             .iter()
             .filter_map(|id| self.rows.get(id))
-            .map(|row| row.address.as_str())
+            .map(|row| row.address.as_ref())
             .collect();
-        let mut fulls = Vec::new();
+        let mut fulls = Vec::with_capacity(touched.len());
         for &id in &touched {
             let Some(row) = self.rows.get(id) else {
                 continue;
@@ -771,15 +784,20 @@ impl<'s> Walk<'s> {
             }
             match &row.full {
                 Some(_) => fulls.push(id),
-                None if before != Some(row.address.as_str()) => {
-                    writes.moves.push((id.to_owned(), row.address.clone()));
+                None if before != Some(row.address.as_ref()) => {
+                    writes.moves.push((id.to_owned(), row.address.to_string()));
                 }
                 None => {}
             }
         }
         drop(taken);
+        writes.rows.reserve(fulls.len());
         for id in fulls {
-            if let Some(full) = self.rows.get_mut(id).and_then(|row| row.full.take()) {
+            let Some(row) = self.rows.get_mut(id) else {
+                continue;
+            };
+            if let Some(mut full) = row.full.take() {
+                full.address = std::mem::take(&mut row.address).into_owned();
                 writes.rows.push(full);
             }
         }
