@@ -40,7 +40,9 @@ use foldhash::{HashMap, HashSet};
 use sha2::{Digest as _, Sha256};
 
 use super::pg_port::InTransaction;
-use super::port::{moving, Bookkeeping, Deleted, MappedWrites, Record, Request, Snapshot, Writes};
+use super::port::{
+    moving, Bookkeeping, BookkeepingWrite, Deleted, MappedWrites, Record, Request, Snapshot, Writes,
+};
 use super::postgres::Pg;
 use super::DbError;
 use crate::domain::table::{quoted, Bind, WriteColumn, WriteShape};
@@ -427,7 +429,12 @@ fn together(
     updates: &[Group<'_>],
 ) -> Result<Statement, DbError> {
     // Its text is made once for what it writes, then only its values are bound.
+    let rows = |groups: &[Group<'_>]| groups.first().map_or(0, |(_, group)| group.len());
     let what = Together {
+        lone: writes.bookkeeping.len() <= 1
+            && rows(inserts) <= 1
+            && rows(updates) <= 1
+            && writes.record.len() <= 1,
         bookkeeping: !writes.bookkeeping.is_empty(),
         inserted: inserts.first().map(|(columns, _)| columns.clone()),
         updated: updates.first().map(|(columns, _)| columns.clone()),
@@ -441,15 +448,18 @@ fn together(
     let new = made.is_none();
     let mut s = made.map_or_else(Statement::default, Statement::with_text);
     s.push("WITH cs_b AS (");
-    if what.bookkeeping {
-        bookkeeping(&mut s, writes);
-    } else {
-        s.push("SELECT 1");
+    match (what.lone, writes.bookkeeping.as_slice().first()) {
+        (true, Some(one)) => Lone::bookkeeping(&mut s, one),
+        (false, Some(_)) => bookkeeping(&mut s, writes),
+        (_, None) => s.push("SELECT 1"),
     }
     s.push("), cs_i AS (");
     match inserts.first() {
         Some((columns, group)) => {
-            table.insert(&mut s, columns, group)?;
+            match (what.lone, group.as_slice().first()) {
+                (true, Some(row)) => Lone::insert(table, &mut s, columns, row)?,
+                _ => table.insert(&mut s, columns, group)?,
+            }
             s.push(" RETURNING 1");
         }
         None => s.push("SELECT 1 WHERE false"),
@@ -457,17 +467,25 @@ fn together(
     s.push("), cs_u AS (");
     match updates.first() {
         Some((columns, group)) => {
-            table.update(&mut s, columns, group)?;
+            match (what.lone, group.as_slice().first()) {
+                (true, Some(row)) => Lone::update(table, &mut s, columns, row)?,
+                _ => table.update(&mut s, columns, group)?,
+            }
             s.push(" RETURNING 1");
         }
         None => s.push("SELECT 1 WHERE false"),
     }
     s.push("), cs_d AS (");
-    if what.record {
-        record(&mut s, writes, &HashSet::default());
-        s.push(" RETURNING 1");
-    } else {
-        s.push("SELECT 1 WHERE false");
+    match (what.lone, writes.record.as_slice().first()) {
+        (true, Some(one)) => {
+            Lone::record(&mut s, one);
+            s.push(" RETURNING 1");
+        }
+        (false, Some(_)) => {
+            record(&mut s, writes, &HashSet::default());
+            s.push(" RETURNING 1");
+        }
+        (_, None) => s.push("SELECT 1 WHERE false"),
     }
     let updated = updates.first().map_or(0, |(_, group)| group.len());
     s.push(") SELECT clerk_sync.written_or_retry((SELECT count(*) FROM cs_u), ");
@@ -486,6 +504,112 @@ fn together(
         }
     }
     Ok(s)
+}
+
+/// The scalar forms of [`together`]'s writes for a lone delivery: one value per parameter
+/// (`VALUES`, `WHERE key = $n`), where the general forms bind an array per column and
+/// `unnest` them — for one row, a function scan and an array each to build and read.
+struct Lone;
+
+impl Lone {
+    /// [`bookkeeping`] of one user.
+    fn bookkeeping(s: &mut Statement, b: &BookkeepingWrite) {
+        s.push("UPDATE clerk_sync.users s SET version = ");
+        s.bind(Param::BigInt(b.version));
+        s.push("::int8, digest = ");
+        s.bind(Param::Text(Some(b.digest.clone())));
+        s.push("::text, email = ");
+        s.bind(Param::Text(b.email.clone()));
+        s.push("::text, role_from_webhook = ");
+        s.bind(Param::Bool(b.role_from_webhook));
+        s.push("::bool, deleted_at = CASE WHEN ");
+        s.bind(Param::Bool(b.tombstone));
+        s.push(
+            "::bool THEN COALESCE(s.deleted_at, now()) ELSE s.deleted_at END, \
+             delete_attempted_at = CASE WHEN ",
+        );
+        s.bind(Param::Bool(b.attempted));
+        s.push("::bool THEN now() ELSE s.delete_attempted_at END WHERE s.user_id = ");
+        s.bind(Param::Text(Some(b.user_id.clone())));
+        s.push("::text");
+    }
+
+    /// [`Table::insert`] of one row.
+    fn insert(
+        table: &Table,
+        s: &mut Statement,
+        columns: &[usize],
+        (_, values): &(&str, &[(usize, Value)]),
+    ) -> Result<(), DbError> {
+        s.push_with(|| {
+            let names: Vec<String> = columns
+                .iter()
+                .map(|&c| table.column(c).map(|(name, _)| name))
+                .collect::<Result<_, _>>()?;
+            Ok(format!(
+                "INSERT INTO {} ({}) VALUES (",
+                table.name,
+                names.join(", ")
+            ))
+        })?;
+        for (i, &column) in columns.iter().enumerate() {
+            if i > 0 {
+                s.push(", ");
+            }
+            Lone::value(table, s, column, values.get(i))?;
+        }
+        s.push(")");
+        Ok(())
+    }
+
+    /// [`Table::update`] of one row, by Clerk id.
+    fn update(
+        table: &Table,
+        s: &mut Statement,
+        columns: &[usize],
+        (id, values): &(&str, &[(usize, Value)]),
+    ) -> Result<(), DbError> {
+        s.push_with(|| Ok(format!("UPDATE {} AS cs_row SET ", table.name)))?;
+        for (i, &column) in columns.iter().enumerate() {
+            s.push_with(|| {
+                let (name, _) = table.column(column)?;
+                Ok(format!("{}{name} = ", if i > 0 { ", " } else { "" }))
+            })?;
+            Lone::value(table, s, column, values.get(i))?;
+        }
+        s.push_with(|| Ok(format!(" WHERE cs_row.{} = ", table.clerk_id)))?;
+        s.bind(Param::Text(Some((*id).to_owned())));
+        s.push("::text");
+        Ok(())
+    }
+
+    /// One column's value as its text, cast to the column's type.
+    fn value(
+        table: &Table,
+        s: &mut Statement,
+        column: usize,
+        value: Option<&(usize, Value)>,
+    ) -> Result<(), DbError> {
+        let bind = table.bind(column)?;
+        s.bind(Param::Text(value.and_then(|(_, v)| text(v, bind))));
+        s.push_with(|| Ok(format!("::text{}", cast(bind)?)))
+    }
+
+    /// [`record`] of one delivery (as [`together`] records: nothing deleted).
+    fn record(s: &mut Statement, d: &Record) {
+        s.push(
+            "INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome) VALUES (",
+        );
+        s.bind(Param::Text(Some(d.svix_id.clone())));
+        s.push("::text, ");
+        s.bind(Param::Text(Some(d.event_type.clone())));
+        s.push("::text, ");
+        s.bind(Param::Text(d.user_id.clone()));
+        s.push("::text, ");
+        let outcome = recorded(d, &HashSet::default());
+        s.bind(Param::Text(Some(outcome.as_str().to_owned())));
+        s.push("::text) ON CONFLICT (svix_id) DO NOTHING");
+    }
 }
 
 /// What [`together`]'s statement answered: nothing deleted (it never deletes).
@@ -635,6 +759,8 @@ pub(super) struct Table {
 /// What a [`together`] statement writes, which alone decides its text.
 #[derive(PartialEq, Eq, Hash)]
 struct Together {
+    /// At most one row of each kind: the scalar forms ([`Lone`]).
+    lone: bool,
     bookkeeping: bool,
     inserted: Option<Vec<usize>>,
     updated: Option<Vec<usize>>,
@@ -1164,12 +1290,7 @@ fn pending(users: Vec<String>, done: Vec<String>) -> Statement {
 /// delete did not go through.
 fn record(s: &mut Statement, writes: &Writes, done: &HashSet<String>) {
     let r = &writes.record;
-    let outcome = |d: &Record| -> Outcome {
-        match (d.if_refused, &d.user_id) {
-            (Some(refused), Some(user)) if !done.contains(user) => refused,
-            _ => d.outcome,
-        }
-    };
+    let outcome = |d: &Record| recorded(d, done);
     s.push(
         "INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome) \
          SELECT * FROM unnest(",
@@ -1188,6 +1309,15 @@ fn record(s: &mut Statement, writes: &Writes, done: &HashSet<String>) {
         r.iter().map(|d| outcome(d).as_str().to_owned()).collect(),
     ));
     s.push("::text[]) ON CONFLICT (svix_id) DO NOTHING");
+}
+
+/// The outcome recorded for `d`: its outcome-if-refused when its user's delete did not go
+/// through (is not among those `done`).
+fn recorded(d: &Record, done: &HashSet<String>) -> Outcome {
+    match (d.if_refused, &d.user_id) {
+        (Some(refused), Some(user)) if !done.contains(user) => refused,
+        _ => d.outcome,
+    }
 }
 
 /// The cast of a value's text to a column's type.
@@ -1265,6 +1395,8 @@ enum Param {
     NullableTexts(Vec<Option<String>>),
     /// `int8[]`.
     BigInts(Vec<i64>),
+    /// `bool`.
+    Bool(bool),
     /// `bool[]`.
     Bools(Vec<bool>),
 }
@@ -1420,6 +1552,7 @@ impl QueryFragment<PgBackend> for Statement {
                     out.push_bind_param::<Array<Nullable<Text>>, _>(v)?
                 }
                 Some(Param::BigInt(v)) => out.push_bind_param::<BigInt, _>(v)?,
+                Some(Param::Bool(v)) => out.push_bind_param::<Bool, _>(v)?,
                 Some(Param::BigInts(v)) => out.push_bind_param::<Array<BigInt>, _>(v)?,
                 Some(Param::Bools(v)) => out.push_bind_param::<Array<Bool>, _>(v)?,
                 None => {}
@@ -1508,7 +1641,7 @@ const READ_ROW: &str = "recorded bool, id text, kept bool, version int8, digest 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::port::{BookkeepingWrite, RowWrite};
+    use crate::db::port::RowWrite;
     use chrono::{TimeZone, Utc};
 
     fn shape() -> WriteShape {
@@ -1650,6 +1783,34 @@ mod tests {
         assert_eq!(kept.texts.lock().map(|t| t.len()).ok(), Some(2));
         assert!(Arc::ptr_eq(&texts[0], &texts[1]) && Arc::ptr_eq(&texts[2], &texts[3]));
         assert!(!Arc::ptr_eq(&texts[0], &texts[2]));
+    }
+
+    #[test]
+    fn a_lone_write_binds_scalars_and_a_larger_one_arrays() {
+        let table = Table::new(Arc::new(shape())).expect("test value");
+        let (lone, values) = one_write("user_a", "a@x.test", false);
+        let (mut two, _) = one_write("user_a", "a@x.test", false);
+        let (b, b_values) = one_write("user_b", "b@x.test", false);
+        two.bookkeeping.extend(b.bookkeeping);
+        two.record.extend(b.record);
+        let rows = [
+            ("user_a", values.as_slice()),
+            ("user_b", b_values.as_slice()),
+        ];
+
+        let lone = sql(&together_of(&table, &lone, &values));
+        let two = sql(&together(&table, &two, &groups(&rows), &[]).expect("test value"));
+
+        assert!(!lone.contains("unnest"), "{lone}");
+        assert!(
+            lone.contains(
+                "INSERT INTO \"User\" (\"clerkId\", \"email\") VALUES ($8::text, $9::text)"
+            ),
+            "{lone}"
+        );
+        assert!(lone.contains("WHERE s.user_id = $7::text"), "{lone}");
+        assert!(two.contains("unnest"), "{two}");
+        assert!(!two.contains("VALUES"), "{two}");
     }
 
     #[test]
