@@ -192,23 +192,38 @@ impl Fixture {
 /// A fresh database holding the fixture's tables and clerk-sync's own, and a pool writing
 /// the fixture's table.
 async fn setup(on: On, fixture: Fixture) -> (TestDb, Database) {
+    setup_with(on, fixture, PoolOptions::default()).await
+}
+
+/// [`setup`] with `options`.
+async fn setup_with(on: On, fixture: Fixture, options: PoolOptions) -> (TestDb, Database) {
     let db = TestDb::empty(on.backend).await;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture.ddl());
     db.exec(&std::fs::read_to_string(path).expect("fixture DDL"))
         .await;
-    let database = open(&db, fixture.shape(), on.executor).await;
+    let database = open_with(&db, fixture.shape(), on.executor, options).await;
     (db, database)
 }
 
 /// A pool on `db`, migrated, writing `shape`'s table, through its executor or not.
 async fn open(db: &TestDb, shape: WriteShape, executor: bool) -> Database {
+    open_with(db, shape, executor, PoolOptions::default()).await
+}
+
+/// [`open`] with `options`.
+async fn open_with(
+    db: &TestDb,
+    shape: WriteShape,
+    executor: bool,
+    options: PoolOptions,
+) -> Database {
     let mut url = DatabaseUrl::parse(&db.url).expect("url");
     if let Some(direct) = &db.direct {
         url = url
             .with_direct(DatabaseUrl::parse(direct).expect("direct url"))
             .expect("direct url");
     }
-    let database = Database::open(&url, PoolOptions::default()).expect("open");
+    let database = Database::open(&url, options).expect("open");
     database.migrate_own().await.expect("migrate");
     database.use_shape(shape).expect("shape");
     let used = database.prepare_mapped(executor).await.expect("executor");
@@ -1177,30 +1192,11 @@ async fn a_plan_without_its_column_values_is_an_internal_error_and_writes_nothin
 async fn statements_planned_on_empty_tables_reach_them_by_key_once_they_have_grown(on: On) {
     // Arrange: one connection, whose statements (each planned once, on its first run, and
     // kept) are first run while the tables are empty; then the tables grow, unanalyzed
-    let db = TestDb::empty(on.backend).await;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(Fixture::Cuid.ddl());
-    db.exec(&std::fs::read_to_string(path).expect("fixture DDL"))
-        .await;
-    let mut url = DatabaseUrl::parse(&db.url).expect("url");
-    if let Some(direct) = &db.direct {
-        url = url
-            .with_direct(DatabaseUrl::parse(direct).expect("direct url"))
-            .expect("direct url");
-    }
     let one = PoolOptions {
         max_connections: 1,
         ..PoolOptions::default()
     };
-    let database = Database::open(&url, one).expect("open");
-    database.migrate_own().await.expect("migrate");
-    database.use_shape(Fixture::Cuid.shape()).expect("shape");
-    assert_eq!(
-        database
-            .prepare_mapped(on.executor)
-            .await
-            .expect("executor"),
-        on.executor
-    );
+    let (db, database) = setup_with(on, Fixture::Cuid, one).await;
     db.exec(
         "ALTER TABLE \"User\" SET (autovacuum_enabled = false); \
          ALTER TABLE clerk_sync.users SET (autovacuum_enabled = false)",
