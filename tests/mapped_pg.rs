@@ -92,8 +92,10 @@ on_postgres_and_pooled!(
 on_postgres!(
     a_row_the_application_inserted_with_the_clerk_id_is_read_as_existing,
     the_snapshot_holds_every_row_and_claimant_of_a_locked_address,
+    a_lone_requests_snapshot_holds_every_row_claimant_and_record_of_its_addresses,
     the_addresses_involved_are_locked_and_without_an_address_column_none_are,
     the_users_bookkeeping_rows_are_locked_for_update,
+    a_lone_users_bookkeeping_row_is_locked_for_update_or_made,
     every_bind_is_cast_to_its_column_type_and_no_value_reaches_an_error,
     a_plan_without_its_column_values_is_an_internal_error_and_writes_nothing,
     statements_planned_on_empty_tables_reach_them_by_key_once_they_have_grown,
@@ -665,6 +667,84 @@ async fn the_snapshot_holds_every_row_and_claimant_of_a_locked_address(on: On) {
     );
 }
 
+async fn a_lone_requests_snapshot_holds_every_row_claimant_and_record_of_its_addresses(on: On) {
+    // Arrange: user_c's row holds c@ (no bookkeeping); user_d claims c@; a row without a
+    // Clerk id holds d@; user_a's bookkeeping claims d@, its row holds a@; msg_1 is recorded
+    let (db, database) = setup(on, Fixture::Autoincrement).await;
+    db.exec(
+        "ALTER TABLE users ALTER COLUMN clerk_user_id DROP NOT NULL;
+         INSERT INTO users (clerk_user_id, email_address, updated_at) VALUES
+             ('user_c', 'c@x.test', '2024-05-01 12:00:00'),
+             (NULL, 'd@x.test', '2024-05-01 12:00:00'),
+             ('user_a', 'a@x.test', '2024-05-01 12:00:01');
+         INSERT INTO clerk_sync.users (user_id, version, digest, email) VALUES
+             ('user_d', 7, 'd7', 'c@x.test'),
+             ('user_a', 2, 'd2', 'd@x.test'),
+             ('user_z', 1, 'd1', 'z@x.test');
+         INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome) VALUES
+             ('msg_1', 'user.updated', 'user_a', 'applied');",
+    )
+    .await;
+
+    // Act: one user, one claim, one delivery id (the lone executor's request)
+    let (snapshot, _) = run(
+        &database,
+        request(&["user_a"], &["c@x.test"], &["msg_1"]),
+        Writes::default(),
+    )
+    .await
+    .expect("unit of work");
+
+    // Assert
+    let sorted = |set: &dyn Fn() -> Vec<String>| {
+        let mut v = set();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(&|| snapshot.addresses.iter().cloned().collect()),
+        ["a@x.test", "c@x.test", "d@x.test"]
+    );
+    assert_eq!(
+        sorted(&|| snapshot.foreign.iter().cloned().collect()),
+        ["d@x.test"]
+    );
+    assert!(snapshot.made.is_empty());
+    assert_eq!(
+        sorted(&|| snapshot.recorded.iter().cloned().collect()),
+        ["msg_1"]
+    );
+    assert_eq!(
+        sorted(&|| snapshot.users.keys().cloned().collect()),
+        ["user_a", "user_d"]
+    );
+    assert_eq!(
+        snapshot.users.get("user_a"),
+        Some(&stored(2, "d2", Some("d@x.test")))
+    );
+    let mut held: Vec<_> = snapshot
+        .rows
+        .iter()
+        .map(|(id, row)| (id.clone(), row.address.clone(), row.updated_ms))
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            (
+                "user_a".to_owned(),
+                Some("a@x.test".to_owned()),
+                1_714_564_801_000
+            ),
+            (
+                "user_c".to_owned(),
+                Some("c@x.test".to_owned()),
+                1_714_564_800_000
+            ),
+        ]
+    );
+}
+
 async fn the_addresses_involved_are_locked_and_without_an_address_column_none_are(on: On) {
     for fixture in [Fixture::Cuid, Fixture::UuidSoftDelete] {
         // Arrange: another transaction holds the advisory lock of a@
@@ -738,6 +818,53 @@ async fn the_users_bookkeeping_rows_are_locked_for_update(on: On) {
     );
     assert_eq!(snapshot.made.iter().collect::<Vec<_>>(), ["user_b"]);
     assert_eq!(snapshot.users.get("user_a"), Some(&stored(1, "d1", None)));
+}
+
+async fn a_lone_users_bookkeeping_row_is_locked_for_update_or_made(on: On) {
+    // Arrange: another transaction holds user_a's bookkeeping row FOR KEY SHARE, which only
+    // FOR UPDATE waits for
+    let (db, database) = setup(on, Fixture::Cuid).await;
+    db.exec("INSERT INTO clerk_sync.users (user_id, version, digest) VALUES ('user_a', 1, 'd1')")
+        .await;
+    let holder = db
+        .hold("BEGIN; SELECT 1 FROM clerk_sync.users WHERE user_id = 'user_a' FOR KEY SHARE")
+        .await;
+
+    // Act: user_a alone, then user_b alone (absent: made with its initial values)
+    let unit = tokio::spawn({
+        let database = database.clone();
+        async move { run(&database, request(&["user_a"], &[], &[]), Writes::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let finished_while_held = unit.is_finished();
+    holder.rollback().await;
+    let (existing, _) = unit.await.expect("task").expect("unit of work");
+    let mut new_user = request(&["user_b"], &[], &[]);
+    new_user.initial[0] = stored(3, "d3", Some("b@x.test"));
+    let (made, _) = run(&database, new_user, Writes::default())
+        .await
+        .expect("unit of work");
+
+    // Assert
+    assert!(
+        !finished_while_held,
+        "the user's row was not locked FOR UPDATE"
+    );
+    assert!(existing.made.is_empty());
+    assert_eq!(existing.users.get("user_a"), Some(&stored(1, "d1", None)));
+    assert_eq!(made.made.iter().collect::<Vec<_>>(), ["user_b"]);
+    assert_eq!(
+        made.users.get("user_b"),
+        Some(&stored(3, "d3", Some("b@x.test")))
+    );
+    assert_eq!(
+        db.number(
+            "SELECT count(*) AS n FROM clerk_sync.users WHERE user_id = 'user_b' AND version = 3"
+        )
+        .await,
+        1,
+        "the new user's row was made with its initial values"
+    );
 }
 
 async fn a_failing_write_rolls_the_whole_unit_of_work_back(on: On) {

@@ -39,7 +39,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use foldhash::{HashMap, HashSet};
 use sha2::{Digest as _, Sha256};
 
-use super::pg_port::InTransaction;
+use super::pg_port::{lone_request, InTransaction};
 use super::port::{
     moving, Bookkeeping, BookkeepingWrite, Deleted, MappedWrites, Record, Request, Snapshot, Writes,
 };
@@ -173,12 +173,13 @@ impl Pg {
             return Ok(true);
         }
         let executor = self.mapped_table(&shape)?.executor()?;
+        let [many, one] = &executor.signatures;
         if create {
-            self.ensure_function(&executor.signature, &executor.ddl)
-                .await?;
+            // The DDL makes both, the lone one second.
+            self.ensure_function(one, &executor.ddl).await?;
         }
-        // Checked as the role that calls it (`DIRECT_URL`'s may have made it).
-        let usable = self.function_usable(&executor.signature).await?;
+        // Checked as the role that calls them (`DIRECT_URL`'s may have made them).
+        let usable = self.function_usable(many).await? && self.function_usable(one).await?;
         if usable {
             // Another caller may have set the same one meanwhile.
             let _ = self.executor.set(executor);
@@ -706,23 +707,72 @@ fn groups<'w>(rows: &[(&'w str, &'w [(usize, Value)])]) -> Vec<Group<'w>> {
 /// [`Pg::prepare_mapped`], named by a hash of its body, so that a changed shape (or a changed
 /// statement) makes another and instances of either kind keep theirs.
 pub(super) struct Executor {
-    /// `CREATE OR REPLACE FUNCTION …`.
+    /// `CREATE OR REPLACE FUNCTION …` of both (the array one, then the lone one).
     ddl: String,
-    /// `clerk_sync.mapped_lock_and_read_<hash>(argument types)`.
-    signature: String,
+    /// `clerk_sync.mapped_lock_and_read_<hash>(argument types)`, then
+    /// `clerk_sync.mapped_lock_and_read_one_<hash>(argument types)`.
+    signatures: [String; 2],
     /// `clerk_sync.mapped_lock_and_read_<hash>`.
     name: String,
+    /// `clerk_sync.mapped_lock_and_read_one_<hash>`.
+    one_name: String,
     /// The text of its call (see [`call`]).
     call: Arc<[String]>,
+    /// The text of the lone one's call (see [`call_one`]).
+    one_call: Arc<[String]>,
 }
 
 impl Executor {
-    /// The call for `request`.
+    /// The call for `request`: the lone executor's where the request is lone.
     fn call(&self, request: &Request) -> Statement {
+        if lone_request(request) {
+            let mut s = Statement::with_text(self.one_call.clone());
+            call_one(&mut s, &self.one_name, request);
+            return s;
+        }
         let mut s = Statement::with_text(self.call.clone());
         call(&mut s, &self.name, request);
         s
     }
+}
+
+/// `CREATE OR REPLACE FUNCTION` of an executor: `body` between dollar quotes whose tag it
+/// does not contain (its identifiers are the application's).
+fn function(name: &str, arguments: &str, body: &str) -> String {
+    let mut tag = "$cs$".to_owned();
+    while body.contains(&tag) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    format!(
+        "CREATE OR REPLACE FUNCTION {name}({arguments}) RETURNS SETOF record \
+         LANGUAGE plpgsql VOLATILE AS {tag}{body}{tag}"
+    )
+}
+
+/// The call of the lone executor named `name` for the lone `request` (see
+/// [`Table::lone_executor`]).
+fn call_one(s: &mut Statement, name: &str, request: &Request) {
+    let new_user = Bookkeeping::new_user();
+    let initial = request.initial.as_slice().first().unwrap_or(&new_user);
+    s.push("SELECT * FROM ");
+    s.push(name);
+    s.push("(");
+    s.bind(Param::Text(request.users.as_slice().first().cloned()));
+    s.push("::text, ");
+    s.bind(Param::BigInt(initial.version));
+    s.push("::int8, ");
+    s.bind(Param::Text(Some(initial.digest.clone())));
+    s.push("::text, ");
+    s.bind(Param::Text(initial.email.clone()));
+    s.push("::text, ");
+    s.bind(Param::Bool(initial.role_from_webhook));
+    s.push("::bool, ");
+    s.bind(Param::Text(request.claims.as_slice().first().cloned()));
+    s.push("::text, ");
+    s.bind(Param::Text(request.ids.as_slice().first().cloned()));
+    s.push("::text) AS x(");
+    s.push(READ_ROW);
+    s.push(")");
 }
 
 /// The call of the executor named `name` for `request`: its arguments in [`Arg`]'s order.
@@ -868,6 +918,29 @@ impl Table {
         s
     }
 
+    /// One row of [`ReadRow`] per user of `ids` (a relation of one column `id`): its
+    /// bookkeeping and its row, each reached by key (`address`: the row's address as text).
+    fn user_rows(&self, ids: &str, address: &str) -> String {
+        format!(
+            "SELECT false AS recorded, k.id, \
+                    s.user_id IS NOT NULL AS kept, s.version, s.digest, s.email, \
+                    s.deleted_at IS NOT NULL AS deleted, \
+                    COALESCE(s.delete_pending, false) AS delete_pending, \
+                    COALESCE(s.role_from_webhook, false) AS role_from_webhook, \
+                    r.{clerk} IS NOT NULL AS held, {address} AS address, \
+                    {updated} AS updated_ms, false AS foreign, false AS made, \
+                    false AS locked \
+               FROM {ids} k \
+               LEFT JOIN LATERAL (SELECT * FROM clerk_sync.users s \
+                                   WHERE s.user_id = k.id LIMIT 1) s ON true \
+               LEFT JOIN LATERAL (SELECT * FROM {table} r \
+                                   WHERE r.{clerk} = k.id LIMIT 1) r ON true",
+            clerk = self.clerk_id,
+            table = self.name,
+            updated = self.updated_ms,
+        )
+    }
+
     /// Reads, under the locks, the involved users' bookkeeping and rows (one row each), and
     /// the deliveries already recorded (`recorded`). The involved users are the request's,
     /// the holders of the involved addresses and the users claiming one; those addresses are
@@ -918,26 +991,9 @@ impl Table {
             None => "NULL::text".to_owned(),
         };
         s.push(&format!(
-            ") SELECT false AS recorded, k.id, \
-                      s.user_id IS NOT NULL AS kept, s.version, s.digest, s.email, \
-                      s.deleted_at IS NOT NULL AS deleted, \
-                      COALESCE(s.delete_pending, false) AS delete_pending, \
-                      COALESCE(s.role_from_webhook, false) AS role_from_webhook, \
-                      r.{clerk} IS NOT NULL AS held, {address} AS address, \
-                      {updated} AS updated_ms, false AS foreign, false AS made, \
-                      false AS locked \
-                 FROM ids k \
-                 LEFT JOIN LATERAL (SELECT * FROM clerk_sync.users s \
-                                     WHERE s.user_id = k.id LIMIT 1) s ON true \
-                 LEFT JOIN LATERAL (SELECT * FROM {table} r \
-                                     WHERE r.{clerk} = k.id LIMIT 1) r ON true \
-               UNION ALL \
-               SELECT true, d.svix_id, false, NULL::int8, NULL::text, NULL::text, false, \
-                      false, false, false, NULL::text, NULL::int8, false, false, false \
-                 FROM unnest(",
-            clerk = self.clerk_id,
-            table = self.name,
-            updated = self.updated_ms,
+            ") {users} UNION ALL {recorded} FROM unnest(",
+            users = self.user_rows("ids", &address),
+            recorded = mark(Mark::Recorded("d.svix_id")),
         ));
         s.bind_arg(Arg::Ids, Param::Texts(request.ids.clone()));
         s.push(
@@ -947,22 +1003,19 @@ impl Table {
         if locked.is_none() && self.address.is_some() {
             // The addresses found here, to be compared with those locked (the application may
             // have moved a row's address between the two statements).
-            s.push(
-                " UNION ALL \
-                 SELECT false, '', false, NULL::int8, NULL::text, NULL::text, false, false, \
-                        false, false, cs_a.a, NULL::int8, false, false, true \
-                   FROM cs_a",
-            );
+            s.push(&format!(
+                " UNION ALL {} FROM cs_a",
+                mark(Mark::Locked("cs_a.a"))
+            ));
         }
         if let Some((address, _)) = &self.address {
             // The locked addresses a row holds without a Clerk id.
             s.push(&format!(
-                " UNION ALL \
-                 SELECT false, '', false, NULL::int8, NULL::text, NULL::text, false, false, \
-                        false, false, cs_a.a, NULL::int8, true, false, false \
+                " UNION ALL {foreign} \
                    FROM cs_a CROSS JOIN LATERAL \
                         (SELECT 1 FROM {table} r \
                           WHERE r.{address} = cs_a.a AND r.{clerk} IS NULL LIMIT 1) f",
+                foreign = mark(Mark::Foreign("cs_a.a")),
                 table = self.name,
                 clerk = self.clerk_id,
             ));
@@ -975,13 +1028,10 @@ impl Table {
     fn executor(&self) -> Result<Executor, DbError> {
         // Only the statements' text is used: their values are the call's arguments.
         let request = Request::default();
-        let nothing = "NULL::int8, NULL::text, NULL::text, false, false, false, false";
         let mut body = format!(
-            "BEGIN \
-             RETURN QUERY WITH cs_m AS ({users}) \
-               SELECT false, cs_m.user_id, false, {nothing}, NULL::text, NULL::int8, false, \
-                      true, false FROM cs_m; ",
+            "BEGIN RETURN QUERY WITH cs_m AS ({users}) {made} FROM cs_m; ",
             users = lock_users(&request).in_executor()?,
+            made = mark(Mark::Made("cs_m.user_id")),
         );
         let mut locked = None;
         if let Some((address, _)) = &self.address {
@@ -996,10 +1046,9 @@ impl Table {
                    INTO cs_executor.addresses FROM ({involved}) AS i; \
                  PERFORM pg_advisory_xact_lock(hashtextextended(l.a, 7)) \
                     FROM unnest(cs_executor.addresses) AS l(a); \
-                 RETURN QUERY SELECT false, '', false, {nothing}, l.a, NULL::int8, false, \
-                                     false, true \
-                   FROM unnest(cs_executor.addresses) AS l(a); ",
+                 RETURN QUERY {locked} FROM unnest(cs_executor.addresses) AS l(a); ",
                 involved = involved.in_executor()?,
+                locked = mark(Mark::Locked("l.a")),
             );
             locked = Some("cs_executor.addresses");
         }
@@ -1007,27 +1056,123 @@ impl Table {
             "RETURN QUERY {read}; END",
             read = self.read(&request, locked).in_executor()?
         ));
-        let digest = Sha256::digest(body.as_bytes());
-        let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let one = self.lone_executor();
+        // One name for the two: the one made second is there only if both are.
+        let mut digest = Sha256::new();
+        digest.update(body.as_bytes());
+        digest.update(one.as_bytes());
+        let hash: String = digest
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let name = format!("clerk_sync.mapped_lock_and_read_{hash}");
+        let one_name = format!("clerk_sync.mapped_lock_and_read_one_{hash}");
         let arguments = "text[], int8[], text[], text[], bool[], text[], text[]";
-        // The body between dollar quotes whose tag it does not contain (its identifiers are
-        // the application's).
-        let mut tag = "$cs$".to_owned();
-        while body.contains(&tag) {
-            tag.insert(tag.len() - 1, '_');
-        }
+        let one_arguments = "text, int8, text, text, bool, text, text";
         let mut text = Statement::default();
         call(&mut text, &name, &request);
+        let mut one_text = Statement::default();
+        call_one(&mut one_text, &one_name, &request);
         Ok(Executor {
             ddl: format!(
-                "CREATE OR REPLACE FUNCTION {name}({arguments}) RETURNS SETOF record \
-                 LANGUAGE plpgsql VOLATILE AS {tag}{body}{tag}"
+                "{}; {}",
+                function(&name, arguments, &body),
+                function(&one_name, one_arguments, &one)
             ),
-            signature: format!("{name}({arguments})"),
+            signatures: [
+                format!("{name}({arguments})"),
+                format!("{one_name}({one_arguments})"),
+            ],
             call: text.text()?,
+            one_call: one_text.text()?,
             name,
+            one_name,
         })
+    }
+
+    /// The body of the shape's executor for a lone request (one user, at most one claim and
+    /// one delivery id; see [`lone_request`]): what [`Self::executor`]'s does, with scalar
+    /// arguments (`user, version, digest, email, role` of its bookkeeping row if made, `claim`,
+    /// `id`) and statements that each reach one row by key, as the seed's
+    /// `clerk_sync.lock_and_read_one`. Its variables are named through the block's label
+    /// (`one`): no column can shadow them.
+    fn lone_executor(&self) -> String {
+        let lock = "SELECT s.email INTO one.email FROM clerk_sync.users s \
+                    WHERE s.user_id = $1 FOR UPDATE";
+        let mut body = format!(
+            "<<one>> DECLARE made bool := false; email text; held text; \
+                 addresses text[] := '{{}}'; involved text[]; others text[] := '{{}}'; \
+                 seen text[] := '{{}}'; held_foreign text[] := '{{}}'; a text; i int4; void text; \
+             BEGIN \
+             {lock}; \
+             IF NOT FOUND THEN \
+                 INSERT INTO clerk_sync.users AS s \
+                        (user_id, version, digest, email, role_from_webhook) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (user_id) DO UPDATE SET user_id = s.user_id WHERE false \
+                 RETURNING s.email INTO one.email; \
+                 one.made := FOUND; \
+                 IF NOT one.made THEN {lock}; END IF; \
+             END IF; "
+        );
+        let mut address = "NULL::text".to_owned();
+        if let Some((column, _)) = &self.address {
+            // The involved addresses (the claim, the bookkeeping's, the row's), distinct, in
+            // byte order, each locked; then whoever holds or claims each.
+            body.push_str(&format!(
+                "SELECT r.{column}::text INTO one.held FROM {table} r \
+                  WHERE r.{clerk} = $1 LIMIT 1; \
+                 FOREACH one.a IN ARRAY ARRAY[$6, one.email, one.held] LOOP \
+                     CONTINUE WHEN one.a IS NULL OR one.a = ANY(one.addresses); \
+                     one.i := cardinality(one.addresses); \
+                     WHILE one.i > 0 \
+                       AND one.addresses[one.i] COLLATE \"C\" > one.a COLLATE \"C\" LOOP \
+                         one.addresses[one.i + 1] := one.addresses[one.i]; \
+                         one.i := one.i - 1; \
+                     END LOOP; \
+                     one.addresses[one.i + 1] := one.a; \
+                 END LOOP; \
+                 FOREACH one.a IN ARRAY one.addresses LOOP \
+                     one.void := pg_advisory_xact_lock(hashtextextended(one.a, 7))::text; \
+                 END LOOP; \
+                 FOREACH one.a IN ARRAY one.addresses LOOP \
+                     one.involved := ARRAY(SELECT r.{clerk}::text FROM {table} r \
+                                         WHERE r.{column} = one.a \
+                                        UNION ALL \
+                                        SELECT s.user_id FROM clerk_sync.users s \
+                                         WHERE s.email = one.a); \
+                     IF array_position(one.involved, NULL) IS NOT NULL THEN \
+                         one.held_foreign := one.held_foreign || one.a; \
+                     END IF; \
+                     one.others := one.others || one.involved; \
+                 END LOOP; \
+                 FOREACH one.a IN ARRAY one.others LOOP \
+                     CONTINUE WHEN one.a IS NULL OR one.a = $1 OR one.a = ANY(one.seen); \
+                     one.seen := one.seen || one.a; \
+                     RETURN QUERY {other}; \
+                 END LOOP; ",
+                table = self.name,
+                clerk = self.clerk_id,
+                other = self.user_rows("(SELECT one.a AS id)", &format!("r.{column}::text")),
+            ));
+            address = format!("r.{column}::text");
+        }
+        body.push_str(&format!(
+            "RETURN QUERY {user} \
+              UNION ALL {made} WHERE one.made \
+              UNION ALL {locked} FROM unnest(one.addresses) AS l(a) \
+              UNION ALL {foreign} FROM unnest(one.held_foreign) AS l(a) \
+              UNION ALL {recorded} FROM clerk_sync.deliveries d WHERE d.svix_id = $7; \
+             END",
+            user = self.user_rows("(SELECT $1 AS id)", &address),
+            made = mark(Mark::Made("$1")),
+            locked = mark(Mark::Locked("l.a")),
+            foreign = mark(Mark::Foreign("l.a")),
+            recorded = mark(Mark::Recorded("d.svix_id")),
+        ));
+        body
     }
 
     /// Inserts a group of rows writing the same columns.
@@ -1630,6 +1775,32 @@ struct ReadRow {
     /// (The executor only) an address locked (`address`).
     #[diesel(sql_type = Bool)]
     locked: bool,
+}
+
+/// What a [`ReadRow`] that is no user's bookkeeping and row marks.
+enum Mark<'e> {
+    /// A delivery recorded, by id (an expression).
+    Recorded(&'e str),
+    /// A user whose bookkeeping row the lock made, by id.
+    Made(&'e str),
+    /// An address locked.
+    Locked(&'e str),
+    /// A locked address a row holds without a Clerk id.
+    Foreign(&'e str),
+}
+
+/// The `SELECT` list of a [`ReadRow`] marking `mark`.
+fn mark(mark: Mark) -> String {
+    let (recorded, id, address, foreign, made, locked) = match mark {
+        Mark::Recorded(id) => (true, id, "NULL::text", false, false, false),
+        Mark::Made(id) => (false, id, "NULL::text", false, true, false),
+        Mark::Locked(address) => (false, "''", address, false, false, true),
+        Mark::Foreign(address) => (false, "''", address, true, false, false),
+    };
+    format!(
+        "SELECT {recorded}, {id}, false, NULL::int8, NULL::text, NULL::text, false, false, \
+                false, false, {address}, NULL::int8, {foreign}, {made}, {locked}"
+    )
 }
 
 /// The columns of a [`ReadRow`], as the call of the executor names them.

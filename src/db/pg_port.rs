@@ -169,7 +169,7 @@ macro_rules! read_query {
 
 /// Whether a request is lone: one user, at most one address claimed and one delivery id
 /// (`clerk_sync.lock_and_read_one`).
-fn lone_request(request: &Request) -> bool {
+pub(super) fn lone_request(request: &Request) -> bool {
     request.users.len() == 1
         && request.initial.len() == 1
         && request.claims.len() <= 1
