@@ -703,9 +703,11 @@ fn groups<'w>(rows: &[(&'w str, &'w [(usize, Value)])]) -> Vec<Group<'w>> {
 /// A function of the shape's own in `clerk_sync` that takes the users' lock, then the
 /// address locks, then reads (each statement its own snapshot, as when pipelined), answering
 /// the read's rows with the users it made (`made`) and the addresses it locked (`locked`):
-/// one statement for the first round trip instead of three. Made from the shape at start by
-/// [`Pg::prepare_mapped`], named by a hash of its body, so that a changed shape (or a changed
-/// statement) makes another and instances of either kind keep theirs.
+/// one statement for the first round trip instead of three. It comes in two: one over arrays
+/// for any request, one with scalar arguments for a lone request ([`Table::lone_executor`]),
+/// chosen by the request as the seed's port chooses. Made from the shape at start by
+/// [`Pg::prepare_mapped`], named by a hash of their bodies, so that a changed shape (or a
+/// changed statement) makes another pair and instances of either kind keep theirs.
 pub(super) struct Executor {
     /// `CREATE OR REPLACE FUNCTION …` of both (the array one, then the lone one).
     ddl: String,
