@@ -496,3 +496,84 @@ async fn a_batch_waiting_for_a_new_users_row_holds_nothing_yet() {
 async fn a_batch_waiting_for_an_existing_users_row_holds_nothing_yet() {
     a_batch_waits_for_its_first_user_holding_nothing(1, LOCK_USER_1, MAKE_USER_2).await;
 }
+
+/// A bulk batch (replay, backfill: more users than a group commit holds) reaches the tables by
+/// key however large they have grown since they were last analyzed — as during a backfill,
+/// which autovacuum does not get to analyze while it runs. Free to choose, the planner read
+/// both tables whole for such a batch once it judged that cheaper than an index probe per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_batch_reaches_grown_unanalyzed_tables_by_key() {
+    // Arrange: the seed's tables grown to 20,000 rows each, never analyzed; one pool connection
+    let db = TestDb::with_prisma_tables(Backend::Postgres).await;
+    let url = DatabaseUrl::parse(&db.url).expect("url");
+    let one = PoolOptions {
+        max_connections: 1,
+        ..PoolOptions::default()
+    };
+    let database = Database::open(&url, one).expect("open");
+    database.migrate().await.expect("migrate");
+    db.exec(
+        r#"ALTER TABLE "User" SET (autovacuum_enabled = false);
+           ALTER TABLE clerk_sync.users SET (autovacuum_enabled = false);
+           INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
+             SELECT 'user_g' || g, 'Grown', 'g' || g || '@example.com', 'USER', now(), now()
+               FROM generate_series(1, 20000) g;
+           INSERT INTO clerk_sync.users (user_id, version, digest, email)
+             SELECT 'user_g' || g, 1, 'd', 'g' || g || '@example.com'
+               FROM generate_series(1, 20000) g"#,
+    )
+    .await;
+
+    // Act: 200 deliveries, half new users, half newer versions of grown ones
+    let batch: Vec<(MessageId, Event)> = (0..200)
+        .map(|i| {
+            let user = if i % 2 == 0 {
+                format!("user_new{i}")
+            } else {
+                format!("user_g{i}")
+            };
+            let body = ClerkUser::new(&user, 5_000, &format!("b{i}@example.com")).updated();
+            let id = MessageId::parse(&format!("msg_bulk{i}")).expect("id");
+            (id, Event::parse(body.as_bytes()).expect("event"))
+        })
+        .collect();
+    let outcomes = clerk_sync::sync::apply_batch(&database, batch.into(), SyncOptions::default())
+        .await
+        .expect("apply batch");
+
+    // Assert: every delivery applied, and neither table read whole (the pool's connection's
+    // counts are flushed as it ends)
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{outcomes:?}"
+    );
+    drop(database);
+    let others = "SELECT count(*) AS n FROM pg_stat_activity \
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let mut ended = false;
+    for _ in 0..100 {
+        if db.number(others).await == 0 {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ended, "the pool's connection did not end");
+    for table in ["\"User\"", "clerk_sync.users"] {
+        let read = db
+            .number(&format!(
+                "SELECT COALESCE(seq_tup_read, 0) AS n FROM pg_stat_all_tables \
+                  WHERE relid = '{table}'::regclass"
+            ))
+            .await;
+        assert!(
+            read < 20_000,
+            "{table}: {read} rows read by sequential scans"
+        );
+    }
+    assert_eq!(
+        db.number("SELECT count(*) AS n FROM \"User\" WHERE mail_address LIKE 'b%@example.com'")
+            .await,
+        200
+    );
+}

@@ -318,7 +318,14 @@ impl Pg {
         let id = open.id()?;
         let result = async {
             let (mut begin_on, mut read_on) = (conn, conn);
-            let begin = begin_on.batch_execute(self.begin_sql());
+            let bulk;
+            let begin_sql = if request.users.len() > BULK_USERS {
+                bulk = format!("{}; {BULK_PLANS}", self.begin_sql());
+                &bulk
+            } else {
+                self.begin_sql()
+            };
+            let begin = begin_on.batch_execute(begin_sql);
             // (Either statement is sent on this future's first poll, after BEGIN's.)
             let read = async {
                 if lone_request(&request) {
@@ -433,6 +440,19 @@ pub(super) type WriteStatement = (ObjectId, bool);
 /// fewer, so only connections replaced many times over are forgotten (and they then take one
 /// more round trip on their next write).
 const PREPARED_REMEMBERED: usize = 1_024;
+
+/// A request of more users than this is a bulk batch (a group commit never holds more than
+/// 64): `clerk_sync.lock_and_read` plans its reads for its arrays on every call (`EXECUTE`).
+const BULK_USERS: usize = 64;
+
+/// How a bulk batch's statements are planned, set for its transaction: reaching every table
+/// by its keys (an index scan over the batch's array of keys). Free to choose, the planner
+/// reads a table whole for a batch of hundreds of keys once it judges that cheaper than as
+/// many index probes — and the tables of a backfill are never analyzed while it runs, so a
+/// table of 200,000 rows was read whole 139 times (each of `clerk_sync.users` and `"User"`)
+/// where the index would have served each key.
+const BULK_PLANS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+                          SET LOCAL enable_mergejoin = off";
 
 impl Pg {
     /// Whether a write statement (the lone one, or the other) was prepared on the pool
