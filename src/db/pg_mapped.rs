@@ -1506,13 +1506,44 @@ fn text(value: &Value, bind: &Bind) -> Option<String> {
         // Rust prints the shortest text that reads back as the same double.
         Value::Float(x) => x.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Timestamp(at) => match bind {
-            Bind::TimestampTz => at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
-            _ => at.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
-        },
+        Value::Timestamp(at) => timestamp_text(at, matches!(bind, Bind::TimestampTz)),
         Value::Date(day) => day.format("%Y-%m-%d").to_string(),
         Value::Json(json) => json.to_string(),
     })
+}
+
+/// A time as `timestamp` (`timestamptz` with `zone`: at UTC) reads it, to the microsecond:
+/// `%Y-%m-%d %H:%M:%S%.6f` written out by hand (a format string is parsed on every use, a
+/// cost on every delivery's two times); any year outside 0–9999 through the format string.
+fn timestamp_text(at: &chrono::DateTime<chrono::Utc>, zone: bool) -> String {
+    use chrono::{Datelike as _, Timelike as _};
+    use std::fmt::Write as _;
+    if !(0..=9999).contains(&at.year()) {
+        let format = if zone {
+            "%Y-%m-%d %H:%M:%S%.6f+00"
+        } else {
+            "%Y-%m-%d %H:%M:%S%.6f"
+        };
+        return at.format(format).to_string();
+    }
+    // A leap second is second 59 with a second's nanoseconds more: 60, as `%S` writes it.
+    let (second, nanos) = match at.nanosecond().checked_sub(1_000_000_000) {
+        Some(nanos) => (at.second() + 1, nanos),
+        None => (at.second(), at.nanosecond()),
+    };
+    let mut text = String::with_capacity(29);
+    let _ = write!(
+        text,
+        "{:04}-{:02}-{:02} {:02}:{:02}:{second:02}.{:06}{}",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        nanos / 1000,
+        if zone { "+00" } else { "" }
+    );
+    text
 }
 
 /// A diesel error as [`DbError::from`] classes it, the server's message cut before any
@@ -1984,6 +2015,43 @@ mod tests {
         assert!(lone.contains("WHERE s.user_id = $7::text"), "{lone}");
         assert!(two.contains("unnest"), "{two}");
         assert!(!two.contains("VALUES"), "{two}");
+    }
+
+    #[test]
+    fn a_time_is_written_as_the_format_string_writes_it() {
+        use chrono::{DateTime, NaiveDate, TimeZone as _, Utc};
+        let mut times: Vec<DateTime<Utc>> = [
+            0_i64,
+            1,
+            999,
+            1_714_564_800_123,
+            -1,
+            -62_135_596_800_000,
+            253_402_300_799_999,
+        ]
+        .iter()
+        .filter_map(|ms| Utc.timestamp_millis_opt(*ms).single())
+        .collect();
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .map(|at| at.and_utc());
+        let far = NaiveDate::from_ymd_opt(12_345, 1, 2)
+            .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 6))
+            .map(|at| at.and_utc());
+        let before = NaiveDate::from_ymd_opt(-44, 3, 15)
+            .and_then(|d| d.and_hms_opt(12, 0, 0))
+            .map(|at| at.and_utc());
+        times.extend([leap, far, before].into_iter().flatten());
+        assert_eq!(times.len(), 10);
+
+        for at in times {
+            for (zone, format) in [
+                (false, "%Y-%m-%d %H:%M:%S%.6f"),
+                (true, "%Y-%m-%d %H:%M:%S%.6f+00"),
+            ] {
+                assert_eq!(timestamp_text(&at, zone), at.format(format).to_string());
+            }
+        }
     }
 
     #[test]

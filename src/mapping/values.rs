@@ -204,20 +204,44 @@ impl Mapping {
         now: DateTime<Utc>,
         no_email: fn(&str) -> String,
     ) -> Result<RowValues, ValueError> {
+        self.row_values(change, Some(now), no_email)
+    }
+
+    /// What an update of this user's row writes: [`RowValues::update`] of [`Self::values`],
+    /// without making what only an insert writes (a new key among them).
+    pub fn update_values(
+        &self,
+        change: &UserChange,
+        no_email: fn(&str) -> String,
+    ) -> Result<Vec<Assignment>, ValueError> {
+        Ok(self.row_values(change, None, no_email)?.sourced)
+    }
+
+    /// [`Self::values`], the insert-only ones only with the time of an insert (`now`).
+    fn row_values(
+        &self,
+        change: &UserChange,
+        now: Option<DateTime<Utc>>,
+        no_email: fn(&str) -> String,
+    ) -> Result<RowValues, ValueError> {
         let mut insert_only = Vec::new();
         let mut sourced = Vec::new();
         for (i, column) in self.columns.iter().enumerate() {
-            let write = match &column.fill {
-                Fill::ClerkId => Write::Value(fixed_text(column, change.id.as_str().to_owned())?),
-                Fill::Generated(generation) => {
+            let write = match (&column.fill, now) {
+                // An update writes none of these.
+                (Fill::ClerkId | Fill::Generated(_) | Fill::InsertTime, None) => continue,
+                (Fill::ClerkId, _) => {
+                    Write::Value(fixed_text(column, change.id.as_str().to_owned())?)
+                }
+                (Fill::Generated(generation), _) => {
                     let key = generation
                         .generate()
                         .ok_or_else(|| mismatch(column, &generation.to_string()))?;
                     Write::Value(fixed_text(column, key)?)
                 }
                 // Prisma Client's `now()` is a JavaScript `Date`: milliseconds at most.
-                Fill::InsertTime => Write::Value(time(column, now, 3)?),
-                Fill::Source { source, absent } => {
+                (Fill::InsertTime, Some(now)) => Write::Value(time(column, now, 3)?),
+                (Fill::Source { source, absent }, _) => {
                     let value = source_value(column, source, change)?;
                     sourced.push(Assignment {
                         column: i,
@@ -225,7 +249,7 @@ impl Mapping {
                     });
                     continue;
                 }
-                Fill::SoftDelete | Fill::Database | Fill::NotWritten => continue,
+                (Fill::SoftDelete | Fill::Database | Fill::NotWritten, _) => continue,
             };
             insert_only.push(Assignment { column: i, write });
         }
@@ -341,6 +365,10 @@ fn fixed_text(column: &Column, text: String) -> Result<Value, ValueError> {
 /// Text that may be cut: NUL dropped, then at most `max_length` characters.
 fn cut_text(column: &Column, text: &str) -> Value {
     let max = column.max_length.unwrap_or(usize::MAX);
+    // Most text fits whole (its bytes, never fewer than its characters, do) and has no NUL.
+    if text.len() <= max && !text.contains('\0') {
+        return Value::Text(text.to_owned());
+    }
     Value::Text(text.chars().filter(|c| *c != '\0').take(max).collect())
 }
 

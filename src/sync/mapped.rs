@@ -91,15 +91,12 @@ impl Mapped {
     /// mapping writes on update, in column order (nothing that depends on the time of the
     /// write). A version the mapping cannot write keeps its own digest (its write fails).
     fn digest(&self, change: &UserChange) -> String {
-        let Ok(values) = self
-            .mapping
-            .values(change, DateTime::UNIX_EPOCH, plan::no_email)
-        else {
+        let Ok(values) = self.mapping.update_values(change, plan::no_email) else {
             return change.digest.clone();
         };
         let mut hasher = Sha256::new();
         hasher.update(change.digest.as_bytes());
-        for assignment in values.update() {
+        for assignment in &values {
             hasher.update((assignment.column as u64).to_le_bytes());
             match &assignment.write {
                 Write::Keep => hasher.update([0]),
@@ -163,23 +160,32 @@ impl Mapped {
             let change = changes.get(&version).ok_or_else(|| {
                 DbError::Internal("a planned row write without its version".into())
             })?;
-            let values = self
-                .mapping
-                .values(change, now, plan::no_email)
-                .map_err(|e| DbError::Refused(e.to_string()))?;
+            let refused = |e: crate::mapping::ValueError| DbError::Refused(e.to_string());
             let address = self
                 .address
                 .filter(|a| a.unique)
                 .map(|a| (a.column, self.address_value(&row.address)));
             let mut out = MappedRow::default();
-            for assignment in values.insert() {
-                if let Write::Value(value) = &assignment.write {
-                    out.insert.push((assignment.column, value.clone()));
+            // Only what the row's write uses: an insert's values, or an update's.
+            let update = if row.exists {
+                self.mapping
+                    .update_values(change, plan::no_email)
+                    .map_err(refused)?
+            } else {
+                let values = self
+                    .mapping
+                    .values(change, now, plan::no_email)
+                    .map_err(refused)?;
+                for assignment in values.insert_only.into_iter().chain(values.sourced) {
+                    if let Write::Value(value) = assignment.write {
+                        out.insert.push((assignment.column, value));
+                    }
                 }
-            }
-            for assignment in values.update() {
-                let value = match &assignment.write {
-                    Write::Value(value) => Some(value.clone()),
+                Vec::new()
+            };
+            for assignment in update {
+                let value = match assignment.write {
+                    Write::Value(value) => Some(value),
                     // **The role rule**: a role a webhook set, named no more, goes back to
                     // the column's default.
                     Write::Keep if Some(assignment.column) == self.role && row.role.is_some() => {
