@@ -53,9 +53,12 @@ fn pragmas(busy_ms: u128, cache_kib: u32) -> String {
     // acknowledged delivery across a power loss; foreign keys as Prisma enables them. A page
     // cache of 32 MiB (SQLite's default is 2; 256 MiB for bulk writes) keeps a large table's
     // index pages in memory instead of reading them again for every batch; it grows only as
-    // pages are used.
+    // pages are used. The temporary B-trees of a statement (a batch's keys sorted, made
+    // distinct, looked up) in memory: on disk (SQLite's default, files under /var/tmp) a
+    // 50,000-user backfill wrote ≈ 16,000 pages to them, and nothing of them outlives the
+    // statement.
     format!(
-        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{cache_kib};"
+        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{cache_kib}; PRAGMA temp_store = MEMORY;"
     )
 }
 
