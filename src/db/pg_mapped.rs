@@ -39,7 +39,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use foldhash::{HashMap, HashSet};
 use sha2::{Digest as _, Sha256};
 
-use super::pg_port::{lone_request, InTransaction};
+use super::pg_port::{lone_request, InTransaction, BY_KEY};
 use super::port::{
     moving, Bookkeeping, BookkeepingWrite, Deleted, MappedWrites, Record, Request, Snapshot, Writes,
 };
@@ -74,7 +74,7 @@ impl Pg {
             // turn, each its own snapshot after the locks before it. A statement not yet
             // prepared on this connection holds diesel-async's statement cache while it is
             // prepared, so the ones after it wait and still run after it.
-            let begin_sql = format!("{}; {PLANS}", self.begin_sql());
+            let begin_sql = format!("{}; {GENERIC}; {BY_KEY}", self.begin_sql());
             let begin = begin_on.batch_execute(&begin_sql);
             if let Some(executor) = self.executor.get() {
                 let read = executor.call(&request).load::<ReadRow>(&mut read_on);
@@ -207,10 +207,9 @@ impl Pg {
 /// first time a connection runs the statement, often while the tables are still small
 /// (a table never analyzed counts as ten pages), and kept until the table is next analyzed:
 /// a plan free to choose would read a small table whole, or hash it, and go on doing so as
-/// it grows. (The statements reach each table by key besides, see [`Table::read`].)
-const PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; \
-                     SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-                     SET LOCAL enable_mergejoin = off";
+/// it grows ([`BY_KEY`]). (The statements reach each table by key besides, see
+/// [`Table::read`].)
+const GENERIC: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// The snapshot from what the lock and the read answered.
 fn snapshot(made: Vec<Name>, addresses: Vec<String>, read: Vec<ReadRow>) -> Snapshot {

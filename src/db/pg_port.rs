@@ -320,7 +320,7 @@ impl Pg {
             let (mut begin_on, mut read_on) = (conn, conn);
             let bulk;
             let begin_sql = if request.users.len() > BULK_USERS {
-                bulk = format!("{}; {BULK_PLANS}", self.begin_sql());
+                bulk = format!("{}; {BY_KEY}", self.begin_sql());
                 &bulk
             } else {
                 self.begin_sql()
@@ -442,17 +442,19 @@ pub(super) type WriteStatement = (ObjectId, bool);
 const PREPARED_REMEMBERED: usize = 1_024;
 
 /// A request of more users than this is a bulk batch (a group commit never holds more than
-/// 64): `clerk_sync.lock_and_read` plans its reads for its arrays on every call (`EXECUTE`).
+/// 64): `clerk_sync.lock_and_read` reads it with statements of its own (migration 20), each
+/// table through one index scan over the batch's keys, planned by [`BY_KEY`].
 const BULK_USERS: usize = 64;
 
-/// How a bulk batch's statements are planned, set for its transaction: reaching every table
-/// by its keys (an index scan over the batch's array of keys). Free to choose, the planner
-/// reads a table whole for a batch of hundreds of keys once it judges that cheaper than as
-/// many index probes — and the tables of a backfill are never analyzed while it runs, so a
-/// table of 200,000 rows was read whole 139 times (each of `clerk_sync.users` and `"User"`)
-/// where the index would have served each key.
-const BULK_PLANS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-                          SET LOCAL enable_mergejoin = off";
+/// Plans that reach every table by its keys, set for a transaction (a bulk batch's here, every
+/// one on a mapped table in [`super::pg_mapped`]). Free to choose, the planner reads a table
+/// whole once it judges that cheaper than an index probe per key — for a batch of hundreds of
+/// keys, or for a plan made while the table was small and kept as it grows — and tables are
+/// not analyzed while a backfill runs: a 200,000-user backfill read `clerk_sync.users` and
+/// `"User"` whole 139 and 117 times where the index would have served each key.
+pub(super) const BY_KEY: &str = "SET LOCAL enable_seqscan = off; \
+                                 SET LOCAL enable_hashjoin = off; \
+                                 SET LOCAL enable_mergejoin = off";
 
 impl Pg {
     /// Whether a write statement (the lone one, or the other) was prepared on the pool

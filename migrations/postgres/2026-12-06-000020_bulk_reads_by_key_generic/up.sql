@@ -7,7 +7,7 @@
 -- per key worth, they read them whole (139 times each for 200,000 users: the tables of a
 -- backfill are not analyzed while it runs). The plan is by key because the unit of work of a
 -- bulk batch sets `enable_seqscan`, `enable_hashjoin` and `enable_mergejoin` off for its
--- transaction (src/db/pg_port.rs, BULK_PLANS); the function already plans generically
+-- transaction (src/db/pg_port.rs, BY_KEY); the function already plans generically
 -- (plan_cache_mode). The group-commit and few-rows shapes are unchanged.
 CREATE OR REPLACE FUNCTION clerk_sync.lock_and_read(
     p_users TEXT[], i_version BIGINT[], i_digest TEXT[], i_email TEXT[], i_role BOOLEAN[],
