@@ -611,22 +611,29 @@ async fn a_row_the_application_inserted_with_the_clerk_id_is_read_as_existing(on
     );
 }
 
-async fn the_snapshot_holds_every_row_and_claimant_of_a_locked_address(on: On) {
-    // Arrange: user_c's row holds c@ (the application's, no bookkeeping); user_d claims it;
-    // a row without a Clerk id holds d@; user_a's bookkeeping claims e@, its row holds a@
-    let (db, database) = setup(on, Fixture::Autoincrement).await;
-    db.exec(
+/// On the autoincrement shape: user_c's row holds c@ (no bookkeeping) and user_d claims it; a
+/// row without a Clerk id holds d@; user_a's row holds a@ (updated at `a_updated`) while its
+/// bookkeeping claims `a_claims`; user_z claims z@, involved in nothing.
+async fn held_and_claimed(db: &TestDb, a_updated: &str, a_claims: &str) {
+    db.exec(&format!(
         "ALTER TABLE users ALTER COLUMN clerk_user_id DROP NOT NULL;
          INSERT INTO users (clerk_user_id, email_address, updated_at) VALUES
              ('user_c', 'c@x.test', '2024-05-01 12:00:00'),
              (NULL, 'd@x.test', '2024-05-01 12:00:00'),
-             ('user_a', 'a@x.test', 'infinity');
+             ('user_a', 'a@x.test', '{a_updated}');
          INSERT INTO clerk_sync.users (user_id, version, digest, email) VALUES
              ('user_d', 7, 'd7', 'c@x.test'),
-             ('user_a', 2, 'd2', 'e@x.test'),
-             ('user_z', 1, 'd1', 'z@x.test');",
-    )
+             ('user_a', 2, 'd2', '{a_claims}'),
+             ('user_z', 1, 'd1', 'z@x.test');"
+    ))
     .await;
+}
+
+async fn the_snapshot_holds_every_row_and_claimant_of_a_locked_address(on: On) {
+    // Arrange: user_c's row holds c@ (the application's, no bookkeeping); user_d claims it;
+    // a row without a Clerk id holds d@; user_a's bookkeeping claims e@, its row holds a@
+    let (db, database) = setup(on, Fixture::Autoincrement).await;
+    held_and_claimed(&db, "infinity", "e@x.test").await;
 
     // Act: user_a claims c@ and d@; user_new is made with values past `initial`'s end
     let mut request = request(&["user_a", "user_new"], &["d@x.test", "c@x.test"], &[]);
@@ -671,18 +678,10 @@ async fn a_lone_requests_snapshot_holds_every_row_claimant_and_record_of_its_add
     // Arrange: user_c's row holds c@ (no bookkeeping); user_d claims c@; a row without a
     // Clerk id holds d@; user_a's bookkeeping claims d@, its row holds a@; msg_1 is recorded
     let (db, database) = setup(on, Fixture::Autoincrement).await;
+    held_and_claimed(&db, "2024-05-01 12:00:01", "d@x.test").await;
     db.exec(
-        "ALTER TABLE users ALTER COLUMN clerk_user_id DROP NOT NULL;
-         INSERT INTO users (clerk_user_id, email_address, updated_at) VALUES
-             ('user_c', 'c@x.test', '2024-05-01 12:00:00'),
-             (NULL, 'd@x.test', '2024-05-01 12:00:00'),
-             ('user_a', 'a@x.test', '2024-05-01 12:00:01');
-         INSERT INTO clerk_sync.users (user_id, version, digest, email) VALUES
-             ('user_d', 7, 'd7', 'c@x.test'),
-             ('user_a', 2, 'd2', 'd@x.test'),
-             ('user_z', 1, 'd1', 'z@x.test');
-         INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome) VALUES
-             ('msg_1', 'user.updated', 'user_a', 'applied');",
+        "INSERT INTO clerk_sync.deliveries (svix_id, event_type, user_id, outcome) VALUES
+             ('msg_1', 'user.updated', 'user_a', 'applied')",
     )
     .await;
 
