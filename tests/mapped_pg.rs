@@ -783,32 +783,37 @@ async fn the_addresses_involved_are_locked_and_without_an_address_column_none_ar
     }
 }
 
-async fn the_users_bookkeeping_rows_are_locked_for_update(on: On) {
-    // Arrange: another transaction holds user_a's bookkeeping row FOR KEY SHARE, which only
-    // FOR UPDATE waits for
-    let (db, database) = setup(on, Fixture::Cuid).await;
+/// Runs `request` while another transaction holds user_a's bookkeeping row (version 1,
+/// digest d1) FOR KEY SHARE, which only FOR UPDATE waits for; answers whether the unit of work
+/// finished while the row was held, then its snapshot.
+async fn read_while_key_share_held(
+    db: &TestDb,
+    database: &Database,
+    request: Request,
+) -> (bool, Snapshot) {
     db.exec("INSERT INTO clerk_sync.users (user_id, version, digest) VALUES ('user_a', 1, 'd1')")
         .await;
     let holder = db
         .hold("BEGIN; SELECT 1 FROM clerk_sync.users WHERE user_id = 'user_a' FOR KEY SHARE")
         .await;
-
-    // Act
     let unit = tokio::spawn({
         let database = database.clone();
-        async move {
-            run(
-                &database,
-                request(&["user_a", "user_b"], &[], &[]),
-                Writes::default(),
-            )
-            .await
-        }
+        async move { run(&database, request, Writes::default()).await }
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     let finished_while_held = unit.is_finished();
     holder.rollback().await;
     let (snapshot, _) = unit.await.expect("task").expect("unit of work");
+    (finished_while_held, snapshot)
+}
+
+async fn the_users_bookkeeping_rows_are_locked_for_update(on: On) {
+    // Arrange
+    let (db, database) = setup(on, Fixture::Cuid).await;
+
+    // Act: user_a (held) and user_b (absent: made)
+    let (finished_while_held, snapshot) =
+        read_while_key_share_held(&db, &database, request(&["user_a", "user_b"], &[], &[])).await;
 
     // Assert
     assert!(
@@ -820,24 +825,12 @@ async fn the_users_bookkeeping_rows_are_locked_for_update(on: On) {
 }
 
 async fn a_lone_users_bookkeeping_row_is_locked_for_update_or_made(on: On) {
-    // Arrange: another transaction holds user_a's bookkeeping row FOR KEY SHARE, which only
-    // FOR UPDATE waits for
+    // Arrange
     let (db, database) = setup(on, Fixture::Cuid).await;
-    db.exec("INSERT INTO clerk_sync.users (user_id, version, digest) VALUES ('user_a', 1, 'd1')")
-        .await;
-    let holder = db
-        .hold("BEGIN; SELECT 1 FROM clerk_sync.users WHERE user_id = 'user_a' FOR KEY SHARE")
-        .await;
 
-    // Act: user_a alone, then user_b alone (absent: made with its initial values)
-    let unit = tokio::spawn({
-        let database = database.clone();
-        async move { run(&database, request(&["user_a"], &[], &[]), Writes::default()).await }
-    });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let finished_while_held = unit.is_finished();
-    holder.rollback().await;
-    let (existing, _) = unit.await.expect("task").expect("unit of work");
+    // Act: user_a alone (held), then user_b alone (absent: made with its initial values)
+    let (finished_while_held, existing) =
+        read_while_key_share_held(&db, &database, request(&["user_a"], &[], &[])).await;
     let mut new_user = request(&["user_b"], &[], &[]);
     new_user.initial[0] = stored(3, "d3", Some("b@x.test"));
     let (made, _) = run(&database, new_user, Writes::default())
