@@ -577,3 +577,96 @@ async fn a_bulk_batch_reaches_grown_unanalyzed_tables_by_key() {
         200
     );
 }
+
+/// A bulk batch finds its users' rows before it locks the addresses they hold, and another
+/// writer holding one of those addresses may give such a row a placeholder meanwhile. The
+/// batch must plan from the row as it is once it holds the address: here user X's row was
+/// given a placeholder for user Y while the batch waited, and X's newer claim takes the
+/// address back (as its row, not a second one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_batch_plans_from_a_row_displaced_while_it_waited_for_the_address() {
+    // Arrange: X's row holds the address; another transaction holds the address's lock
+    let db = TestDb::with_prisma_tables(Backend::Postgres).await;
+    let url = DatabaseUrl::parse(&db.url).expect("url");
+    let database = Database::open(&url, PoolOptions::default()).expect("open");
+    database.migrate().await.expect("migrate");
+    let options = SyncOptions::default();
+    let address = "shared@example.com";
+    let seed = ClerkUser::new("user_dispx", 0, address).created();
+    let id = MessageId::parse("disp_seed").expect("id");
+    clerk_sync::sync::ingest(
+        &database,
+        &id,
+        &Event::parse(seed.as_bytes()).expect("event"),
+        options,
+    )
+    .await
+    .expect("user X");
+    let mut other = db
+        .hold(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{address}', 7))"
+        ))
+        .await;
+
+    // Act: a bulk batch (X's newer version and 70 new users) waits for the address; the
+    // other transaction gives X's row a placeholder, gives the address to Y, commits
+    let mut batch: Vec<(MessageId, Event)> = (0..70)
+        .map(|i| {
+            let body = ClerkUser::new(&format!("user_pad{i}"), 0, &format!("pad{i}@example.com"));
+            let id = MessageId::parse(&format!("disp_pad{i}")).expect("id");
+            (id, Event::parse(body.created().as_bytes()).expect("event"))
+        })
+        .collect();
+    let newer = ClerkUser::new("user_dispx", 5_000, address).updated();
+    batch.push((
+        MessageId::parse("disp_x").expect("id"),
+        Event::parse(newer.as_bytes()).expect("event"),
+    ));
+    let running = {
+        let database = database.clone();
+        tokio::spawn(async move {
+            clerk_sync::sync::apply_batch(&database, batch.into(), options).await
+        })
+    };
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let mut waited = 0;
+    while db.number(waiting).await == 0 {
+        assert!(waited < 1_000, "the batch never waited");
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let table = db.own_table("users");
+    other
+        .run(&format!(
+            r#"UPDATE "User" SET mail_address = 'user_dispx@displaced.invalid'
+                WHERE id = 'user_dispx';
+               INSERT INTO "User" (id, name, mail_address, role, "createdAt", "updatedAt")
+               VALUES ('user_dispy', 'Y', '{address}', 'USER', now(), now());
+               INSERT INTO {table} (user_id, version, digest, email)
+               VALUES ('user_dispy', 1, 'y', '{address}');
+               COMMIT"#
+        ))
+        .await
+        .expect("the other writer moves the address and commits");
+
+    // Assert: every delivery applied; X's row holds the address again, Y's the placeholder
+    let outcomes = running
+        .await
+        .expect("task")
+        .unwrap_or_else(|failure| panic!("the batch failed: {}", failure.error));
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{outcomes:?}"
+    );
+    let rows = db.users().await;
+    let holder = |id: &str| {
+        rows.iter()
+            .find(|r| r.id == id)
+            .map(|r| r.mail_address.as_str())
+            .unwrap_or_else(|| panic!("no row for {id}: {rows:?}"))
+    };
+    assert_eq!(holder("user_dispx"), address);
+    assert_eq!(holder("user_dispy"), "user_dispy@displaced.invalid");
+    assert_eq!(rows.len(), 72);
+}

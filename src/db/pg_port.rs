@@ -127,7 +127,10 @@ struct Read {
     w: Vec<(String, String, i64)>,
 }
 
-fn snapshot(raw: &str) -> Result<Snapshot, DbError> {
+/// Reads `clerk_sync.lock_and_read`'s answer to `request`. A bookkeeping row the executor made
+/// holds the request's initial values; where the answer leaves such a row out (a bulk batch's
+/// read does), they are what it holds.
+fn snapshot(raw: &str, request: &Request) -> Result<Snapshot, DbError> {
     let read: Read = serde_json::from_str(raw).map_err(|e| {
         DbError::Internal(format!("clerk_sync.lock_and_read answered unreadably: {e}"))
     })?;
@@ -142,6 +145,13 @@ fn snapshot(raw: &str) -> Result<Snapshot, DbError> {
     }
     for (id, address, updated_ms) in read.w {
         snapshot.add_row(id, Some(address), updated_ms);
+    }
+    if !snapshot.made.is_empty() {
+        for (user, initial) in request.users.iter().zip(&request.initial) {
+            if snapshot.made.contains(user) && !snapshot.users.contains_key(user) {
+                snapshot.users.insert(user.clone(), initial.clone());
+            }
+        }
     }
     Ok(snapshot)
 }
@@ -340,7 +350,7 @@ impl Pg {
             };
             let (begun, read) = futures_util::future::join(begin, read).await;
             begun?;
-            let (writes, value) = plan(&snapshot(&read?)?)?;
+            let (writes, value) = plan(&snapshot(&read?, &request)?)?;
             let mut on = conn;
             if writes.is_empty() {
                 on.batch_execute("COMMIT").await?;
