@@ -166,15 +166,21 @@ impl Lite {
         F: FnOnce(&Snapshot) -> Result<(Writes, T), DbError> + Send + 'static,
         T: Send + 'static,
     {
-        self.run(move |conn| {
-            conn.immediate_transaction(|c| {
-                let snapshot = port::read(c, &request)?;
-                let (writes, value) = plan(&snapshot)?;
-                let deleted = port::write(c, &request, &snapshot, &writes)?;
-                Ok((value, deleted))
+        let (value, deleted, spent) = self
+            .run(move |conn| {
+                conn.immediate_transaction(|c| {
+                    let snapshot = port::read(c, &request)?;
+                    let (writes, value) = plan(&snapshot)?;
+                    let deleted = port::write(c, &request, &snapshot, &writes)?;
+                    Ok((value, deleted, (request, snapshot, writes)))
+                })
             })
-        })
-        .await
+            .await?;
+        // Freed here, once the connection is back in the pool: a bulk batch's request,
+        // snapshot and writes hold tens of thousands of strings, and the one writer need not
+        // wait for them.
+        drop(spent);
+        Ok((value, deleted))
     }
 
     pub(super) async fn status(&self, since: DateTime<Utc>) -> Result<Status, DbError> {

@@ -72,6 +72,9 @@ pub fn prisma_sqlite_date(at: chrono::DateTime<chrono::Utc>) -> String {
             out.push(char::from(b'0' + digit as u8));
         }
     }
+    // The calendar fields of the UTC time, read once (each of `DateTime`'s own accessors
+    // converts it again).
+    let at = at.naive_utc();
     let mut out = String::with_capacity(29);
     digits(&mut out, at.year().clamp(0, 9999).unsigned_abs(), 4);
     out.push('-');

@@ -166,7 +166,7 @@ pub fn plan(
     snapshot: &Snapshot,
     options: SyncOptions,
 ) -> Result<Plan, Incomplete> {
-    let mut walk = Walk::new(snapshot, options);
+    let mut walk = Walk::new(snapshot, options, batch.len());
     let mut outcomes = Vec::with_capacity(batch.len());
     for (id, event) in batch {
         outcomes.push(walk.deliver(id, event)?);
@@ -179,7 +179,7 @@ pub fn plan(
 
 /// Plans one retry of `user`'s deferred delete; none when it is not pending.
 pub fn plan_retry(user: &str, snapshot: &Snapshot) -> Result<Option<Plan>, Incomplete> {
-    let mut walk = Walk::new(snapshot, SyncOptions::default());
+    let mut walk = Walk::new(snapshot, SyncOptions::default(), 1);
     let state = walk.user(user)?;
     if !state.deleted || state.pending != Pending::Yes {
         return Ok(None);
@@ -366,9 +366,11 @@ struct Walk<'s> {
 }
 
 impl<'s> Walk<'s> {
-    fn new(snapshot: &'s Snapshot, options: SyncOptions) -> Self {
-        let mut holders = HashMap::with_capacity(snapshot.rows.len());
-        let mut rows = HashMap::with_capacity(snapshot.rows.len());
+    /// The walk over `snapshot` of `deliveries` deliveries (its maps sized for them: a bulk
+    /// batch's thousands would grow them several times over).
+    fn new(snapshot: &'s Snapshot, options: SyncOptions, deliveries: usize) -> Self {
+        let mut holders = HashMap::with_capacity(snapshot.rows.len() + deliveries);
+        let mut rows = HashMap::with_capacity(snapshot.rows.len() + deliveries);
         for (id, row) in &snapshot.rows {
             let address = held(id, row);
             holders.insert(address.clone(), id.as_str());
@@ -395,7 +397,8 @@ impl<'s> Walk<'s> {
                 (u.as_str(), state)
             })
             .collect();
-        let mut claimants: HashMap<&'s str, Vec<&'s str>> = HashMap::new();
+        let mut claimants: HashMap<&'s str, Vec<&'s str>> =
+            HashMap::with_capacity(snapshot.addresses.len());
         for (&user, state) in &users {
             if let Some(email) = state.email {
                 if snapshot.addresses.contains(email) {
@@ -410,9 +413,9 @@ impl<'s> Walk<'s> {
             rows,
             holders,
             claimants,
-            seen: HashSet::new(),
-            touched_users: HashMap::new(),
-            touched_rows: HashSet::new(),
+            seen: HashSet::with_capacity(deliveries),
+            touched_users: HashMap::with_capacity(snapshot.users.len()),
+            touched_rows: HashSet::with_capacity(deliveries),
             deletes: Vec::new(),
             record: Vec::new(),
         }
@@ -474,14 +477,16 @@ impl<'s> Walk<'s> {
     /// `user.created` / `user.updated`.
     fn upsert(&mut self, change: &'s UserChange) -> Result<Outcome, Incomplete> {
         let user = change.id.as_str();
-        let current = self.user(user)?;
+        let (dedup, skip_without_email) =
+            (self.options.dedup, self.options.skip_users_without_email);
+        let state = self.user_mut(user)?;
         // **Tombstones**: Clerk never reuses a user id, so nothing revives a deleted user.
-        if current.deleted {
+        if state.deleted {
             return Ok(Outcome::Stale);
         }
-        if !newer(change, (current.version, current.digest)) {
-            let repeat = self.options.dedup == Dedup::ByVersion
-                && (change.version, change.digest.as_str()) == (current.version, current.digest);
+        if !newer(change, (state.version, state.digest)) {
+            let repeat = dedup == Dedup::ByVersion
+                && (change.version, change.digest.as_str()) == (state.version, state.digest);
             return Ok(if repeat {
                 Outcome::Duplicate
             } else {
@@ -489,19 +494,18 @@ impl<'s> Walk<'s> {
             });
         }
         // **Skip without email**, when configured.
-        if change.email.is_none() && self.options.skip_users_without_email {
+        if change.email.is_none() && skip_without_email {
             return Ok(Outcome::Ignored);
         }
-        let role = role_after(change.role, current.role_from_webhook);
+        let role = role_after(change.role, state.role_from_webhook);
         let email = change.email.as_ref().map(|e| e.as_str());
-        let row_address = self.rows.get(user).map(|r| r.address.clone());
 
         // The bookkeeping: this version is the newest applied, with its claim.
-        let state = self.user_mut(user)?;
         let previous = std::mem::replace(&mut state.email, email);
         state.version = change.version;
         state.digest = &change.digest;
         state.role_from_webhook = change.role.is_some();
+        let row_address = self.rows.get(user).map(|r| r.address.clone());
         self.set_claim(user, previous, email);
         self.touch_user(user);
 
@@ -577,11 +581,14 @@ impl<'s> Walk<'s> {
     fn write_row(&mut self, change: &'s UserChange, address: Cow<'s, str>, role: Option<Role>) {
         let user = change.id.as_str();
         let exists = self.snapshot.rows.contains_key(user);
-        let previous_role = self
-            .rows
-            .get(user)
-            .and_then(|row| row.full.as_ref())
-            .and_then(|full| full.role);
+        let updated_ms = change.updated_at.timestamp_millis();
+        let row = self.rows.entry(user).or_insert_with(|| Row {
+            // Takes the address below.
+            address: Cow::Borrowed(""),
+            updated_ms,
+            full: None,
+        });
+        let previous_role = row.full.as_ref().and_then(|full| full.role);
         // A version that leaves the role alone keeps what an earlier version of this plan
         // wrote.
         let full = RowWrite {
@@ -597,23 +604,8 @@ impl<'s> Walk<'s> {
             digest: change.digest.clone(),
             exists,
         };
-        match self.rows.get_mut(user) {
-            Some(row) => {
-                row.full = Some(full);
-                row.updated_ms = change.updated_at.timestamp_millis();
-            }
-            None => {
-                self.rows.insert(
-                    user,
-                    Row {
-                        // Takes the address below.
-                        address: Cow::Borrowed(""),
-                        updated_ms: change.updated_at.timestamp_millis(),
-                        full: Some(full),
-                    },
-                );
-            }
-        }
+        row.full = Some(full);
+        row.updated_ms = updated_ms;
         self.move_row(user, address);
         self.touched_rows.insert(user);
     }
