@@ -443,21 +443,7 @@ async fn a_batch_waits_for_its_first_user_holding_nothing(existing: u8, first: &
         .hold(&format!("BEGIN; {}", first.replace("{table}", &table)))
         .await;
     let batch: Vec<(MessageId, Event)> = vec![delivery(1, 1_000), delivery(2, 1_000)];
-    let running = {
-        let database = database.clone();
-        tokio::spawn(async move {
-            clerk_sync::sync::apply_batch(&database, batch.into(), options).await
-        })
-    };
-    // Until the batch waits for a lock (in this test's database: tests run side by side).
-    let waiting = "SELECT count(*) AS n FROM pg_stat_activity
-                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
-    let mut waited = 0;
-    while db.number(waiting).await == 0 {
-        assert!(waited < 1_000, "the batch never waited");
-        waited += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let running = start_waiting(&db, &database, batch, options).await;
     other
         .run(&format!(
             "SET lock_timeout = '10s'; {}; COMMIT",
@@ -476,6 +462,31 @@ async fn a_batch_waits_for_its_first_user_holding_nothing(existing: u8, first: &
         rows.iter().all(|r| r.updated_at == "2024-05-01T12:00:01"),
         "{rows:?}"
     );
+}
+
+/// Starts `batch` on a task of its own; returns once it waits for a lock (in this test's
+/// database: tests run side by side).
+async fn start_waiting(
+    db: &TestDb,
+    database: &Database,
+    batch: Vec<(MessageId, Event)>,
+    options: SyncOptions,
+) -> tokio::task::JoinHandle<Result<Vec<Outcome>, clerk_sync::sync::BatchFailure>> {
+    let running = {
+        let database = database.clone();
+        tokio::spawn(async move {
+            clerk_sync::sync::apply_batch(&database, batch.into(), options).await
+        })
+    };
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let mut waited = 0;
+    while db.number(waiting).await == 0 {
+        assert!(waited < 1_000, "the batch never waited");
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    running
 }
 
 const MAKE_USER_1: &str =
@@ -622,20 +633,7 @@ async fn a_bulk_batch_plans_from_a_row_displaced_while_it_waited_for_the_address
         MessageId::parse("disp_x").expect("id"),
         Event::parse(newer.as_bytes()).expect("event"),
     ));
-    let running = {
-        let database = database.clone();
-        tokio::spawn(async move {
-            clerk_sync::sync::apply_batch(&database, batch.into(), options).await
-        })
-    };
-    let waiting = "SELECT count(*) AS n FROM pg_stat_activity
-                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
-    let mut waited = 0;
-    while db.number(waiting).await == 0 {
-        assert!(waited < 1_000, "the batch never waited");
-        waited += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let running = start_waiting(&db, &database, batch, options).await;
     let table = db.own_table("users");
     other
         .run(&format!(
