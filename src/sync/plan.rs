@@ -18,6 +18,7 @@
 use std::borrow::Cow;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use smallvec::SmallVec;
 
 use crate::db::port::{
     AppRow, Bookkeeping, BookkeepingWrite, Record, Request, RowWrite, Snapshot, Writes,
@@ -180,12 +181,13 @@ pub fn plan(
 /// Plans one retry of `user`'s deferred delete; none when it is not pending.
 pub fn plan_retry(user: &str, snapshot: &Snapshot) -> Result<Option<Plan>, Incomplete> {
     let mut walk = Walk::new(snapshot, SyncOptions::default(), 1);
-    let state = walk.user(user)?;
+    let u = walk.user(user)?;
+    let state = walk.state(u)?;
     if !state.deleted || state.pending != Pending::Yes {
         return Ok(None);
     }
-    walk.touch_user(user).attempted = true;
-    let outcome = walk.finish_delete(user)?;
+    walk.touch_user(u).attempted = true;
+    let outcome = walk.finish_delete(u)?;
     Ok(Some(Plan {
         outcomes: vec![outcome],
         writes: walk.finish(),
@@ -331,36 +333,73 @@ struct Marks {
     attempted: bool,
 }
 
+/// A user of the walk, by its place in [`Walk::users`]: each user id is looked up once per
+/// delivery, and everything after goes by index.
+type UserIx = usize;
+
+/// An address of the walk, by its place in [`Walk::addresses`] (one place per text, so two
+/// rows hold the same address exactly when their indices are equal).
+type AddressIx = usize;
+
 /// A row as the walk goes.
 #[derive(Debug, Clone)]
-struct Row<'s> {
-    /// Borrowed from the snapshot or the deliveries, except the placeholders the rules make.
-    address: Cow<'s, str>,
+struct Row {
+    address: AddressIx,
     updated_ms: i64,
     /// The fields written by the newest applied version of this plan, if any; its address
     /// is the row's, filled in by [`Walk::finish`].
     full: Option<RowWrite>,
 }
 
+/// Everything the walk knows of one user.
+#[derive(Debug)]
+struct User<'s> {
+    id: &'s str,
+    /// Its bookkeeping as the walk goes; none for a holder without any (a row the
+    /// application wrote).
+    state: Option<State<'s>>,
+    /// Its bookkeeping as read (a row made for this unit of work: as made).
+    stored: Option<&'s Bookkeeping>,
+    /// Its row as the walk goes.
+    row: Option<Row>,
+    /// The address its row held as read (none: no row was read).
+    stored_address: Option<AddressIx>,
+    /// Its bookkeeping changed, and how (written by [`Walk::finish`]).
+    touched: Option<Marks>,
+    /// Its row's address or fields changed.
+    row_touched: bool,
+    /// Its row's delete is planned.
+    delete_planned: bool,
+}
+
+/// Everything the walk knows of one address.
+#[derive(Debug)]
+struct Address<'s> {
+    /// Borrowed from the snapshot or the deliveries, except the placeholders the rules make.
+    text: Cow<'s, str>,
+    /// Locked for this unit of work (see [`Walk::covers`]).
+    locked: bool,
+    /// The user whose row holds it.
+    holder: Option<UserIx>,
+    /// The users claiming it (each once; the order does not matter, as [`Walk::settle`]
+    /// takes the newest).
+    claimants: SmallVec<[UserIx; 2]>,
+    /// A row written by the plan takes it (known in [`Walk::finish`] only).
+    taken: bool,
+}
+
 /// The walk over one snapshot.
 /// (User ids, delivery ids and addresses are borrowed from the snapshot and the deliveries,
 /// which outlive it; only the placeholders the rules make are owned.)
 struct Walk<'s> {
-    snapshot: &'s Snapshot,
     options: SyncOptions,
-    users: HashMap<&'s str, State<'s>>,
-    rows: HashMap<&'s str, Row<'s>>,
-    /// Who holds each address of the walk.
-    holders: HashMap<Cow<'s, str>, &'s str>,
-    /// Who claims each locked address (each claimant once; the order does not matter, as
-    /// [`Walk::settle`] takes the newest).
-    claimants: HashMap<&'s str, Vec<&'s str>>,
+    recorded: &'s HashSet<String>,
+    user_ix: HashMap<&'s str, UserIx>,
+    users: Vec<User<'s>>,
+    address_ix: HashMap<Cow<'s, str>, AddressIx>,
+    addresses: Vec<Address<'s>>,
     /// Ids delivered so far in this plan.
     seen: HashSet<&'s str>,
-    /// Users whose bookkeeping changed, and how (sorted once, by [`Walk::finish`]).
-    touched_users: HashMap<&'s str, Marks>,
-    /// Rows whose address or fields changed.
-    touched_rows: HashSet<&'s str>,
     deletes: Vec<String>,
     record: Vec<Record>,
 }
@@ -369,79 +408,127 @@ impl<'s> Walk<'s> {
     /// The walk over `snapshot` of `deliveries` deliveries (its maps sized for them: a bulk
     /// batch's thousands would grow them several times over).
     fn new(snapshot: &'s Snapshot, options: SyncOptions, deliveries: usize) -> Self {
-        let mut holders = HashMap::with_capacity(snapshot.rows.len() + deliveries);
-        let mut rows = HashMap::with_capacity(snapshot.rows.len() + deliveries);
+        let users = snapshot.users.len().max(snapshot.rows.len());
+        let addresses = snapshot.addresses.len() + snapshot.rows.len() + deliveries;
+        let mut walk = Walk {
+            options,
+            recorded: &snapshot.recorded,
+            user_ix: HashMap::with_capacity(users),
+            users: Vec::with_capacity(users),
+            address_ix: HashMap::with_capacity(addresses),
+            addresses: Vec::with_capacity(addresses),
+            seen: HashSet::with_capacity(deliveries),
+            deletes: Vec::new(),
+            record: Vec::new(),
+        };
+        for address in &snapshot.addresses {
+            let a = walk.address(Cow::Borrowed(address));
+            walk.addresses[a].locked = true;
+        }
         for (id, row) in &snapshot.rows {
-            let address = held(id, row);
-            holders.insert(address.clone(), id.as_str());
-            rows.insert(
-                id.as_str(),
-                Row {
-                    address,
-                    updated_ms: row.updated_ms,
-                    full: None,
-                },
-            );
+            let u = walk.intern_user(id);
+            let a = walk.address(held(id, row));
+            walk.addresses[a].holder = Some(u);
+            let user = &mut walk.users[u];
+            user.row = Some(Row {
+                address: a,
+                updated_ms: row.updated_ms,
+                full: None,
+            });
+            user.stored_address = Some(a);
         }
         // A row made for this unit of work is, to the rules, a user clerk-sync has applied
         // nothing for, whatever it was made with.
-        let users: HashMap<&'s str, State<'s>> = snapshot
-            .users
-            .iter()
-            .map(|(u, b)| {
-                let state = if snapshot.made.contains(u) {
-                    State::new_user()
-                } else {
-                    State::from(b)
-                };
-                (u.as_str(), state)
-            })
-            .collect();
-        let mut claimants: HashMap<&'s str, Vec<&'s str>> =
-            HashMap::with_capacity(snapshot.addresses.len());
-        for (&user, state) in &users {
+        for (id, stored) in &snapshot.users {
+            let u = walk.intern_user(id);
+            let made = snapshot.made.contains(id);
+            let state = if made {
+                State::new_user()
+            } else {
+                State::from(stored)
+            };
+            let user = &mut walk.users[u];
+            user.state = Some(state);
+            user.stored = Some(stored);
+            if made {
+                // Its bookkeeping is written (made) whatever the plan.
+                user.touched = Some(Marks::default());
+            }
             if let Some(email) = state.email {
-                if snapshot.addresses.contains(email) {
-                    claimants.entry(email).or_default().push(user);
+                if let Some(&a) = walk.address_ix.get(email) {
+                    if walk.addresses[a].locked {
+                        walk.addresses[a].claimants.push(u);
+                    }
                 }
             }
         }
-        Walk {
-            snapshot,
-            options,
-            users,
-            rows,
-            holders,
-            claimants,
-            seen: HashSet::with_capacity(deliveries),
-            touched_users: HashMap::with_capacity(snapshot.users.len()),
-            touched_rows: HashSet::with_capacity(deliveries),
-            deletes: Vec::new(),
-            record: Vec::new(),
+        walk
+    }
+
+    /// The index of user `id`, made if new.
+    fn intern_user(&mut self, id: &'s str) -> UserIx {
+        let next = self.users.len();
+        let u = *self.user_ix.entry(id).or_insert(next);
+        if u == next {
+            self.users.push(User {
+                id,
+                state: None,
+                stored: None,
+                row: None,
+                stored_address: None,
+                touched: None,
+                row_touched: false,
+                delete_planned: false,
+            });
         }
+        u
     }
 
-    fn user(&self, user: &str) -> Result<&State<'s>, Incomplete> {
-        self.users
-            .get(user)
-            .ok_or_else(|| Incomplete(format!("no bookkeeping row for {user}")))
+    /// The index of address `text`, made if new.
+    fn address(&mut self, text: Cow<'s, str>) -> AddressIx {
+        if let Some(&a) = self.address_ix.get(text.as_ref()) {
+            return a;
+        }
+        let a = self.addresses.len();
+        self.address_ix.insert(text.clone(), a);
+        self.addresses.push(Address {
+            text,
+            locked: false,
+            holder: None,
+            claimants: SmallVec::new(),
+            taken: false,
+        });
+        a
     }
 
-    fn user_mut(&mut self, user: &str) -> Result<&mut State<'s>, Incomplete> {
-        self.users
-            .get_mut(user)
-            .ok_or_else(|| Incomplete(format!("no bookkeeping row for {user}")))
+    /// The user `id`, which must have bookkeeping.
+    fn user(&self, id: &str) -> Result<UserIx, Incomplete> {
+        self.user_ix
+            .get(id)
+            .copied()
+            .filter(|&u| self.users[u].state.is_some())
+            .ok_or_else(|| Incomplete(format!("no bookkeeping row for {id}")))
     }
 
-    fn touch_user(&mut self, user: &'s str) -> &mut Marks {
-        self.touched_users.entry(user).or_default()
+    /// The bookkeeping of `u` (found by [`Self::user`]).
+    fn state(&mut self, u: UserIx) -> Result<&mut State<'s>, Incomplete> {
+        let user = &mut self.users[u];
+        let id = user.id;
+        user.state
+            .as_mut()
+            .ok_or_else(|| Incomplete(format!("no bookkeeping row for {id}")))
+    }
+
+    fn touch_user(&mut self, u: UserIx) -> &mut Marks {
+        self.users[u].touched.get_or_insert_default()
     }
 
     /// The address is one the walk knows every holder and claimant of: locked, or a
     /// placeholder (`.invalid` addresses are never claims, and only their user's row can
     /// hold one).
-    fn covers(&self, address: &str) -> bool {
-        self.snapshot.addresses.contains(address) || is_placeholder(address)
+    fn covers(&self, a: AddressIx) -> bool {
+        let address = &self.addresses[a];
+        address.locked || is_placeholder(&address.text)
     }
 
     /// **Dedup**: a delivery whose id was recorded before, or delivered earlier in this
@@ -449,8 +536,7 @@ impl<'s> Walk<'s> {
     /// nothing is recorded and a repeat is told by its content instead (see [`Dedup`]).
     fn deliver(&mut self, id: &'s MessageId, event: &'s Event) -> Result<Planned, Incomplete> {
         let by_id = self.options.dedup == Dedup::ById;
-        if by_id && (self.snapshot.recorded.contains(id.as_str()) || !self.seen.insert(id.as_str()))
-        {
+        if by_id && (self.recorded.contains(id.as_str()) || !self.seen.insert(id.as_str())) {
             return Ok(Planned::Known(Outcome::Duplicate));
         }
         let planned = match event {
@@ -479,7 +565,8 @@ impl<'s> Walk<'s> {
         let user = change.id.as_str();
         let (dedup, skip_without_email) =
             (self.options.dedup, self.options.skip_users_without_email);
-        let state = self.user_mut(user)?;
+        let u = self.user(user)?;
+        let state = self.state(u)?;
         // **Tombstones**: Clerk never reuses a user id, so nothing revives a deleted user.
         if state.deleted {
             return Ok(Outcome::Stale);
@@ -505,19 +592,21 @@ impl<'s> Walk<'s> {
         state.version = change.version;
         state.digest = &change.digest;
         state.role_from_webhook = change.role.is_some();
-        let row_address = self.rows.get(user).map(|r| r.address.clone());
-        self.set_claim(user, previous, email);
-        self.touch_user(user);
+        let row_address = self.users[u].row.as_ref().map(|r| r.address);
+        let previous = previous.map(|p| self.address(Cow::Borrowed(p)));
+        let claimed = email.map(|e| self.address(Cow::Borrowed(e)));
+        self.set_claim(u, previous, claimed);
+        self.touch_user(u);
 
-        let address = match (email, self.options.addresses) {
-            (None, _) => Cow::Owned(no_email(user)),
-            (Some(email), Addresses::Follow) => Cow::Borrowed(email),
-            (Some(email), Addresses::Unique) => self.claim(change, email)?,
+        let address = match (claimed, self.options.addresses) {
+            (None, _) => self.address(Cow::Owned(no_email(user))),
+            (Some(a), Addresses::Follow) => a,
+            (Some(a), Addresses::Unique) => self.claim(u, change, a)?,
         };
-        self.write_row(change, address.clone(), role);
+        self.write_row(u, change, address, role);
 
         // Addresses this user let go of return to their newest remaining claimant.
-        let mut released: Vec<Cow<'s, str>> = [previous.map(Cow::Borrowed), row_address]
+        let mut released: Vec<AddressIx> = [previous, row_address]
             .into_iter()
             .flatten()
             .filter(|a| *a != address)
@@ -529,62 +618,78 @@ impl<'s> Walk<'s> {
         Ok(Outcome::Applied)
     }
 
-    /// Moves `user`'s claim from `from` to `to` in the claimants of the locked addresses.
-    fn set_claim(&mut self, user: &'s str, from: Option<&'s str>, to: Option<&'s str>) {
+    /// Moves `u`'s claim from `from` to `to` in the claimants of the addresses.
+    fn set_claim(&mut self, u: UserIx, from: Option<AddressIx>, to: Option<AddressIx>) {
         if from == to {
             return;
         }
         if let Some(from) = from {
-            if let Some(users) = self.claimants.get_mut(from) {
-                users.retain(|u| *u != user);
-            }
+            self.addresses[from].claimants.retain(|c| *c != u);
         }
         if let Some(to) = to {
-            let users = self.claimants.entry(to).or_default();
-            if !users.contains(&user) {
-                users.push(user);
+            let claimants = &mut self.addresses[to].claimants;
+            if !claimants.contains(&u) {
+                claimants.push(u);
             }
         }
     }
 
-    /// Settles who gets `email` between the incoming user and its current holder, if any;
-    /// returns the address the incoming user's row takes.
+    /// Settles who gets `email` between the incoming user `u` and its current holder, if
+    /// any; returns the address the incoming user's row takes.
     fn claim(
         &mut self,
+        u: UserIx,
         change: &'s UserChange,
-        email: &'s str,
-    ) -> Result<Cow<'s, str>, Incomplete> {
+        email: AddressIx,
+    ) -> Result<AddressIx, Incomplete> {
         let user = change.id.as_str();
         if !self.covers(email) {
             return Err(Incomplete(format!(
                 "the claimed address of {user} is not locked"
             )));
         }
-        let Some(holder) = self.holders.get(email).copied().filter(|h| *h != user) else {
-            return Ok(Cow::Borrowed(email));
+        let address = &self.addresses[email];
+        let Some(h) = address.holder.filter(|h| *h != u) else {
+            return Ok(email);
         };
-        let updated_ms = self
-            .rows
-            .get(holder)
+        let holder = &self.users[h];
+        let updated_ms = holder
+            .row
+            .as_ref()
             .map(|r| r.updated_ms)
-            .ok_or_else(|| Incomplete(format!("no row for the holder {holder}")))?;
-        let state = self.users.get(holder);
-        if holder_loses(holder, state, updated_ms, email, user, change.version) {
-            self.move_row(holder, Cow::Owned(displaced(holder)));
-            Ok(Cow::Borrowed(email))
+            .ok_or_else(|| Incomplete(format!("no row for the holder {}", holder.id)))?;
+        let (holder_id, state) = (holder.id, holder.state.as_ref());
+        if holder_loses(
+            holder_id,
+            state,
+            updated_ms,
+            &address.text,
+            user,
+            change.version,
+        ) {
+            let placeholder = self.address(Cow::Owned(displaced(holder_id)));
+            self.move_row(h, placeholder);
+            Ok(email)
         } else {
-            Ok(Cow::Owned(displaced(user)))
+            Ok(self.address(Cow::Owned(displaced(user))))
         }
     }
 
-    /// Writes the row of the version just applied.
-    fn write_row(&mut self, change: &'s UserChange, address: Cow<'s, str>, role: Option<Role>) {
-        let user = change.id.as_str();
-        let exists = self.snapshot.rows.contains_key(user);
+    /// Writes `u`'s row of the version just applied.
+    fn write_row(
+        &mut self,
+        u: UserIx,
+        change: &'s UserChange,
+        address: AddressIx,
+        role: Option<Role>,
+    ) {
+        let user = &mut self.users[u];
+        let exists = user.stored_address.is_some();
+        let new = user.row.is_none();
         let updated_ms = change.updated_at.timestamp_millis();
-        let row = self.rows.entry(user).or_insert_with(|| Row {
+        let row = user.row.get_or_insert(Row {
             // Takes the address below.
-            address: Cow::Borrowed(""),
+            address,
             updated_ms,
             full: None,
         });
@@ -592,7 +697,7 @@ impl<'s> Walk<'s> {
         // A version that leaves the role alone keeps what an earlier version of this plan
         // wrote.
         let full = RowWrite {
-            id: user.to_owned(),
+            id: change.id.as_str().to_owned(),
             name: change.name.clone(),
             // The row's, once the walk is done.
             address: String::new(),
@@ -606,70 +711,78 @@ impl<'s> Walk<'s> {
         };
         row.full = Some(full);
         row.updated_ms = updated_ms;
-        self.move_row(user, address);
-        self.touched_rows.insert(user);
+        user.row_touched = true;
+        self.move_row(u, address);
+        if new {
+            // A new row holds its address from here on.
+            self.addresses[address].holder = Some(u);
+        }
     }
 
-    /// Moves `id`'s row to `address`.
-    fn move_row(&mut self, id: &'s str, address: Cow<'s, str>) {
-        let Some(row) = self.rows.get_mut(id) else {
+    /// Moves `u`'s row to `address`.
+    fn move_row(&mut self, u: UserIx, address: AddressIx) {
+        let Some(row) = self.users[u].row.as_mut() else {
             return;
         };
-        if row.address == address {
+        let from = std::mem::replace(&mut row.address, address);
+        if from == address {
             return;
         }
-        if self
-            .holders
-            .get(row.address.as_ref())
-            .is_some_and(|h| *h == id)
-        {
-            self.holders.remove(row.address.as_ref());
+        let from = &mut self.addresses[from];
+        if from.holder == Some(u) {
+            from.holder = None;
         }
-        row.address.clone_from(&address);
-        self.holders.insert(address, id);
-        self.touched_rows.insert(id);
+        self.addresses[address].holder = Some(u);
+        self.users[u].row_touched = true;
     }
 
     /// **Giving an address back**: once nobody live holds `address`, its newest live
     /// claimant whose row does not hold it gets it (a tombstoned holder, kept only for the
     /// application's foreign keys, always gives it up).
-    fn settle(&mut self, address: Cow<'s, str>) -> Result<(), Incomplete> {
+    fn settle(&mut self, a: AddressIx) -> Result<(), Incomplete> {
         if self.options.addresses == Addresses::Follow {
             return Ok(());
         }
-        if !self.covers(&address) {
+        if !self.covers(a) {
             return Err(Incomplete(format!(
-                "a released address is not locked: {address:?}"
+                "a released address is not locked: {:?}",
+                self.addresses[a].text
             )));
         }
-        let Some(claimants) = self.claimants.get(address.as_ref()) else {
-            return Ok(());
-        };
-        let best = claimants
+        let address = &self.addresses[a];
+        let best = address
+            .claimants
             .iter()
             .filter_map(|&c| {
-                let state = self.users.get(c)?;
-                let row = self.rows.get(c)?;
-                (!state.deleted && state.version >= 0 && row.address != address)
-                    .then_some((state.version, c))
+                let claimant = &self.users[c];
+                let state = claimant.state.as_ref()?;
+                let row = claimant.row.as_ref()?;
+                (!state.deleted && state.version >= 0 && row.address != a).then_some((
+                    state.version,
+                    claimant.id,
+                    c,
+                ))
             })
             .max()
-            .map(|(_, c)| c);
+            .map(|(_, _, c)| c);
         let Some(best) = best else { return Ok(()) };
-        if let Some(holder) = self.holders.get(address.as_ref()).copied() {
-            let dead = self.users.get(holder).is_some_and(|s| s.deleted);
+        if let Some(h) = address.holder {
+            let holder = &self.users[h];
+            let dead = holder.state.as_ref().is_some_and(|s| s.deleted);
             if !dead {
                 return Ok(());
             }
-            self.move_row(holder, Cow::Owned(displaced(holder)));
+            let placeholder = self.address(Cow::Owned(displaced(holder.id)));
+            self.move_row(h, placeholder);
         }
-        self.move_row(best, address);
+        self.move_row(best, a);
         Ok(())
     }
 
     /// `user.deleted`: the tombstone, then the row's delete.
     fn delete(&mut self, user: &'s str) -> Result<Planned, Incomplete> {
-        let state = *self.user(user)?;
+        let u = self.user(user)?;
+        let state = self.state(u)?;
         if state.deleted {
             match state.pending {
                 Pending::No => return Ok(Planned::Known(Outcome::Stale)),
@@ -684,26 +797,28 @@ impl<'s> Walk<'s> {
                 Pending::Yes => {}
             }
         } else {
-            self.user_mut(user)?.deleted = true;
-            self.touch_user(user).tombstone = true;
+            state.deleted = true;
+            self.touch_user(u).tombstone = true;
         }
-        self.finish_delete(user)
+        self.finish_delete(u)
     }
 
     /// **Deferred deletes**: the tombstoned user's row is deleted where the application's
     /// foreign keys allow, and kept (the delete retried later) where they refuse; either
     /// way its address goes to its newest remaining claimant.
-    fn finish_delete(&mut self, user: &'s str) -> Result<Planned, Incomplete> {
-        self.user_mut(user)?.pending = Pending::IfRefused;
-        self.touch_user(user);
-        if !self.deletes.iter().any(|d| d == user) {
-            self.deletes.push(user.to_owned());
+    fn finish_delete(&mut self, u: UserIx) -> Result<Planned, Incomplete> {
+        self.state(u)?.pending = Pending::IfRefused;
+        self.touch_user(u);
+        let user = &mut self.users[u];
+        let id = user.id;
+        if !std::mem::replace(&mut user.delete_planned, true) {
+            self.deletes.push(id.to_owned());
         }
-        if let Some(address) = self.rows.get(user).map(|r| r.address.clone()) {
+        if let Some(address) = user.row.as_ref().map(|r| r.address) {
             self.settle(address)?;
         }
         Ok(Planned::OnDelete {
-            user: user.to_owned(),
+            user: id.to_owned(),
             done: Outcome::Applied,
             refused: Outcome::Deferred,
         })
@@ -712,22 +827,13 @@ impl<'s> Walk<'s> {
     /// The net writes.
     fn finish(mut self) -> Writes {
         let mut writes = Writes::default();
-        let mut touched_users = std::mem::take(&mut self.touched_users);
-        for user in &self.snapshot.made {
-            touched_users.entry(user.as_str()).or_default();
-        }
-        // Written in user order, as the locks were taken.
-        let mut touched_users: Vec<(&str, Marks)> = touched_users.into_iter().collect();
-        touched_users.sort_unstable_by_key(|&(user, _)| user);
-        writes.bookkeeping.reserve(touched_users.len());
-        for (user, marks) in touched_users {
-            let Some(state) = self.users.get(user) else {
+        for user in &self.users {
+            let (Some(state), Some(marks)) = (user.state.as_ref(), user.touched) else {
                 continue;
             };
             // Only what changes is written (a row made for this unit of work holds what
             // it was made with).
-            let stored = self.snapshot.users.get(user);
-            let unchanged = stored.is_some_and(|b| {
+            let unchanged = user.stored.is_some_and(|b| {
                 (
                     b.version,
                     b.digest.as_str(),
@@ -744,7 +850,7 @@ impl<'s> Walk<'s> {
                 continue;
             }
             writes.bookkeeping.push(BookkeepingWrite {
-                user_id: user.to_owned(),
+                user_id: user.id.to_owned(),
                 version: state.version,
                 digest: state.digest.to_owned(),
                 email: state.email.map(str::to_owned),
@@ -753,44 +859,44 @@ impl<'s> Walk<'s> {
                 attempted: marks.attempted,
             });
         }
-        let mut touched: Vec<&str> = self.touched_rows.iter().copied().collect();
+        // Written in user order, as the locks were taken.
+        writes
+            .bookkeeping
+            .sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut touched: Vec<(&str, UserIx)> = (self.users.iter().enumerate())
+            .filter(|(_, user)| user.row_touched)
+            .map(|(u, user)| (user.id, u))
+            .collect();
         touched.sort_unstable();
         // A row leaving an address another written row takes moves out of the way first.
-        let taken: HashSet<&str> = touched
-            .iter()
-            .filter_map(|id| self.rows.get(id))
-            .map(|row| row.address.as_ref())
-            .collect();
-        let mut fulls = Vec::with_capacity(touched.len());
-        for &id in &touched {
-            let Some(row) = self.rows.get(id) else {
-                continue;
-            };
-            let before = self.snapshot.rows.get(id).map(|r| held(id, r));
-            let before = before.as_deref();
-            if let Some(before) = before {
-                let unique = self.options.addresses == Addresses::Unique;
-                if unique && before != row.address && taken.contains(before) {
-                    writes.vacate.push(id.to_owned());
-                }
-            }
-            match &row.full {
-                Some(_) => fulls.push(id),
-                None if before != Some(row.address.as_ref()) => {
-                    writes.moves.push((id.to_owned(), row.address.to_string()));
-                }
-                None => {}
+        for &(_, u) in &touched {
+            if let Some(row) = &self.users[u].row {
+                self.addresses[row.address].taken = true;
             }
         }
-        drop(taken);
-        writes.rows.reserve(fulls.len());
-        for id in fulls {
-            let Some(row) = self.rows.get_mut(id) else {
+        let unique = self.options.addresses == Addresses::Unique;
+        writes.rows.reserve(touched.len());
+        for (_, u) in touched {
+            let user = &mut self.users[u];
+            let Some(row) = user.row.as_mut() else {
                 continue;
             };
-            if let Some(mut full) = row.full.take() {
-                full.address = std::mem::take(&mut row.address).into_owned();
-                writes.rows.push(full);
+            let address = &self.addresses[row.address].text;
+            let before = user.stored_address;
+            if let Some(before) = before {
+                if unique && before != row.address && self.addresses[before].taken {
+                    writes.vacate.push(user.id.to_owned());
+                }
+            }
+            match row.full.take() {
+                Some(mut full) => {
+                    full.address = address.clone().into_owned();
+                    writes.rows.push(full);
+                }
+                None if before != Some(row.address) => {
+                    writes.moves.push((user.id.to_owned(), address.to_string()));
+                }
+                None => {}
             }
         }
         writes.deletes = self.deletes;
