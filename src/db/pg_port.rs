@@ -328,10 +328,10 @@ impl Pg {
         let id = open.id()?;
         let result = async {
             let (mut begin_on, mut read_on) = (conn, conn);
-            let bulk;
-            let begin_sql = if request.users.len() > BULK_USERS {
-                bulk = format!("{}; {BY_KEY}", self.begin_sql());
-                &bulk
+            let by_key;
+            let begin_sql = if !lone_request(&request) {
+                by_key = format!("{}; {BY_KEY}", self.begin_sql());
+                &by_key
             } else {
                 self.begin_sql()
             };
@@ -451,13 +451,15 @@ pub(super) type WriteStatement = (ObjectId, bool);
 /// more round trip on their next write).
 const PREPARED_REMEMBERED: usize = 1_024;
 
-/// A request of more users than this is a bulk batch (a group commit never holds more than
-/// 64): `clerk_sync.lock_and_read` reads it with statements of its own (migration 20), each
-/// table through one index scan over the batch's keys, planned by [`BY_KEY`].
-const BULK_USERS: usize = 64;
-
-/// Plans that reach every table by its keys, set for a transaction (a bulk batch's here, every
-/// one on a mapped table in [`super::pg_mapped`]). Free to choose, the planner reads a table
+/// Plans that reach every table by its keys, set for a transaction (here every one but a lone
+/// delivery's: a group commit's and a bulk batch's; every one on a mapped table in
+/// [`super::pg_mapped`]). A group commit's statements are planned once per connection and the
+/// plan kept; free to choose, one made after autovacuum analyzed a table that was small may
+/// read it whole for a handful of keys (with this setting, 16 clients ran 1.11–1.12× faster,
+/// after a one-client phase and on a fresh table alike: BENCHMARKS.md, session 17). A bulk
+/// batch (more than 64 users; a group commit never holds more) `clerk_sync.lock_and_read`
+/// reads with statements of its own (migration 20), each table through one index scan over the
+/// batch's keys. Free to choose, the planner reads a table
 /// whole once it judges that cheaper than an index probe per key — for a batch of hundreds of
 /// keys, or for a plan made while the table was small and kept as it grows — and tables are
 /// not analyzed while a backfill runs: a 200,000-user backfill read `clerk_sync.users` and
